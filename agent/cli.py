@@ -1,0 +1,119 @@
+"""Command line: argument parsing and exit codes, nothing else.
+
+Exit codes: 0 done, 1 internal error, 2 bad config or a problem waiting cannot heal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from agent import __version__, config, logging_setup, pki
+from agent.board import BoardUnavailable
+from agent.tls import TLSSetupError, build_context
+
+DEFAULT_CONFIG = Path("/etc/edison-agent/config.yaml")
+EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG = 0, 1, 2
+
+log = logging.getLogger("agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edison-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version="edison-agent %s" % __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    run = commands.add_parser("run", help="sample sensors and publish over one persistent MQTT session")
+    run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
+    run.add_argument("--log-level", choices=config.LOG_LEVELS, help="overrides log_level in the config")
+    run.set_defaults(func=_run)
+    check = commands.add_parser("check-config", help="validate a config file and show what it means")
+    check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
+    check.set_defaults(func=_check_config)
+    pki.add_pki_parser(commands)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - one line for a person, the traceback for the log
+        log.debug("internal error", exc_info=True)
+        print("edison-agent: internal error: %s: %s (run with --log-level debug for the traceback)"
+              % (type(exc).__name__, exc), file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _load(path: Path) -> Optional[config.AgentConfig]:
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging_setup.configure(args.log_level or "info")
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    if args.log_level is None:
+        logging_setup.configure(cfg.log_level)
+    # Imported here: the daemon pulls in paho, which check-config and pki do not need.
+    from agent import daemon
+
+    try:
+        return daemon.run(cfg)
+    except TLSSetupError as exc:
+        print("%s: %s" % (args.config, exc), file=sys.stderr)
+    except BoardUnavailable as exc:
+        print("%s: board: %s" % (args.config, exc), file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    logging_setup.configure("warning")
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    if cfg.mqtt.tls is not None:
+        try:
+            build_context(cfg.mqtt.tls)
+        except TLSSetupError as exc:
+            print("%s: %s" % (args.config, exc), file=sys.stderr)
+            return EXIT_CONFIG
+    print(summary(cfg))
+    return EXIT_OK
+
+
+def summary(cfg: config.AgentConfig) -> str:
+    m = cfg.mqtt
+    if m.tls is None:
+        security = "plain MQTT (no TLS: readings travel in clear text)"
+    else:
+        t = m.tls
+        identity = "client certificate %s" % t.cert_file if t.cert_file else "no client certificate"
+        key = ", key passphrase from %s" % t.key_password_source if t.key_password_source else ""
+        hostname = "hostname verified" if t.verify_hostname else "hostname NOT verified"
+        security = "TLS %s+, CA %s, %s%s, %s" % (t.min_version, t.ca_file, identity, key, hostname)
+    lines = [
+        "%s: valid" % cfg.path,
+        "  device     %s" % cfg.device_id,
+        "  broker     %s:%d as %r, keepalive %d s, reconnect %g-%g s"
+        % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay),
+        "  security   %s" % security,
+        "  topics     %s (QoS %d); status %s" % (m.topic, m.qos, m.status_topic),
+        "  board      %s" % cfg.board,
+        "  sensors    %d" % len(cfg.sensors),
+    ]
+    for s in cfg.sensors:
+        unit = " %s" % s.unit if s.unit else ""
+        lines.append("    %-16s %-8s every %g s%s" % (s.name, s.type, s.interval, unit))
+    return "\n".join(lines)

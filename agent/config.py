@@ -1,0 +1,405 @@
+"""config.yaml -> frozen dataclasses, with every problem reported at once by its key path."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import string
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from agent import sensors
+
+KEY_PASSWORD_ENV = "EDISON_AGENT_KEY_PASSWORD"
+BOARDS = ("auto", "mraa", "simulated")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TLS_VERSIONS = ("1.2", "1.3")
+TOPIC_FIELDS = ("device_id",)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; each problem is one line `file: key.path: message`."""
+
+    def __init__(self, problems: List[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    min_delay: float = 1.0
+    max_delay: float = 120.0
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca_file: Path
+    cert_file: Optional[Path]
+    key_file: Optional[Path]
+    # repr=False: a passphrase must never reach a log line or a traceback.
+    key_password: Optional[str] = dataclasses.field(default=None, repr=False)
+    key_password_source: Optional[str] = None
+    min_version: str = "1.2"
+    verify_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class MQTTConfig:
+    host: str
+    port: int
+    client_id: str
+    keepalive: int
+    qos: int
+    topic: str
+    status_topic: str
+    reconnect: ReconnectConfig
+    tls: Optional[TLSConfig]
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    name: str
+    type: str
+    interval: float
+    unit: Optional[str]
+    # The driver's own options dataclass (see agent/sensors): typed, validated.
+    options: Any
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    device_id: str
+    mqtt: MQTTConfig
+    board: str
+    sensors: Tuple[SensorConfig, ...]
+    log_level: str = "info"
+    shutdown_timeout: float = 5.0
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a config typo must not vanish."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, "duplicate key %r" % (key,), key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping  # type: ignore[arg-type]
+)
+
+_MISSING = object()
+
+
+class _Reader:
+    """Reads typed values out of the YAML tree, collecting problems instead of raising."""
+
+    def __init__(self, label: str, base_dir: Path) -> None:
+        self.label = label
+        self.base_dir = base_dir
+        self.problems: List[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append("%s: %s: %s" % (self.label, path, message))
+
+    def section(self, value: Any, path: str, known: typing.Iterable[str]) -> Dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, "expected a mapping of keys, got %s" % _kind(value))
+            return {}
+        known = tuple(known)
+        for key in value:
+            if key not in known:
+                self.problem(_join(path, str(key)), "unknown key (known keys: %s)" % ", ".join(known))
+        return value
+
+    def value(self, section: Mapping[str, Any], key: str, path: str, kind: type,
+              default: Any = _MISSING, choices: Optional[typing.Sequence[Any]] = None,
+              minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
+        where = _join(path, key)
+        raw = section.get(key)
+        if raw is None:
+            if default is _MISSING:
+                self.problem(where, "required %s is missing" % kind.__name__)
+            return None if default is _MISSING else default
+        value = _coerce(raw, kind)
+        if value is None:
+            self.problem(where, "expected %s, got %s %r" % (_kind_name(kind), _kind(raw), raw))
+            return None if default is _MISSING else default
+        if choices is not None and value not in choices:
+            self.problem(where, "%r is not one of: %s" % (raw, ", ".join(str(c) for c in choices)))
+            return None if default is _MISSING else default
+        if minimum is not None and value < minimum:
+            self.problem(where, "%s is below the minimum %s" % (raw, minimum))
+        if maximum is not None and value > maximum:
+            self.problem(where, "%s is above the maximum %s" % (raw, maximum))
+        return value
+
+    def file(self, section: Mapping[str, Any], key: str, path: str, required: bool) -> Optional[Path]:
+        raw = self.value(section, key, path, str, default=_MISSING if required else None)
+        if not raw:
+            return None
+        resolved = Path(os.path.expanduser(raw))
+        if not resolved.is_absolute():
+            resolved = self.base_dir / resolved
+        where = _join(path, key)
+        if not resolved.exists():
+            self.problem(where, "file not found: %s" % resolved)
+        elif not resolved.is_file():
+            self.problem(where, "not a regular file: %s" % resolved)
+        elif not os.access(resolved, os.R_OK):
+            self.problem(where, "not readable by this user: %s (check its owner and mode)" % resolved)
+        return resolved
+
+
+def _join(path: str, key: str) -> str:
+    return "%s.%s" % (path, key) if path else key
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _kind_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def _coerce(raw: Any, kind: type) -> Any:
+    # YAML booleans are ints to Python; `port: yes` must not pass as port 1.
+    if kind is bool:
+        return raw if isinstance(raw, bool) else None
+    if isinstance(raw, bool):
+        return None
+    if kind is float and isinstance(raw, (int, float)):
+        return float(raw)
+    if kind is int and isinstance(raw, int):
+        return raw
+    if kind is str and isinstance(raw, (str, int, float)):
+        return str(raw)
+    return None
+
+
+def load(path: Path) -> AgentConfig:
+    """Load and validate; raise ConfigError listing every problem."""
+    label = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(["%s: cannot read the config file: %s" % (label, exc.strerror or exc)]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(["%s: not UTF-8 text (byte %d): save it as UTF-8" % (label, exc.start)]) from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(label, exc)]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["%s: expected a YAML mapping at the top level (device:, mqtt:, sensors:), got %s"
+                           % (label, _kind(tree) if tree is not None else "an empty file")])
+    reader = _Reader(label, Path(path).resolve().parent)
+    config = _build(reader, tree, Path(path))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    assert config is not None
+    return config
+
+
+def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = " line %d, column %d:" % (mark.line + 1, mark.column + 1) if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return "%s:%s invalid YAML: %s" % (label, where, problem)
+
+
+def _build(r: _Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]:
+    top = r.section(tree, "", ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout"))
+    device = r.section(top.get("device"), "device", ("id",))
+    device_id = r.value(device, "id", "device", str, default=socket.gethostname())
+    if device_id is not None and not _is_topic_safe(device_id):
+        r.problem("device.id", "%r may not contain '/', '+', '#' or spaces: it is part of MQTT topics" % device_id)
+    mqtt = _mqtt(r, top.get("mqtt"), device_id or "")
+    board = r.value(top, "board", "", str, default="auto", choices=BOARDS)
+    log_level = r.value(top, "log_level", "", str, default="info", choices=LOG_LEVELS)
+    shutdown_timeout = r.value(top, "shutdown_timeout", "", float, default=5.0, minimum=0.0, maximum=300.0)
+    sensor_list = _sensors(r, top.get("sensors"))
+    if r.problems or mqtt is None:
+        return None
+    return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
+                       log_level=log_level, shutdown_timeout=shutdown_timeout)
+
+
+def _is_topic_safe(value: str) -> bool:
+    return bool(value) and not any(c in value for c in "/+# \t")
+
+
+def _mqtt(r: _Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
+    if raw is None:
+        r.problem("mqtt", "required section is missing (at least mqtt.host)")
+        return None
+    m = r.section(raw, "mqtt", ("host", "port", "client_id", "keepalive", "qos", "topic",
+                                "status_topic", "reconnect", "tls"))
+    host = r.value(m, "host", "mqtt", str)
+    port = r.value(m, "port", "mqtt", int, default=8883, minimum=1, maximum=65535)
+    client_id = r.value(m, "client_id", "mqtt", str, default=device_id)
+    keepalive = r.value(m, "keepalive", "mqtt", int, default=60, minimum=5, maximum=65535)
+    qos = r.value(m, "qos", "mqtt", int, default=1, choices=(0, 1))
+    topic = _topic(r, m, "topic", "edison/{device_id}/telemetry", device_id)
+    status_topic = _topic(r, m, "status_topic", "edison/{device_id}/status", device_id)
+    rc = r.section(m.get("reconnect"), "mqtt.reconnect", ("min_delay", "max_delay"))
+    min_delay = r.value(rc, "min_delay", "mqtt.reconnect", float, default=1.0, minimum=0.1, maximum=3600)
+    max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
+    if min_delay is not None and max_delay is not None and max_delay < min_delay:
+        r.problem("mqtt.reconnect.max_delay", "%s is below min_delay %s" % (max_delay, min_delay))
+    tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
+    if None in (host, port, client_id, keepalive, qos, topic, status_topic, min_delay, max_delay):
+        return None
+    return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
+                      status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls)
+
+
+def _topic(r: _Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:
+    template = r.value(m, key, "mqtt", str, default=default)
+    if template is None:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        r.problem("mqtt." + key, "bad template %r: %s" % (template, exc))
+        return None
+    unknown = [f for f in fields if f not in TOPIC_FIELDS]
+    if unknown:
+        r.problem("mqtt." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
+        return None
+    topic = template.format(device_id=device_id)
+    if "+" in topic or "#" in topic or not topic:
+        r.problem("mqtt." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
+        return None
+    return topic
+
+
+def _tls(r: _Reader, raw: Any) -> Optional[TLSConfig]:
+    t = r.section(raw, "mqtt.tls", ("ca_file", "cert_file", "key_file", "key_password_file",
+                                    "min_version", "verify_hostname"))
+    ca_file = r.file(t, "ca_file", "mqtt.tls", required=True)
+    cert_file = r.file(t, "cert_file", "mqtt.tls", required=False)
+    key_file = r.file(t, "key_file", "mqtt.tls", required=False)
+    if "cert_file" in t and "key_file" not in t:
+        r.problem("mqtt.tls.key_file", "cert_file is set but key_file is not: the broker needs both")
+    if "key_file" in t and "cert_file" not in t:
+        r.problem("mqtt.tls.cert_file", "key_file is set but cert_file is not: the broker needs both")
+    min_version = r.value(t, "min_version", "mqtt.tls", str, default="1.2")
+    if min_version is not None and min_version not in TLS_VERSIONS:
+        r.problem("mqtt.tls.min_version", "%r is refused: TLS below 1.2 is broken and OpenSSL 3 will not "
+                  "speak it; use \"1.2\" or \"1.3\" (and tls_version tlsv1.2 on the broker)" % min_version)
+    verify_hostname = r.value(t, "verify_hostname", "mqtt.tls", bool, default=True)
+    password, source = _key_password(r, t)
+    if key_file is not None and key_file.is_file() and os.access(key_file, os.R_OK):
+        _check_key_file(r, key_file, password)
+    if ca_file is None:
+        return None
+    return TLSConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file, key_password=password,
+                     key_password_source=source, min_version=min_version or "1.2",
+                     verify_hostname=bool(verify_hostname))
+
+
+def _key_password(r: _Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    pass_file = r.file(t, "key_password_file", "mqtt.tls", required=False)
+    if pass_file is not None and pass_file.is_file() and os.access(pass_file, os.R_OK):
+        lines = pass_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        if not lines or not lines[0]:
+            r.problem("mqtt.tls.key_password_file", "%s is empty: put the key's passphrase on its first line"
+                      % pass_file)
+            return None, None
+        return lines[0], "file %s" % pass_file
+    env = os.environ.get(KEY_PASSWORD_ENV)
+    if env:
+        return env, "environment variable %s" % KEY_PASSWORD_ENV
+    return None, None
+
+
+def _check_key_file(r: _Reader, key_file: Path, password: Optional[str]) -> None:
+    mode = key_file.stat().st_mode
+    if mode & 0o004:
+        r.problem("mqtt.tls.key_file", "%s is readable by every user (mode %04o): run 'chmod 600 %s'"
+                  % (key_file, mode & 0o777, key_file))
+    head = key_file.read_bytes()[:4096]
+    if b"PRIVATE KEY" not in head:
+        r.problem("mqtt.tls.key_file", "%s holds no PEM private key (no 'BEGIN ... PRIVATE KEY' line)" % key_file)
+    elif (b"ENCRYPTED" in head) and password is None:
+        r.problem("mqtt.tls.key_file", "%s is encrypted but no passphrase is configured: set "
+                  "mqtt.tls.key_password_file or the environment variable %s" % (key_file, KEY_PASSWORD_ENV))
+
+
+def _sensors(r: _Reader, raw: Any) -> Tuple[SensorConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem("sensors", "expected a list of sensors (each starting with '- name: ...'), got %s" % _kind(raw))
+        return ()
+    result: List[SensorConfig] = []
+    names: Dict[str, int] = {}
+    for index, item in enumerate(raw):
+        path = "sensors[%d]" % index
+        if not isinstance(item, dict):
+            r.problem(path, "expected a mapping (name:, type:, ...), got %s" % _kind(item))
+            continue
+        name = r.value(item, "name", path, str)
+        if name is not None:
+            path = "sensors[%d](%s)" % (index, name)
+            if not _is_topic_safe(name):
+                r.problem(path + ".name", "%r may not contain '/', '+', '#' or spaces" % name)
+            if name in names:
+                r.problem(path + ".name", "duplicate sensor name %r (also sensors[%d])" % (name, names[name]))
+            names[name] = index
+        kind = r.value(item, "type", path, str, choices=tuple(sorted(sensors.DRIVERS)))
+        interval = r.value(item, "interval", path, float, default=10.0, minimum=0.01, maximum=86400)
+        unit = r.value(item, "unit", path, str, default=None)
+        if kind is None:
+            continue
+        driver = sensors.DRIVERS[kind]
+        common = ("name", "type", "interval", "unit")
+        options = _options(r, item, path, driver.Options, common)
+        if options is not None:
+            for key, message in driver.check_options(options):
+                r.problem(_join(path, key), message)
+        if name is not None and interval is not None and options is not None:
+            result.append(SensorConfig(name=name, type=kind, interval=interval,
+                                       unit=unit if unit is not None else driver.default_unit(options),
+                                       options=options))
+    return tuple(result)
+
+
+def _options(r: _Reader, item: Mapping[str, Any], path: str, options_type: type,
+             common: Tuple[str, ...]) -> Any:
+    """Builds a driver's options dataclass from the sensor's remaining keys, by the field types."""
+    fields = dataclasses.fields(options_type)
+    r.section(item, path, common + tuple(f.name for f in fields))
+    hints = typing.get_type_hints(options_type)
+    values: Dict[str, Any] = {}
+    before = len(r.problems)
+    for f in fields:
+        kind = hints[f.name]
+        optional = typing.get_origin(kind) is typing.Union
+        if optional:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        has_default = f.default is not dataclasses.MISSING
+        default = f.default if has_default else _MISSING
+        values[f.name] = r.value(item, f.name, path, kind, default=default)
+    if len(r.problems) > before:
+        return None
+    return options_type(**values)

@@ -1,0 +1,423 @@
+"""The certificate tool: a private CA, broker certificates and device certificates.
+
+Three commands replace the openssl recipe: ``pki init-ca``, ``pki issue-broker`` and
+``pki issue-device``. ``cryptography`` is imported only when a command runs, so the agent
+itself installs and imports on the board without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+# Annotations are never evaluated (the __future__ import), so `X | None` and `list[...]`
+# in them are fine on Python 3.9.
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    # A CA made by hand with the blog post's openssl recipe is RSA.
+    IssuerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+# A leaf is named after its CN, so the name must be a safe file name as well as a
+# plausible DNS name (use_identity_as_username also makes it the MQTT username).
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+# Room for a board whose clock lags the machine that issued the certificate.
+_SKEW = timedelta(minutes=5)
+UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
+
+
+class PkiError(Exception):
+    """A failure the user can fix; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    subject_cn: str
+    issuer_cn: str
+    not_after: datetime
+    sans: tuple[str, ...]  # "DNS:name" or "IP:addr", in certificate order
+    is_ca: bool
+
+
+def _require_crypto() -> None:
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        raise PkiError(
+            "the pki commands need the 'cryptography' package: pip install 'edison-agent[pki]'"
+        ) from None
+
+
+def init_ca(directory: Path, name: str = "edison-agent CA", days: int = 3650,
+            force: bool = False) -> Issued:
+    """Create a self-signed CA in DIR/ca.crt and DIR/ca.key."""
+    _require_crypto()
+    from cryptography import x509
+
+    directory = Path(directory)
+    issued = Issued(directory / CA_CERT, directory / CA_KEY)
+    start, end = _validity(None, days)
+    _prepare(issued, force)
+    key, cert = _sign(name, start, end, [
+        # path_length=0: this CA signs leaves only, never another CA.
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (_key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), True),
+    ])
+    _write_pair(issued, cert, key, None, force)
+    return issued
+
+
+def issue_broker(directory: Path, hostname: str, ips: Sequence[str] = (), days: int = 730,
+                 force: bool = False, not_before: datetime | None = None) -> Issued:
+    """Issue DIR/<hostname>.crt/.key for the broker, signed by DIR's CA."""
+    _require_crypto()
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    sans: list[x509.GeneralName] = []
+    host_ip = _parse_ip(hostname)
+    if host_ip is not None:
+        # Clients match an address against IP SANs only; as a DNS SAN it matches nothing.
+        sans.append(x509.IPAddress(host_ip))
+    else:
+        _check_name(hostname, "hostname")
+        sans.append(x509.DNSName(hostname))
+    for text in ips:
+        ip = _parse_ip(text)
+        if ip is None:
+            raise PkiError(f"--ip {text}: not an IP address")
+        if ip != host_ip:
+            sans.append(x509.IPAddress(ip))
+    directory = Path(directory)
+    return _issue_leaf(directory, directory, hostname, sans, ExtendedKeyUsageOID.SERVER_AUTH,
+                       days, force, None, not_before)
+
+
+def issue_device(directory: Path, name: str, days: int = 730, force: bool = False,
+                 passphrase: bytes | None = None, not_before: datetime | None = None,
+                 ca_directory: Path | None = None) -> Issued:
+    """Issue DIR/<name>.crt/.key, a client certificate for one device."""
+    _require_crypto()
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    _check_name(name, "device name")
+    if passphrase is not None and not passphrase:
+        raise PkiError("the passphrase is empty; give a non-empty one or none at all")
+    directory = Path(directory)
+    ca_dir = Path(ca_directory) if ca_directory is not None else directory
+    return _issue_leaf(directory, ca_dir, name, [x509.DNSName(name)],
+                       ExtendedKeyUsageOID.CLIENT_AUTH, days, force, passphrase, not_before)
+
+
+def load_certificate_info(path: Path) -> CertInfo:
+    _require_crypto()
+    from cryptography import x509
+
+    cert = _load_cert(Path(path))
+    sans: list[str] = []
+    try:
+        alt_names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        alt_names = x509.SubjectAlternativeName([])
+    for entry in alt_names:
+        if isinstance(entry, x509.DNSName):
+            sans.append(f"DNS:{entry.value}")
+        elif isinstance(entry, x509.IPAddress):
+            sans.append(f"IP:{entry.value}")
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    return CertInfo(_common_name(cert.subject), _common_name(cert.issuer),
+                    _not_after(cert), tuple(sans), is_ca)
+
+
+def _issue_leaf(directory: Path, ca_dir: Path, cn: str, sans: list[x509.GeneralName],
+                eku: x509.ObjectIdentifier, days: int, force: bool,
+                passphrase: bytes | None, not_before: datetime | None) -> Issued:
+    from cryptography import x509
+
+    if cn.lower() == "ca":
+        raise PkiError(f"{directory / CA_CERT}: the name 'ca' would replace the CA; pick another")
+    issued = Issued(directory / f"{cn}.crt", directory / f"{cn}.key")
+    start, end = _validity(not_before, days)
+    ca = _load_ca(ca_dir)
+    _prepare(issued, force)
+    key, cert = _sign(cn, start, end, [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        # ECDHE needs only digital_signature; key_agreement is the EC key's other use.
+        (_key_usage(digital_signature=True, key_agreement=True), True),
+        (x509.ExtendedKeyUsage([eku]), False),
+        (x509.SubjectAlternativeName(sans), False),
+    ], ca)
+    _write_pair(issued, cert, key, passphrase, force)
+    return issued
+
+
+def _sign(cn: str, start: datetime, end: datetime,
+          extensions: list[tuple[x509.ExtensionType, bool]],
+          issuer: tuple[x509.Certificate, IssuerKey] | None = None,
+          ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new P-256 key and its certificate; self-signed when there is no issuer."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    issuer_name, signer = (subject, key) if issuer is None else (issuer[0].subject, issuer[1])
+    if issuer is None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    else:
+        try:
+            ca_ski = issuer[0].extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value)
+        except x509.ExtensionNotFound:  # a hand-made CA without an SKI
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key())
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(end))
+    # Python 3.13's VERIFY_X509_STRICT rejects a chain whose certificates lack SKI/AKI.
+    for extension, critical in [*extensions, (ski, False), (aki, False)]:
+        builder = builder.add_extension(extension, critical=critical)
+    return key, builder.sign(signer, hashes.SHA256())
+
+
+def _key_usage(**flags: bool) -> x509.KeyUsage:
+    from cryptography import x509
+
+    names = ("digital_signature", "content_commitment", "key_encipherment",
+             "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign",
+             "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{n: flags.get(n, False) for n in names})
+
+
+def _validity(not_before: datetime | None, days: int) -> tuple[datetime, datetime]:
+    if days < 1:
+        raise PkiError(f"--days {days}: must be at least 1")
+    if not_before is None:
+        not_before = datetime.now(UTC) - _SKEW
+    elif not_before.tzinfo is None:
+        not_before = not_before.replace(tzinfo=UTC)
+    return not_before, not_before + timedelta(days=days)
+
+
+def _parse_ip(text: str) -> IPAddr | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME_RE.match(name) or ".." in name:
+        raise PkiError(f"{what} {name!r}: use letters, digits, '.', '-' and '_' only "
+                       "(it becomes the certificate's CN and its file name)")
+
+
+def _prepare(issued: Issued, force: bool) -> None:
+    # Checked before a key is generated, so a refusal leaves nothing half-written.
+    for path in (issued.cert_file, issued.key_file):
+        if not force and os.path.lexists(path):
+            raise PkiError(f"{path}: already exists; use --force to replace it")
+    directory = issued.cert_file.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PkiError(f"{directory}: cannot create the directory: {exc.strerror}") from None
+
+
+def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, IssuerKey]:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    cert_file, key_file = ca_dir / CA_CERT, ca_dir / CA_KEY
+    if not cert_file.exists():
+        raise PkiError(f"{cert_file}: no CA here; run 'edison-agent pki init-ca {ca_dir}' first")
+    if not key_file.exists():
+        raise PkiError(f"{key_file}: the CA's private key is missing; put it next to {CA_CERT}")
+    cert = _load_cert(cert_file)
+    try:
+        key = load_pem_private_key(key_file.read_bytes(), password=None)
+    except TypeError:  # what an encrypted key without a password raises
+        raise PkiError(f"{key_file}: the CA key is passphrase-protected; decrypt it first "
+                       f"(openssl pkey -in {key_file} -out {key_file}.plain)") from None
+    except (ValueError, OSError) as exc:
+        raise PkiError(f"{key_file}: not a PEM private key ({exc})") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise PkiError(f"{key_file}: the CA key must be EC or RSA")
+    expiry = _not_after(cert)
+    if expiry <= datetime.now(UTC):
+        raise PkiError(f"{cert_file}: the CA expired on {expiry:%Y-%m-%d}; make a new one with "
+                       f"'edison-agent pki init-ca --force {ca_dir}' and re-issue everything")
+    return cert, key
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise PkiError(f"{path}: not a PEM certificate ({exc})") from None
+
+
+def _not_after(cert: x509.Certificate) -> datetime:
+    # not_valid_after_utc arrived in cryptography 42; setup.py allows >= 3.4.
+    if hasattr(cert, "not_valid_after_utc"):
+        return cert.not_valid_after_utc
+    return cert.not_valid_after.replace(tzinfo=UTC)
+
+
+def _common_name(name: x509.Name) -> str:
+    from cryptography.x509.oid import NameOID
+
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _write_pair(issued: Issued, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
+                passphrase: bytes | None, force: bool) -> None:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    encryption: ser.KeySerializationEncryption = ser.NoEncryption()
+    if passphrase:
+        encryption = ser.BestAvailableEncryption(passphrase)
+    key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, encryption)
+    _write_file(issued.key_file, key_pem, 0o600, force)
+    _write_file(issued.cert_file, cert.public_bytes(ser.Encoding.PEM), 0o644, force)
+
+
+def _write_file(path: Path, data: bytes, mode: int, force: bool) -> None:
+    # O_EXCL refuses an existing file and never follows a planted symlink. With force, a
+    # fresh file is renamed over the old one, so even a replaced key is 0600 from birth.
+    target = path.with_name(f".{path.name}.tmp") if force else path
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        if force and os.path.lexists(target):
+            target.unlink()  # left behind by an interrupted run
+        fd = os.open(target, flags, mode)
+    except FileExistsError:
+        raise PkiError(f"{path}: already exists; use --force to replace it") from None
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot write: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as out:
+        if mode & 0o044:
+            # A certificate is public; readable whatever the umask, so mosquitto can read it.
+            os.fchmod(out.fileno(), mode)
+        out.write(data)
+    if force:
+        os.replace(target, path)
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pki = subparsers.add_parser("pki", help="make a CA, broker and device certificates")
+    pki.set_defaults(func=run_pki)
+    commands = pki.add_subparsers(dest="pki_command", metavar="COMMAND", required=True)
+    init = commands.add_parser("init-ca", help="create DIR/ca.crt and DIR/ca.key")
+    init.add_argument("directory", metavar="DIR", type=Path)
+    init.add_argument("--name", default="edison-agent CA", help="the CA's common name")
+    broker = commands.add_parser("issue-broker", help="server certificate for the broker")
+    broker.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
+    broker.add_argument("hostname", metavar="HOSTNAME", help="the name devices connect to")
+    broker.add_argument("--ip", action="append", default=[], metavar="ADDR",
+                        help="also valid for this IP address (repeatable)")
+    device = commands.add_parser("issue-device", help="client certificate for one device")
+    device.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
+    device.add_argument("name", metavar="NAME", help="device name: CN and MQTT username")
+    device.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                        help="encrypt the key with the first line of FILE")
+    for parser, days in ((init, 3650), (broker, 730), (device, 730)):
+        parser.add_argument("--days", type=int, default=days,
+                            help=f"validity in days (default: {days})")
+        parser.add_argument("--force", action="store_true", help="replace existing files")
+
+
+def run_pki(args: argparse.Namespace) -> int:
+    try:
+        _run(args)
+    except PkiError as exc:
+        print(f"edison-agent pki: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    command = args.pki_command
+    if command == "init-ca":
+        _report(init_ca(args.directory, name=args.name, days=args.days, force=args.force))
+    elif command == "issue-broker":
+        issued = issue_broker(args.directory, args.hostname, ips=args.ip, days=args.days,
+                              force=args.force)
+        _report(issued)
+        print(_mosquitto_listener(args.directory / CA_CERT, issued))
+    elif command == "issue-device":
+        passphrase = None
+        if args.passphrase_file is not None:
+            passphrase = _read_passphrase(args.passphrase_file)
+        issued = issue_device(args.directory, args.name, days=args.days, force=args.force,
+                              passphrase=passphrase)
+        _report(issued, encrypted=passphrase is not None)
+    else:
+        raise PkiError(f"unknown pki command {command!r}")
+
+
+def _read_passphrase(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read the passphrase file: {exc.strerror}") from None
+    # An editor on Windows ends the line with CRLF; neither byte is part of the passphrase.
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not line:
+        raise PkiError(f"{path}: the first line is empty; put the passphrase on it")
+    return line
+
+
+def _report(issued: Issued, encrypted: bool = False) -> None:
+    info = load_certificate_info(issued.cert_file)
+    print(f"wrote {issued.cert_file} (expires {info.not_after:%Y-%m-%d})")
+    print(f"wrote {issued.key_file} (mode 0600{', encrypted' if encrypted else ''})")
+
+
+def _mosquitto_listener(ca_file: Path, issued: Issued) -> str:
+    key = issued.key_file.resolve()
+    return "\n".join([
+        "",
+        "# for mosquitto.conf; mosquitto 2 opens the key after dropping root, so run",
+        f"#   chown mosquitto {key}",
+        "listener 8883",
+        f"cafile {ca_file.resolve()}",
+        f"certfile {issued.cert_file.resolve()}",
+        f"keyfile {key}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+    ])

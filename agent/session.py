@@ -1,0 +1,234 @@
+"""The one MQTT session: the only module that touches paho.
+
+One network thread owns the socket: it connects, runs paho's loop, reconnects with
+exponential backoff and full jitter, and on stop publishes the offline status before
+a clean DISCONNECT (which, by design, does not fire the Last Will).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Set
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from agent.config import MQTTConfig
+from agent.tls import describe_alert, describe_failure
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
+                            "client certificate (unknown CA or none sent)")
+
+
+def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random) -> float:
+    """Full jitter between min_delay and an exponential cap, so a fleet does not reconnect in step."""
+    cap = min(max_delay, min_delay * (2 ** min(attempt, 30)))
+    return rng.uniform(min_delay, max(min_delay, cap))
+
+
+class Session:
+    def __init__(self, config: MQTTConfig, ssl_context: Optional[ssl.SSLContext],
+                 on_io: Callable[[], None] = lambda: None, window: int = 20,
+                 rng: Optional[random.Random] = None) -> None:
+        self._config = config
+        self._on_io = on_io
+        self._rng = rng or random.Random()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                                   clean_session=True, protocol=mqtt.MQTTv311)
+        if ssl_context is not None:
+            self._client.tls_set_context(ssl_context)
+        self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True)
+        self._client.max_inflight_messages_set(window)
+        self._client.on_connect = self._handle_connect
+        self._client.on_publish = self._handle_publish
+        self._client.on_log = self._handle_log
+        self._client.on_socket_open = _set_nodelay
+        # With a write-registration hook set, publish() from the sampler thread only queues
+        # the packet and wakes our select(); paho would otherwise write to the TLS socket
+        # from that thread while the network thread reads it.
+        self._client.on_socket_register_write = lambda client, userdata, sock: None
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._stop_deadline = 0.0
+        self._thread = threading.Thread(target=self._run, name="mqtt-session", daemon=True)
+        self._acks_lock = threading.Lock()
+        self._acks: Dict[int, Callable[[], None]] = {}
+        self._early_acks: Set[int] = set()
+        self._refusal: Optional[str] = None
+        self._socket_error: Optional[str] = None
+        self._last_problem: Optional[str] = None
+        self.connected_since: Optional[float] = None
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        cfg = self._config
+        log.info("connecting to %s:%d as %r (%s)", cfg.host, cfg.port, cfg.client_id,
+                 "TLS %s+" % cfg.tls.min_version if cfg.tls else "plain MQTT, no TLS")
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Publish offline, disconnect, and wait for the network thread, all within `timeout`."""
+        self._stop_deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._thread.join(timeout + 1.0)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
+                on_ack: Optional[Callable[[], None]] = None) -> bool:
+        """False if paho did not take the message; `on_ack` runs on PUBACK (QoS 1) or when sent (QoS 0)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        # QoS 1 messages stay in paho's store even when the connection is down (NO_CONN):
+        # paho sends them again after the next CONNACK, so they are taken.
+        taken = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+            qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)
+        if taken and on_ack is not None:
+            with self._acks_lock:
+                if info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                else:
+                    self._acks[info.mid] = on_ack
+                    on_ack = None
+            if on_ack is not None:
+                on_ack()
+        return taken
+
+    # -- paho callbacks (network thread) --------------------------------------------------
+
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                        properties: Any) -> None:
+        if reason_code.is_failure:
+            self._refusal = "broker refused the connection: %s" % reason_code
+            return
+        self._refusal = None
+        client.publish(self._config.status_topic, ONLINE, qos=1, retain=True)
+        self.connected_since = time.time()
+        self._connected.set()
+
+    def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
+                        properties: Any) -> None:
+        # PUBACK can arrive before publish() has returned the mid to its caller.
+        with self._acks_lock:
+            callback = self._acks.pop(mid, None)
+            if callback is None:
+                self._early_acks.add(mid)
+        if callback is not None:
+            callback()
+
+    def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and "socket" in text:
+            self._socket_error = text
+
+    # -- the network thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if self._connect_once():
+                attempt = 0
+            attempt += 1
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(attempt, self._config.reconnect.min_delay,
+                                  self._config.reconnect.max_delay, self._rng)
+            log.debug("next connection attempt in %.1f s", delay)
+            self._stop.wait(delay)
+
+    def _connect_once(self) -> bool:
+        """One connection's life; True if it reached CONNACK."""
+        cfg = self._config
+        self._socket_error = None
+        self._refusal = None
+        try:
+            self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        except (OSError, ValueError) as exc:
+            self._problem(describe_failure(exc, cfg.host))
+            return False
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        was_connected = False
+        while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = self._client.loop(timeout=1.0)
+            if self._connected.is_set() and not was_connected:
+                was_connected = True
+                self._on_connected()
+            self._on_io()
+        if self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._go_offline()
+            return was_connected
+        self._connected.clear()
+        if was_connected:
+            self._problem("connection lost (%s)" % (self._socket_error or mqtt.error_string(rc)))
+        elif self._refusal is not None:
+            self._problem(self._refusal)
+        else:
+            self._problem(self._closed_before_connack())
+        self._client.disconnect()
+        return was_connected
+
+    def _closed_before_connack(self) -> str:
+        alert = describe_alert(self._socket_error or "")
+        if alert is not None:
+            return alert
+        if self._config.tls is not None:
+            return REJECTED_AFTER_HANDSHAKE
+        return "broker closed the connection before accepting it (%s)" % (self._socket_error or "no reason given")
+
+    def _on_connected(self) -> None:
+        cfg = self._config
+        sock = self._client.socket()
+        tls = ""
+        if isinstance(sock, ssl.SSLSocket):
+            cipher = sock.cipher()
+            tls = ", %s %s" % (sock.version(), cipher[0] if cipher else "")
+        if self._last_problem is not None:
+            self.reconnects += 1
+            log.info("connected to %s:%d again%s (was: %s)", cfg.host, cfg.port, tls, self._last_problem)
+        else:
+            log.info("connected to %s:%d%s", cfg.host, cfg.port, tls)
+        self._last_problem = None
+
+    def _problem(self, message: str) -> None:
+        # Once per state change: a broker down for an hour must not fill the journal.
+        if message != self._last_problem:
+            log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
+                      message, self._config.reconnect.min_delay, self._config.reconnect.max_delay)
+            self._last_problem = message
+        else:
+            log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)
+
+    def _go_offline(self) -> None:
+        if self._connected.is_set():
+            done = threading.Event()
+            self.publish(self._config.status_topic, OFFLINE, qos=1, retain=True, on_ack=done.set)
+            while not done.is_set() and time.monotonic() < self._stop_deadline:
+                if self._client.loop(timeout=0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            if not done.is_set():
+                log.warning("offline status not acknowledged before the stop deadline")
+        self._connected.clear()
+        self._client.disconnect()
+        # One more pass writes the DISCONNECT packet out.
+        self._client.loop(timeout=0.1)
+        log.info("disconnected from %s:%d", self._config.host, self._config.port)
+
+
+def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # Nagle plus delayed ACKs costs ~40 ms a round trip on small MQTT packets.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,153 @@
+"""The SSLContext for the broker session, and TLS failures in plain words."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import ssl
+from typing import Callable, Optional, Tuple
+
+from agent.config import KEY_PASSWORD_ENV, TLSConfig
+
+log = logging.getLogger(__name__)
+
+
+class TLSSetupError(Exception):
+    """A local TLS problem that waiting cannot heal: names the config key it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__("%s: %s" % (key, message))
+        self.key = key
+        self.message = message
+
+
+def _password_callback(cfg: TLSConfig) -> Callable[[], str]:
+    # OpenSSL prompts on the terminal when a key is encrypted and no password is given
+    # (and fails with a bare EINVAL without one, as under systemd). A callable that
+    # raises turns both into one clear error.
+    def password() -> str:
+        if cfg.key_password is None:
+            raise TLSSetupError("mqtt.tls.key_file", "%s is encrypted but no passphrase is configured: set "
+                                "mqtt.tls.key_password_file or %s" % (cfg.key_file, KEY_PASSWORD_ENV))
+        return cfg.key_password
+
+    return password
+
+
+def build_context(cfg: TLSConfig) -> ssl.SSLContext:
+    """Verification and hostname checks on unless the config says otherwise; TLS 1.2 at least."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cfg.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSetupError("mqtt.tls.ca_file", "%s holds no usable PEM CA certificate (%s)"
+                            % (cfg.ca_file, _reason(exc))) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    # Python 3.13 turns on strict X.509 checks, which reject the version-1 certificates
+    # that `openssl x509 -req` makes (the founding post's commands); OpenSSL's own
+    # chain and signature checks stay on.
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    if not cfg.verify_hostname:
+        ctx.check_hostname = False
+        log.warning("mqtt.tls.verify_hostname is false: the broker's certificate is not checked against "
+                    "its host name, so any holder of a certificate from this CA can impersonate it")
+    if cfg.cert_file is not None and cfg.key_file is not None:
+        _load_client_certificate(ctx, cfg)
+    return ctx
+
+
+def _load_client_certificate(ctx: ssl.SSLContext, cfg: TLSConfig) -> None:
+    try:
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file), password=_password_callback(cfg))
+    except TLSSetupError:
+        raise
+    except ssl.SSLError as exc:
+        text = str(exc)
+        if "KEY_VALUES_MISMATCH" in text:
+            raise TLSSetupError("mqtt.tls.key_file", "%s is not the private key of %s (mqtt.tls.cert_file)"
+                                % (cfg.key_file, cfg.cert_file)) from None
+        if cfg.key_password is not None and "PEM lib" in text:
+            raise TLSSetupError("mqtt.tls.key_password_file", "wrong passphrase for %s (passphrase from %s)"
+                                % (cfg.key_file, cfg.key_password_source)) from None
+        raise TLSSetupError("mqtt.tls.cert_file", "cannot load %s with key %s: %s"
+                            % (cfg.cert_file, cfg.key_file, _reason(exc))) from None
+    except OSError as exc:
+        raise TLSSetupError("mqtt.tls.key_file", "cannot load %s: %s" % (cfg.key_file, exc)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason).replace("_", " ").lower() if reason else str(exc)
+
+
+def certificate_dates(path: str) -> Optional[Tuple[datetime.datetime, datetime.datetime]]:
+    """notBefore/notAfter of a PEM certificate, without needing `cryptography` on the board."""
+    try:
+        # The ssl module's own decoder; private, but present since Python 2.7.
+        decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+        not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
+        not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
+    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+        return None
+    utc = datetime.timezone.utc
+    return (datetime.datetime.fromtimestamp(not_before, utc), datetime.datetime.fromtimestamp(not_after, utc))
+
+
+def check_validity(not_before: datetime.datetime, not_after: datetime.datetime,
+                   now: Optional[datetime.datetime] = None) -> Optional[str]:
+    """A plain-language problem with a certificate's dates, or None."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if now < not_before:
+        hint = ""
+        if now.year < 2020:
+            hint = " (this clock reads %d: the Edison has no battery-backed clock; wait for time sync)" % now.year
+        return "not valid until %s UTC%s" % (not_before.strftime("%Y-%m-%d %H:%M"), hint)
+    if now > not_after:
+        return "expired on %s UTC" % not_after.strftime("%Y-%m-%d %H:%M")
+    return None
+
+
+_ALERTS = {
+    "certificate required": "the broker requires a client certificate and none was sent: "
+                            "set mqtt.tls.cert_file and mqtt.tls.key_file",
+    "unknown ca": "the broker does not trust our client certificate: it was signed by a CA "
+                  "the broker's cafile does not hold",
+    "certificate expired": "the broker rejected our client certificate as expired (or the clock is wrong)",
+    "bad certificate": "the broker rejected our client certificate",
+    "certificate unknown": "the broker rejected our client certificate",
+    "handshake failure": "the broker refused the TLS handshake (no common TLS version or cipher, or "
+                         "it wanted a client certificate)",
+    "protocol version": "the broker does not speak TLS 1.2 or newer: set tls_version tlsv1.2 on the broker",
+    "wrong version number": "the broker port does not speak TLS (is it a plain MQTT port?)",
+}
+
+
+def describe_failure(exc: BaseException, host: str) -> str:
+    """Turns a connect() failure into one line a person can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        message = exc.verify_message or _reason(exc)
+        if "Hostname mismatch" in message or "IP address mismatch" in message:
+            return ("the broker's certificate is not valid for %r (%s): connect by a name in its "
+                    "subjectAltName, or issue it for this name" % (host, message))
+        if "unable to get local issuer" in message or "self-signed" in message:
+            return "the broker's certificate was not signed by the CA in mqtt.tls.ca_file (%s)" % message
+        if "expired" in message or "not yet valid" in message:
+            return "the broker's certificate is %s (check the clock)" % message
+        return "the broker's certificate failed verification: %s" % message
+    if isinstance(exc, ssl.SSLError):
+        return describe_alert(str(exc)) or "TLS handshake failed: %s" % _reason(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is the broker running and listening on this port?"
+    if isinstance(exc, TimeoutError):
+        return "timed out connecting: the broker or the network does not answer"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def describe_alert(text: str) -> Optional[str]:
+    lowered = re.sub(r"[_\s]+", " ", text.lower())
+    for alert, meaning in _ALERTS.items():
+        if alert in lowered:
+            return meaning
+    return None

@@ -1,0 +1,278 @@
+"""Fixtures: certificates from the project's own pki, a real mosquitto on 127.0.0.1, the agent as a process."""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+import yaml
+
+from agent import pki
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_MRAA = Path(__file__).resolve().parent / "fake_mraa"
+PASSPHRASE = b"correct horse battery staple"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if shutil.which("mosquitto") is None:
+        pytest.exit("mosquitto is not installed: run 'make test' (it installs it) or apt-get install mosquitto",
+                    returncode=3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Certs:
+    dir: Path
+    ca: Path
+    broker_cert: Path
+    broker_key: Path
+    device_cert: Path
+    device_key: Path
+    monitor_cert: Path
+    monitor_key: Path
+    encrypted_cert: Path
+    encrypted_key: Path
+    expired_cert: Path
+    expired_key: Path
+    foreign_cert: Path
+    foreign_key: Path
+    wrong_host_cert: Path
+    wrong_host_key: Path
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """Everything made with `agent.pki`, the way a user would with `edison-agent pki`."""
+    d = tmp_path_factory.mktemp("pki")
+    pki.init_ca(d)
+    broker = pki.issue_broker(d, "localhost", ips=["127.0.0.1"])
+    wrong_host = pki.issue_broker(d, "iotgateway1")
+    device = pki.issue_device(d, "thunder10")
+    monitor = pki.issue_device(d, "monitor")
+    encrypted = pki.issue_device(d, "thunder11", passphrase=PASSPHRASE)
+    ten_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
+    expired = pki.issue_device(d, "thunder12", not_before=ten_days_ago, days=1)
+    other = tmp_path_factory.mktemp("other-ca")
+    pki.init_ca(other, name="Some other CA")
+    foreign = pki.issue_device(other, "thunder13")
+    return Certs(d, d / "ca.crt", broker.cert_file, broker.key_file, device.cert_file, device.key_file,
+                 monitor.cert_file, monitor.key_file, encrypted.cert_file, encrypted.key_file,
+                 expired.cert_file, expired.key_file, foreign.cert_file, foreign.key_file,
+                 wrong_host.cert_file, wrong_host.key_file)
+
+
+class Broker:
+    """A real mosquitto on 127.0.0.1 requiring client certificates; restartable on the same port."""
+
+    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls_version: str = "tlsv1.2") -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.conf.write_text("\n".join([
+            # Started as root, mosquitto would switch to the mosquitto user before reading its key.
+            "user %s" % getpass.getuser(),
+            "persistence false",
+            "log_dest file %s" % self.log,
+            "log_type all",
+            "listener %d 127.0.0.1" % self.port,
+            "cafile %s" % certs.ca,
+            "certfile %s" % cert,
+            "keyfile %s" % key,
+            "require_certificate true",
+            "use_identity_as_username true",
+            "tls_version %s" % tls_version,
+            "set_tcp_nodelay true",
+            "",
+        ]))
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("mosquitto exited: %s" % self.log.read_text(errors="replace")[-2000:])
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen on %d" % self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path, certs: Certs) -> Iterator[Broker]:
+    b = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """mosquitto_sub, an MQTT client independent of ours, watching everything under edison/."""
+
+    def __init__(self, broker: Broker, certs: Certs) -> None:
+        self.messages: "queue.Queue[tuple[str, str]]" = queue.Queue()
+        self.proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(certs.ca),
+             "--cert", str(certs.monitor_cert), "--key", str(certs.monitor_key), "-q", "1", "-v",
+             "-t", "edison/#"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            topic, _, payload = raw.decode().rstrip("\n").partition(" ")
+            self.messages.put((topic, payload))
+
+    def next(self, topic: str, timeout: float = 15.0, payload: Optional[str] = None) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("no message on %s%s within %.0f s" % (
+                    topic, " with payload %r" % payload if payload else "", timeout))
+            try:
+                got_topic, got = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if got_topic == topic and (payload is None or got == payload):
+                return got
+
+    def telemetry(self, topic: str = "edison/thunder10/telemetry", timeout: float = 15.0) -> Dict[str, Any]:
+        return dict(json.loads(self.next(topic, timeout)))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def subscriber(broker: Broker, certs: Certs) -> Iterator[Subscriber]:
+    s = Subscriber(broker, certs)
+    # Subscribed before the agent starts, so nothing published is missed.
+    time.sleep(0.3)
+    yield s
+    s.close()
+
+
+def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:
+    tls: Dict[str, Any] = {"ca_file": str(certs.ca), "cert_file": str(certs.device_cert),
+                           "key_file": str(certs.device_key)}
+    tls.update(overrides.pop("tls", {}))
+    cfg: Dict[str, Any] = {
+        "device": {"id": "thunder10"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 10,
+                 "reconnect": {"min_delay": 0.2, "max_delay": 1.0}, "tls": tls},
+        "board": "simulated",
+        "sensors": [{"name": "temperature", "type": "analog", "pin": 0, "interval": 0.2,
+                     "scale": 0.5, "offset": -50, "unit": "degC"}],
+    }
+    mqtt_overrides = overrides.pop("mqtt", {})
+    cfg["mqtt"].update(mqtt_overrides)
+    cfg.update(overrides)
+    return cfg
+
+
+class AgentProcess:
+    """`python -m agent run` as a user would start it, with its log lines collected."""
+
+    def __init__(self, config_path: Path, env: Optional[Dict[str, str]] = None) -> None:
+        full_env = dict(os.environ)
+        full_env.pop("EDISON_AGENT_KEY_PASSWORD", None)
+        full_env.update(env or {})
+        self.lines: List[str] = []
+        self._eof = False
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config_path)],
+                                     cwd=str(ROOT), env=full_env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, after: int = 0) -> str:
+        """The first log line from index `after` on that matches `pattern` (a regex)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[after:]:
+                    if regex.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof:
+                    raise AssertionError("no log line matching %r within %.0f s; output:\n%s"
+                                         % (pattern, timeout, "\n".join(self.lines)))
+                self._cond.wait(min(remaining, 0.2))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("agent did not exit within %.0f s of signal %d; output:\n%s"
+                                 % (timeout, sig, self.output)) from None
+
+
+@pytest.fixture
+def run_agent(tmp_path: Path) -> Iterator[Any]:
+    started: List[AgentProcess] = []
+
+    def start(cfg: Dict[str, Any], env: Optional[Dict[str, str]] = None) -> AgentProcess:
+        path = tmp_path / ("agent-%d.yaml" % len(started))
+        path.write_text(yaml.safe_dump(cfg))
+        process = AgentProcess(path, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()

@@ -1,0 +1,514 @@
+"""The certificate tool, checked the way the broker and the agent will use its output:
+real files, real TLS handshakes over loopback sockets, and (when installed) a real
+Mosquitto."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from agent.pki import (
+    Issued,
+    PkiError,
+    add_pki_parser,
+    init_ca,
+    issue_broker,
+    issue_device,
+    load_certificate_info,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "pki"
+    init_ca(directory, name="Test CA")
+    return directory
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension:
+    return cert.extensions.get_extension_for_class(kind)
+
+
+# --- a real TLS handshake over loopback --------------------------------------------
+
+
+@dataclass
+class Handshake:
+    client_cn: str | None = None  # the CN the broker side saw in the device certificate
+    server_error: Exception | None = None
+    client_error: Exception | None = None
+
+
+def handshake(ca_file: Path, broker: Issued, device: Issued | None,
+              server_hostname: str = "localhost", password: bytes | None = None,
+              client_ca: Path | None = None) -> Handshake:
+    # The broker's side: what Mosquitto does with require_certificate true.
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_cert_chain(broker.cert_file, broker.key_file)
+    # The agent's side: verification and hostname checking on, as agent/tls.py does.
+    client = ssl.create_default_context(cafile=str(client_ca or ca_file))
+    client.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert client.check_hostname
+    if device is not None:
+        client.load_cert_chain(device.cert_file, device.key_file, password=password)
+    # Python 3.13 turns this on by default; the certificates must pass it on 3.9 too.
+    for ctx in (server, client):
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+
+    result = Handshake()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+                conn.settimeout(10)
+                with server.wrap_socket(conn, server_side=True) as tls:
+                    peer = tls.getpeercert() or {}
+                    for rdn in peer.get("subject", ()):
+                        for attr in rdn:
+                            if attr[0] == "commonName":
+                                result.client_cn = str(attr[1])
+                    tls.sendall(b"ok")
+            except OSError as exc:  # ssl.SSLError is an OSError
+                result.server_error = exc
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            with socket.create_connection(listener.getsockname(), timeout=10) as raw, \
+                    client.wrap_socket(raw, server_hostname=server_hostname) as tls:
+                # Under TLS 1.3 the server judges the client certificate after the
+                # client's handshake returns; the refusal arrives on the first read.
+                if tls.recv(2) != b"ok":
+                    result.client_error = ConnectionError("the server closed the connection")
+        except OSError as exc:
+            result.client_error = exc
+        thread.join(10)
+    return result
+
+
+# --- the CA ---------------------------------------------------------------------------
+
+
+def test_ca_is_self_signed_with_the_extensions_strict_verification_needs(tmp_path: Path):
+    issued = init_ca(tmp_path / "pki", name="Fleet CA", days=100)
+    assert issued == Issued(tmp_path / "pki" / "ca.crt", tmp_path / "pki" / "ca.key")
+    cert = load(issued.cert_file)
+
+    basic = ext(cert, x509.BasicConstraints)
+    assert basic.critical
+    assert basic.value.ca
+    assert basic.value.path_length == 0
+    usage = ext(cert, x509.KeyUsage)
+    assert usage.critical
+    assert usage.value.key_cert_sign
+    assert usage.value.crl_sign
+    assert usage.value.digital_signature
+    ski = ext(cert, x509.SubjectKeyIdentifier).value
+    assert ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ski.digest
+
+    assert cert.subject == cert.issuer
+    cert.verify_directly_issued_by(cert)
+    public_key = cert.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert public_key.curve.name == "secp256r1"
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
+    info = load_certificate_info(issued.cert_file)
+    assert info.subject_cn == info.issuer_cn == "Fleet CA"
+    assert info.is_ca
+    assert info.not_after - datetime.now(UTC) > timedelta(days=99)
+
+
+def test_creates_a_missing_directory_private(tmp_path: Path):
+    init_ca(tmp_path / "a" / "pki")
+    assert mode(tmp_path / "a" / "pki") == 0o700
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_keys_are_0600_and_certificates_0644_whatever_the_umask(tmp_path: Path, umask: int):
+    old = os.umask(umask)
+    try:
+        ca = init_ca(tmp_path)
+        broker = issue_broker(tmp_path, "localhost")
+        device = issue_device(tmp_path, "edison-01", passphrase=b"sekrit")
+    finally:
+        os.umask(old)
+    for issued in (ca, broker, device):
+        assert mode(issued.key_file) == 0o600
+        assert mode(issued.cert_file) == 0o644
+
+
+def test_refuses_to_overwrite_and_replaces_with_force(tmp_path: Path):
+    first = init_ca(tmp_path)
+    before = first.cert_file.read_bytes()
+
+    with pytest.raises(PkiError, match="ca.crt: already exists; use --force"):
+        init_ca(tmp_path)
+    assert first.cert_file.read_bytes() == before
+
+    again = init_ca(tmp_path, force=True)
+    assert again.cert_file.read_bytes() != before
+    assert mode(again.key_file) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key"]
+
+
+def test_refuses_to_overwrite_a_device_key_even_if_its_certificate_is_gone(ca_dir: Path):
+    device = issue_device(ca_dir, "edison-01")
+    device.cert_file.unlink()
+    key = device.key_file.read_bytes()
+
+    with pytest.raises(PkiError, match=r"edison-01\.key: already exists; use --force"):
+        issue_device(ca_dir, "edison-01")
+    assert device.key_file.read_bytes() == key
+    assert not device.cert_file.exists()
+
+    issue_device(ca_dir, "edison-01", force=True)
+    assert device.key_file.read_bytes() != key
+
+
+# --- broker certificates ---------------------------------------------------------------
+
+
+def test_broker_certificate_names_the_host_and_its_addresses(ca_dir: Path):
+    broker = issue_broker(ca_dir, "localhost", ips=["127.0.0.1"])
+    assert broker.cert_file == ca_dir / "localhost.crt"
+    info = load_certificate_info(broker.cert_file)
+    assert info.sans == ("DNS:localhost", "IP:127.0.0.1")
+    assert info.subject_cn == "localhost"
+    assert info.issuer_cn == "Test CA"
+    assert not info.is_ca
+    cert = load(broker.cert_file)
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    cert.verify_directly_issued_by(load(ca_dir / "ca.crt"))
+
+
+def test_broker_named_by_an_address_gets_an_ip_san_not_a_dns_one(ca_dir: Path):
+    broker = issue_broker(ca_dir, "127.0.0.1", ips=["127.0.0.1", "::1"])
+    assert load_certificate_info(broker.cert_file).sans == ("IP:127.0.0.1", "IP:::1")
+
+
+def test_broker_rejects_an_address_that_is_not_one(ca_dir: Path):
+    with pytest.raises(PkiError, match="--ip 300.1.1.1: not an IP address"):
+        issue_broker(ca_dir, "localhost", ips=["300.1.1.1"])
+    assert not (ca_dir / "localhost.key").exists()
+
+
+# --- device certificates ---------------------------------------------------------------
+
+
+def test_device_certificate_is_a_client_certificate_for_its_name(ca_dir: Path):
+    device = issue_device(ca_dir, "edison-01")
+    cert = load(device.cert_file)
+    info = load_certificate_info(device.cert_file)
+    assert (info.subject_cn, info.sans, info.is_ca) == ("edison-01", ("DNS:edison-01",), False)
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    usage = ext(cert, x509.KeyUsage)
+    assert usage.critical
+    assert usage.value.digital_signature
+    assert not usage.value.key_cert_sign
+    assert ext(cert, x509.BasicConstraints).critical
+    ca_ski = ext(load(ca_dir / "ca.crt"), x509.SubjectKeyIdentifier).value.digest
+    assert ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
+    assert load(device.cert_file).serial_number != load(
+        issue_device(ca_dir, "edison-02").cert_file).serial_number
+
+
+def test_device_certificate_can_be_written_away_from_the_ca(ca_dir: Path, tmp_path: Path):
+    device = issue_device(tmp_path / "board", "edison-01", ca_directory=ca_dir)
+    assert device.key_file == tmp_path / "board" / "edison-01.key"
+    assert not (tmp_path / "board" / "ca.key").exists()
+    load(device.cert_file).verify_directly_issued_by(load(ca_dir / "ca.crt"))
+
+
+def test_expired_certificate_on_request(ca_dir: Path):
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
+    device = issue_device(ca_dir, "old", not_before=ten_days_ago, days=1)
+    info = load_certificate_info(device.cert_file)
+    assert info.not_after == (ten_days_ago + timedelta(days=1)).replace(microsecond=0)
+    assert info.not_after < datetime.now(UTC)
+
+
+def test_without_a_ca_says_how_to_make_one(tmp_path: Path):
+    with pytest.raises(PkiError) as caught:
+        issue_device(tmp_path, "edison-01")
+    assert str(caught.value) == (
+        f"{tmp_path}/ca.crt: no CA here; run 'edison-agent pki init-ca {tmp_path}' first")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", "-x", "ca", "x y"])
+def test_device_names_must_be_safe_file_names(ca_dir: Path, name: str):
+    with pytest.raises(PkiError):
+        issue_device(ca_dir, name)
+    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.crt", "ca.key"]
+
+
+def test_days_must_be_positive(ca_dir: Path):
+    with pytest.raises(PkiError, match="--days 0: must be at least 1"):
+        issue_device(ca_dir, "edison-01", days=0)
+
+
+# --- the certificates in a handshake ---------------------------------------------------
+
+
+def test_mutual_tls_handshake_and_the_broker_sees_the_device_name(ca_dir: Path):
+    broker = issue_broker(ca_dir, "localhost", ips=["127.0.0.1"])
+    device = issue_device(ca_dir, "edison-01")
+    result = handshake(ca_dir / "ca.crt", broker, device)
+    assert (result.server_error, result.client_error) == (None, None)
+    assert result.client_cn == "edison-01"
+
+
+def test_handshake_by_address_matches_the_ip_san(ca_dir: Path):
+    broker = issue_broker(ca_dir, "127.0.0.1")
+    result = handshake(ca_dir / "ca.crt", broker, issue_device(ca_dir, "edison-01"),
+                       server_hostname="127.0.0.1")
+    assert result.client_cn == "edison-01"
+
+
+def test_handshake_fails_for_the_wrong_hostname(ca_dir: Path):
+    broker = issue_broker(ca_dir, "broker.example")
+    result = handshake(ca_dir / "ca.crt", broker, issue_device(ca_dir, "edison-01"))
+    assert isinstance(result.client_error, ssl.SSLCertVerificationError)
+    assert "Hostname mismatch" in str(result.client_error)
+    assert result.client_cn is None
+
+
+def test_broker_refuses_a_device_without_a_certificate(ca_dir: Path):
+    result = handshake(ca_dir / "ca.crt", issue_broker(ca_dir, "localhost"), None)
+    assert isinstance(result.server_error, ssl.SSLError)
+    assert result.client_error is not None
+    assert result.client_cn is None
+
+
+def test_broker_refuses_a_device_from_another_ca(ca_dir: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    init_ca(other, name="Someone else's CA")
+    stranger = issue_device(other, "edison-01")
+    result = handshake(ca_dir / "ca.crt", issue_broker(ca_dir, "localhost"), stranger)
+    assert isinstance(result.server_error, ssl.SSLCertVerificationError)
+    assert result.client_cn is None
+
+
+def test_device_refuses_a_broker_from_another_ca(ca_dir: Path, tmp_path: Path):
+    init_ca(tmp_path / "other")
+    result = handshake(ca_dir / "ca.crt", issue_broker(ca_dir, "localhost"),
+                       issue_device(ca_dir, "edison-01"), client_ca=tmp_path / "other/ca.crt")
+    assert isinstance(result.client_error, ssl.SSLCertVerificationError)
+
+
+def test_broker_refuses_an_expired_device_certificate(ca_dir: Path):
+    expired = issue_device(ca_dir, "old", days=1,
+                           not_before=datetime.now(UTC) - timedelta(days=10))
+    result = handshake(ca_dir / "ca.crt", issue_broker(ca_dir, "localhost"), expired)
+    assert isinstance(result.server_error, ssl.SSLCertVerificationError)
+    assert "expired" in str(result.server_error)
+    assert result.client_cn is None
+
+
+def test_encrypted_device_key_needs_its_passphrase(ca_dir: Path):
+    device = issue_device(ca_dir, "edison-01", passphrase=b"correct horse")
+    assert device.key_file.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+    ctx = ssl.create_default_context()
+    ctx.load_cert_chain(device.cert_file, device.key_file, password=b"correct horse")
+    with pytest.raises(ssl.SSLError):
+        ctx.load_cert_chain(device.cert_file, device.key_file, password=b"battery staple")
+
+    result = handshake(ca_dir / "ca.crt", issue_broker(ca_dir, "localhost"), device,
+                       password=b"correct horse")
+    assert result.client_cn == "edison-01"
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="edison-agent")
+    add_pki_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_cli_makes_a_ca_a_broker_and_a_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    pki = tmp_path / "pki"
+    assert run("pki", "init-ca", str(pki), "--name", "Fleet CA") == 0
+    assert run("pki", "issue-broker", str(pki), "mqtt.local", "--ip", "10.0.0.2",
+               "--ip", "127.0.0.1") == 0
+    assert run("pki", "issue-device", str(pki), "edison-01", "--days", "30") == 0
+
+    out = capsys.readouterr().out
+    expires = load_certificate_info(pki / "edison-01.crt").not_after
+    assert f"wrote {pki}/edison-01.crt (expires {expires:%Y-%m-%d})\n" in out
+    for name in ("ca", "mqtt.local", "edison-01"):
+        assert f"wrote {pki}/{name}.crt (expires " in out
+        assert f"wrote {pki}/{name}.key" in out
+    assert load_certificate_info(pki / "ca.crt").subject_cn == "Fleet CA"
+    assert load_certificate_info(pki / "mqtt.local.crt").sans == (
+        "DNS:mqtt.local", "IP:10.0.0.2", "IP:127.0.0.1")
+    assert expires - datetime.now(UTC) < timedelta(days=30)
+
+
+def test_cli_issue_broker_prints_a_mosquitto_listener(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    init_ca(tmp_path)
+    monkeypatch.chdir(tmp_path)  # a relative DIR must come out as absolute paths
+    assert run("pki", "issue-broker", ".", "localhost") == 0
+    lines = capsys.readouterr().out.splitlines()
+    block = lines[lines.index("listener 8883"):]
+    assert block == [
+        "listener 8883",
+        f"cafile {tmp_path.resolve()}/ca.crt",
+        f"certfile {tmp_path.resolve()}/localhost.crt",
+        f"keyfile {tmp_path.resolve()}/localhost.key",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+    ]
+
+
+def test_cli_without_a_ca_fails_with_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]):
+    assert run("pki", "issue-device", str(tmp_path), "edison-01") == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"edison-agent pki: {tmp_path}/ca.crt: no CA here; "
+                            f"run 'edison-agent pki init-ca {tmp_path}' first\n")
+
+
+def test_cli_refuses_to_overwrite_and_says_use_force(ca_dir: Path,
+                                                     capsys: pytest.CaptureFixture[str]):
+    assert run("pki", "init-ca", str(ca_dir)) == 2
+    assert "ca.crt: already exists; use --force" in capsys.readouterr().err
+    assert run("pki", "init-ca", str(ca_dir), "--force") == 0
+
+
+def test_cli_passphrase_comes_from_the_first_line_of_a_file(
+        ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    secret = tmp_path / "passphrase"
+    secret.write_bytes(b"correct horse\r\nnot this line\n")
+    assert run("pki", "issue-device", str(ca_dir), "edison-01",
+               "--passphrase-file", str(secret)) == 0
+    assert "edison-01.key (mode 0600, encrypted)" in capsys.readouterr().out
+    ssl.create_default_context().load_cert_chain(
+        ca_dir / "edison-01.crt", ca_dir / "edison-01.key", password=b"correct horse")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\nsecond line\n", "the first line is empty"),
+    (None, "cannot read the passphrase file"),
+])
+def test_cli_rejects_a_bad_passphrase_file(ca_dir: Path, tmp_path: Path, content: bytes | None,
+                                           message: str, capsys: pytest.CaptureFixture[str]):
+    secret = tmp_path / "passphrase"
+    if content is not None:
+        secret.write_bytes(content)
+    assert run("pki", "issue-device", str(ca_dir), "edison-01",
+               "--passphrase-file", str(secret)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edison-agent pki: {secret}: {message}")
+    assert err.count("\n") == 1
+    assert not (ca_dir / "edison-01.key").exists()
+
+
+# --- packaging ------------------------------------------------------------------------
+
+
+def test_the_agent_imports_without_cryptography():
+    code = ("import sys; sys.modules['cryptography'] = None\n"
+            "import agent.pki as pki\n"
+            "try:\n"
+            "    pki.init_ca('unused')\n"
+            "except pki.PkiError as exc:\n"
+            "    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out == ("the pki commands need the 'cryptography' package: "
+                   "pip install 'edison-agent[pki]'\n")
+
+
+@pytest.mark.skipif(not (REPO / "agent" / "cli.py").exists(), reason="agent/cli.py not written yet")
+def test_python_m_agent_pki_init_ca(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "agent", "pki", "init-ca", str(tmp_path / "p")],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert load_certificate_info(tmp_path / "p" / "ca.crt").is_ca
+
+
+# --- with a real Mosquitto -------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+def test_mosquitto_accepts_the_device_with_the_printed_listener(
+        ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    paho = pytest.importorskip("paho.mqtt.client")
+    assert run("pki", "issue-broker", str(ca_dir), "localhost") == 0
+    out = capsys.readouterr().out
+    listener = out[out.index("listener 8883"):]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    # As root, mosquitto would drop to its own user and then fail to read the 0600 key.
+    stay_root = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(stay_root + listener.replace("listener 8883", f"listener {port} 127.0.0.1")
+                    + "\nlog_type all\n")
+    device = issue_device(ca_dir, "edison-01")
+
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="probe")
+        client.tls_set(ca_certs=str(ca_dir / "ca.crt"), certfile=str(device.cert_file),
+                       keyfile=str(device.key_file))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.connect("localhost", port)
+                break
+            except ConnectionRefusedError:
+                if broker.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mosquitto did not start:\n" + broker.communicate()[0])
+                time.sleep(0.05)
+        client.loop_start()
+        info = client.publish("edison/edison-01/hello", b"1", qos=1)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        broker.terminate()
+        log = broker.communicate(timeout=10)[0]
+    # use_identity_as_username: the broker took the certificate's CN as the username.
+    assert "as probe (" in log
+    assert "u'edison-01'" in log
