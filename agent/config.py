@@ -374,10 +374,10 @@ def _sensors(r: _Reader, raw: Any) -> Tuple[SensorConfig, ...]:
         driver = sensors.DRIVERS[kind]
         common = ("name", "type", "interval", "unit")
         options = _options(r, item, path, driver.Options, common)
-        if options is not None:
-            for key, message in driver.check_options(options):
-                r.problem(_join(path, key), message)
-        if name is not None and interval is not None and options is not None:
+        option_problems = driver.check_options(options) if options is not None else []
+        for key, message in option_problems:
+            r.problem(_join(path, key), message)
+        if name is not None and interval is not None and options is not None and not option_problems:
             result.append(SensorConfig(name=name, type=kind, interval=interval,
                                        unit=unit if unit is not None else driver.default_unit(options),
                                        options=options))

@@ -50,7 +50,9 @@ class Agent:
     def shutdown(self) -> int:
         deadline = time.monotonic() + self.config.shutdown_timeout
         if not self.uplink.drain(self.config.shutdown_timeout * 0.6):
-            log.warning("stopping with %d readings not acknowledged by the broker", self.spool.depth)
+            # The spool lives in memory for now: what the broker has not acknowledged is lost.
+            log.warning("stopping with %d readings not acknowledged by the broker: they are lost",
+                        self.spool.depth)
         self.session.stop(max(0.5, deadline - time.monotonic()))
         log.info("stopped: %d readings delivered", self.uplink.delivered)
         return 0

@@ -408,15 +408,15 @@ def _report(issued: Issued, encrypted: bool = False) -> None:
 
 
 def _mosquitto_listener(ca_file: Path, issued: Issued) -> str:
-    key = issued.key_file.resolve()
     return "\n".join([
         "",
-        "# for mosquitto.conf; mosquitto 2 opens the key after dropping root, so run",
-        f"#   chown mosquitto {key}",
+        "# for mosquitto.conf. mosquitto 2 reads these files as the mosquitto user, after",
+        "# dropping root: that user must be able to read the key and enter its 0700",
+        "# directory, or copy the three files somewhere it can and change the paths.",
         "listener 8883",
         f"cafile {ca_file.resolve()}",
         f"certfile {issued.cert_file.resolve()}",
-        f"keyfile {key}",
+        f"keyfile {issued.key_file.resolve()}",
         "require_certificate true",
         "use_identity_as_username true",
         "tls_version tlsv1.2",

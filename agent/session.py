@@ -171,7 +171,7 @@ class Session:
             return was_connected
         self._connected.clear()
         if was_connected:
-            self._problem("connection lost (%s)" % (self._socket_error or mqtt.error_string(rc)))
+            self._problem("connection lost" + (": %s" % self._socket_error if self._socket_error else ""))
         elif self._refusal is not None:
             self._problem(self._refusal)
         else:

@@ -1,0 +1,113 @@
+"""Mutual TLS as the founding post sets it up: what connects, and what is refused in plain words."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PASSPHRASE, Broker, agent_config
+
+
+def test_encrypted_key_loads_with_its_passphrase_file(certs, broker, subscriber, run_agent, tmp_path):
+    pass_file = tmp_path / "client.pass"
+    pass_file.write_bytes(PASSPHRASE + b"\n")
+    agent = run_agent(agent_config(certs, broker.port, tls={
+        "cert_file": str(certs.encrypted_cert), "key_file": str(certs.encrypted_key),
+        "key_password_file": str(pass_file)}))
+    subscriber.next("edison/thunder10/status", payload="online")
+    assert agent.stop() == 0
+
+
+def test_encrypted_key_loads_with_the_passphrase_from_the_environment(certs, broker, subscriber, run_agent):
+    agent = run_agent(agent_config(certs, broker.port, tls={
+        "cert_file": str(certs.encrypted_cert), "key_file": str(certs.encrypted_key)}),
+        env={"EDISON_AGENT_KEY_PASSWORD": PASSPHRASE.decode()})
+    subscriber.next("edison/thunder10/status", payload="online")
+    assert agent.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_keys_made_with_the_posts_openssl_commands_work(certs, broker, subscriber, run_agent, tmp_path):
+    # As in the post: an RSA-2048 key encrypted with -des3, a CSR, and `openssl x509 -req`.
+    key, csr, crt = tmp_path / "client.key", tmp_path / "client.csr", tmp_path / "client.crt"
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("genrsa", "-des3", "-passout", "pass:edison", "-out", str(key), "2048")
+    run("req", "-new", "-key", str(key), "-passin", "pass:edison", "-subj", "/C=IT/O=LSaetta/CN=thunder10",
+        "-out", str(csr))
+    run("x509", "-req", "-in", str(csr), "-CA", str(certs.ca), "-CAkey", str(certs.dir / "ca.key"),
+        "-CAcreateserial", "-out", str(crt), "-days", "730")
+    key.chmod(0o600)
+    agent = run_agent(agent_config(certs, broker.port, tls={"cert_file": str(crt), "key_file": str(key)}),
+                      env={"EDISON_AGENT_KEY_PASSWORD": "edison"})
+    subscriber.next("edison/thunder10/status", payload="online")
+    assert agent.stop() == 0
+
+
+def _exits_with_one_line(agent, expected: str) -> str:
+    assert agent.proc.wait(15) == 2
+    lines = agent.output.splitlines()
+    assert len(lines) == 1, agent.output
+    assert expected in lines[0]
+    return lines[0]
+
+
+def test_wrong_passphrase_exits_2_with_one_line(certs, broker, run_agent, tmp_path):
+    pass_file = tmp_path / "client.pass"
+    pass_file.write_text("not the passphrase\n")
+    agent = run_agent(agent_config(certs, broker.port, tls={
+        "cert_file": str(certs.encrypted_cert), "key_file": str(certs.encrypted_key),
+        "key_password_file": str(pass_file)}))
+    line = _exits_with_one_line(agent, "mqtt.tls.key_password_file: wrong passphrase for")
+    assert str(certs.encrypted_key) in line and str(pass_file) in line
+    assert "not the passphrase" not in line
+
+
+def test_encrypted_key_without_passphrase_exits_2_and_never_prompts(certs, broker, run_agent):
+    agent = run_agent(agent_config(certs, broker.port, tls={
+        "cert_file": str(certs.encrypted_cert), "key_file": str(certs.encrypted_key)}))
+    line = _exits_with_one_line(agent, "mqtt.tls.key_file: ")
+    assert "is encrypted but no passphrase is configured" in line
+    assert "Enter PEM pass phrase" not in agent.output
+
+
+def _refused(agent, expected: str) -> None:
+    """The agent keeps retrying (the broker may be fixed) but says why, once, and stops cleanly."""
+    agent.wait_for(expected, timeout=15)
+    assert agent.stop() == 0
+    assert agent.output.count(expected) == 1, agent.output
+    assert "Traceback" not in agent.output
+
+
+def test_no_client_certificate_is_refused_in_plain_words(certs, broker, run_agent):
+    agent = run_agent(agent_config(certs, broker.port, tls={"cert_file": None, "key_file": None}))
+    _refused(agent, "requires a client certificate and none was sent")
+
+
+def test_client_certificate_from_another_ca_is_refused_in_plain_words(certs, broker, run_agent):
+    agent = run_agent(agent_config(certs, broker.port, tls={
+        "cert_file": str(certs.foreign_cert), "key_file": str(certs.foreign_key)}))
+    _refused(agent, "the broker does not trust our client certificate")
+
+
+def test_expired_client_certificate_is_named_at_start_and_refused(certs, broker, run_agent):
+    agent = run_agent(agent_config(certs, broker.port, tls={
+        "cert_file": str(certs.expired_cert), "key_file": str(certs.expired_key)}))
+    agent.wait_for(r"client certificate .*thunder12.crt is expired on")
+    _refused(agent, "the broker rejected our client certificate as expired")
+
+
+def test_broker_hostname_mismatch_is_refused_in_plain_words(certs, run_agent, tmp_path: Path):
+    impostor = Broker(tmp_path, certs, certs.wrong_host_cert, certs.wrong_host_key)
+    impostor.start()
+    try:
+        agent = run_agent(agent_config(certs, impostor.port))
+        _refused(agent, "the broker's certificate is not valid for '127.0.0.1'")
+    finally:
+        impostor.stop()
+
+
+def test_a_broker_signed_by_another_ca_is_not_trusted(certs, broker, run_agent, tmp_path):
+    agent = run_agent(agent_config(certs, broker.port, tls={"ca_file": str(certs.foreign_cert.parent / "ca.crt")}))
+    _refused(agent, "was not signed by the CA in mqtt.tls.ca_file")
