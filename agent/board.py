@@ -108,7 +108,8 @@ class MraaBoard(Board):
 
 
 class _SimulatedAio:
-    """A slow sine with a little noise, so demo graphs look like a real room."""
+    """A slow sine with a little noise around 15% of full scale: with the shipped example's
+    scale (0.4883) and offset (-50) that reads as a room at about 20 degC."""
 
     def __init__(self, pin: int, bits: int) -> None:
         self._pin = pin
@@ -118,7 +119,7 @@ class _SimulatedAio:
     def read(self) -> int:
         full = (1 << self._bits) - 1
         phase = time.time() / 60.0 * 2 * math.pi + self._pin
-        fraction = 0.5 + 0.1 * math.sin(phase) + self._rng.uniform(-0.005, 0.005)
+        fraction = 0.145 + 0.01 * math.sin(phase) + self._rng.uniform(-0.002, 0.002)
         return max(0, min(full, int(round(fraction * full))))
 
 
@@ -144,10 +145,11 @@ class SimulatedBoard(Board):
 
 def _import_mraa() -> Optional[ModuleType]:
     try:
-        import mraa  # type: ignore[import-not-found]
+        import mraa
     except ImportError:
         return None
-    return mraa  # type: ignore[no-any-return]
+    module: ModuleType = mraa
+    return module
 
 
 def open_board(kind: str) -> Board:

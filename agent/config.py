@@ -15,7 +15,7 @@ import yaml
 
 from agent import sensors
 
-KEY_PASSWORD_ENV = "EDISON_AGENT_KEY_PASSWORD"
+KEY_PASSWORD_ENV = "EDISON_AGENT_KEY_PASSWORD"  # noqa: S105 - a variable name, not a secret
 BOARDS = ("auto", "mraa", "simulated")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_VERSIONS = ("1.2", "1.3")
@@ -89,7 +89,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Dict[Any, Any]:
     seen = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, "duplicate key %r" % (key,), key_node.start_mark
@@ -99,7 +99,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Dict
 
 
 _UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping  # type: ignore[arg-type]
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
 
 _MISSING = object()
@@ -266,7 +266,8 @@ def _mqtt(r: _Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     if min_delay is not None and max_delay is not None and max_delay < min_delay:
         r.problem("mqtt.reconnect.max_delay", "%s is below min_delay %s" % (max_delay, min_delay))
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
-    if None in (host, port, client_id, keepalive, qos, topic, status_topic, min_delay, max_delay):
+    if (host is None or port is None or client_id is None or keepalive is None or qos is None
+            or topic is None or status_topic is None or min_delay is None or max_delay is None):
         return None
     return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
                       status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls)
@@ -285,7 +286,7 @@ def _topic(r: _Reader, m: Mapping[str, Any], key: str, default: str, device_id: 
     if unknown:
         r.problem("mqtt." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
         return None
-    topic = template.format(device_id=device_id)
+    topic = str(template).format(device_id=device_id)
     if "+" in topic or "#" in topic or not topic:
         r.problem("mqtt." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
         return None

@@ -24,8 +24,8 @@ class _SyslogPrefix(logging.Filter):
 
 def configure(level: str) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     root.setLevel(level.upper())
     handler: logging.Handler
     if os.environ.get("JOURNAL_STREAM"):
@@ -47,7 +47,7 @@ def _stream_handler(fmt: str, syslog_prefix: bool) -> logging.Handler:
 
 def _journal_handler() -> Optional[logging.Handler]:
     try:
-        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+        from systemd.journal import JournalHandler
     except ImportError:
         return None
     handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="edison-agent")

@@ -151,8 +151,7 @@ class Session:
     def _connect_once(self) -> bool:
         """One connection's life; True if it reached CONNACK."""
         cfg = self._config
-        self._socket_error = None
-        self._refusal = None
+        self._forget_last_attempt()
         try:
             self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
         except (OSError, ValueError) as exc:
@@ -178,6 +177,10 @@ class Session:
             self._problem(self._closed_before_connack())
         self._client.disconnect()
         return was_connected
+
+    def _forget_last_attempt(self) -> None:
+        self._socket_error = None
+        self._refusal = None
 
     def _closed_before_connack(self) -> str:
         alert = describe_alert(self._socket_error or "")

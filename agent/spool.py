@@ -57,7 +57,7 @@ class Spool:
     def take(self, count: int) -> List[Reading]:
         """The next `count` readings never handed out, in seq order."""
         with self._lock:
-            taken = []
+            taken: List[Reading] = []
             while self._unsent and len(taken) < count:
                 seq = self._unsent.popleft()
                 if seq in self._pending:

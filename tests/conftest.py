@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import importlib
 import json
 import os
 import queue
@@ -82,10 +83,26 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
                  wrong_host.cert_file, wrong_host.key_file)
 
 
+@pytest.fixture
+def mraa() -> Iterator[Any]:
+    """The fake libmraa binding (tests/fake_mraa), reset around each test and unloaded after."""
+    sys.path.insert(0, str(FAKE_MRAA))
+    try:
+        module = importlib.import_module("mraa")
+        assert Path(module.__file__ or "").resolve().parent == FAKE_MRAA, "imported some other mraa"
+        module._reset()
+        yield module
+        module._reset()
+    finally:
+        sys.path.remove(str(FAKE_MRAA))
+        # Later tests that pick a board with `auto` must not find the fake.
+        sys.modules.pop("mraa", None)
+
+
 class Broker:
     """A real mosquitto on 127.0.0.1 requiring client certificates; restartable on the same port."""
 
-    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls_version: str = "tlsv1.2") -> None:
+    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
@@ -96,14 +113,7 @@ class Broker:
             "persistence false",
             "log_dest file %s" % self.log,
             "log_type all",
-            "listener %d 127.0.0.1" % self.port,
-            "cafile %s" % certs.ca,
-            "certfile %s" % cert,
-            "keyfile %s" % key,
-            "require_certificate true",
-            "use_identity_as_username true",
-            "tls_version %s" % tls_version,
-            "set_tcp_nodelay true",
+            pki.mosquitto_listener(certs.ca, cert, key, port=self.port, address="127.0.0.1"),
             "",
         ]))
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -118,7 +128,7 @@ class Broker:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto exited: %s" % self.log.read_text(errors="replace")[-2000:])
+                    raise RuntimeError("mosquitto exited: %s" % self.log.read_text(errors="replace")[-2000:]) from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not listen on %d" % self.port)
 
@@ -146,7 +156,8 @@ class Subscriber:
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(certs.ca),
              "--cert", str(certs.monitor_cert), "--key", str(certs.monitor_key), "-q", "1", "-v",
              "-t", "edison/#"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -174,6 +185,9 @@ class Subscriber:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(5)
+        self._reader.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -216,7 +230,8 @@ class AgentProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config_path)],
                                      cwd=str(ROOT), env=full_env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -248,6 +263,14 @@ class AgentProcess:
                                          % (pattern, timeout, "\n".join(self.lines)))
                 self._cond.wait(min(remaining, 0.2))
 
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -273,6 +296,4 @@ def run_agent(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
+        process.close()

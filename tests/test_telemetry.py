@@ -20,8 +20,8 @@ def test_readings_arrive_at_an_independent_subscriber_with_the_contract_fields(c
     assert set(reading) == {"sensor", "value", "unit", "ts", "seq"}
     assert reading["sensor"] == "temperature"
     assert reading["unit"] == "degC"
-    # The simulated ADC sits near mid-scale: raw ~512 * 0.5 - 50 ~ 206.
-    assert 150 < reading["value"] < 260
+    # The simulated ADC sits near 15% of its 10-bit scale: raw ~148 * 0.5 - 50 ~ 24.
+    assert 15 < reading["value"] < 35
     assert abs(reading["ts"] - time.time()) < 10
     assert round(reading["ts"], 3) == reading["ts"]
     assert second["readings"][0]["seq"] > reading["seq"]
@@ -37,3 +37,5 @@ def test_one_session_carries_every_reading(certs, broker, subscriber, run_agent)
     log = broker.log.read_text()
     # One CONNECT from the agent for the whole run: the handshake is paid once.
     assert log.count("as thunder10 (") == 1, log
+    # use_identity_as_username: the broker knows the device by its certificate's CN.
+    assert "u'thunder10'" in log

@@ -36,4 +36,4 @@ class AnalogSensor(Sensor):
 
     def read(self) -> Value:
         assert self._adc is not None, "setup() first"
-        return self._adc.read() * self.options.scale + self.options.offset
+        return float(self._adc.read() * self.options.scale + self.options.offset)

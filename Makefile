@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# apt-get needs root; on a developer's machine that is sudo, in CI it is root already.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := mosquitto mosquitto-clients openssl python3-venv
+UNITS := systemd/edison-agent.service
+
+.PHONY: demo test check system-deps venv verify-unit clean
+
+system-deps:
+	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null \
+	    || ! command -v openssl >/dev/null || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  echo "installing $(APT_PACKAGES) with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,pki,check]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: system-deps venv
+	$(PY) scripts/demo.py
+
+test: system-deps venv
+	$(PY) -m pytest -q
+
+check: venv
+	$(VENV)/bin/ruff check agent tests scripts
+	$(VENV)/bin/mypy agent
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
