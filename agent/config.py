@@ -20,6 +20,13 @@ BOARDS = ("auto", "mraa", "simulated")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
+# The known keys of each section: anything else is reported as unknown.
+TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout")
+DEVICE_KEYS = ("id",)
+MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls")
+RECONNECT_KEYS = ("min_delay", "max_delay")
+TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname")
+SENSOR_KEYS = ("name", "type", "interval", "unit")
 
 
 class ConfigError(Exception):
@@ -227,8 +234,8 @@ def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
 
 
 def _build(r: _Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]:
-    top = r.section(tree, "", ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout"))
-    device = r.section(top.get("device"), "device", ("id",))
+    top = r.section(tree, "", TOP_KEYS)
+    device = r.section(top.get("device"), "device", DEVICE_KEYS)
     device_id = r.value(device, "id", "device", str, default=socket.gethostname())
     if device_id is not None and not _is_topic_safe(device_id):
         r.problem("device.id", "%r may not contain '/', '+', '#' or spaces: it is part of MQTT topics" % device_id)
@@ -251,8 +258,7 @@ def _mqtt(r: _Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     if raw is None:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
         return None
-    m = r.section(raw, "mqtt", ("host", "port", "client_id", "keepalive", "qos", "topic",
-                                "status_topic", "reconnect", "tls"))
+    m = r.section(raw, "mqtt", MQTT_KEYS)
     host = r.value(m, "host", "mqtt", str)
     port = r.value(m, "port", "mqtt", int, default=8883, minimum=1, maximum=65535)
     client_id = r.value(m, "client_id", "mqtt", str, default=device_id)
@@ -260,7 +266,7 @@ def _mqtt(r: _Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     qos = r.value(m, "qos", "mqtt", int, default=1, choices=(0, 1))
     topic = _topic(r, m, "topic", "edison/{device_id}/telemetry", device_id)
     status_topic = _topic(r, m, "status_topic", "edison/{device_id}/status", device_id)
-    rc = r.section(m.get("reconnect"), "mqtt.reconnect", ("min_delay", "max_delay"))
+    rc = r.section(m.get("reconnect"), "mqtt.reconnect", RECONNECT_KEYS)
     min_delay = r.value(rc, "min_delay", "mqtt.reconnect", float, default=1.0, minimum=0.1, maximum=3600)
     max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
     if min_delay is not None and max_delay is not None and max_delay < min_delay:
@@ -294,8 +300,7 @@ def _topic(r: _Reader, m: Mapping[str, Any], key: str, default: str, device_id: 
 
 
 def _tls(r: _Reader, raw: Any) -> Optional[TLSConfig]:
-    t = r.section(raw, "mqtt.tls", ("ca_file", "cert_file", "key_file", "key_password_file",
-                                    "min_version", "verify_hostname"))
+    t = r.section(raw, "mqtt.tls", TLS_KEYS)
     ca_file = r.file(t, "ca_file", "mqtt.tls", required=True)
     cert_file = r.file(t, "cert_file", "mqtt.tls", required=False)
     key_file = r.file(t, "key_file", "mqtt.tls", required=False)
@@ -373,8 +378,7 @@ def _sensors(r: _Reader, raw: Any) -> Tuple[SensorConfig, ...]:
         if kind is None:
             continue
         driver = sensors.DRIVERS[kind]
-        common = ("name", "type", "interval", "unit")
-        options = _options(r, item, path, driver.Options, common)
+        options = _options(r, item, path, driver.Options, SENSOR_KEYS)
         option_problems = driver.check_options(options) if options is not None else []
         for key, message in option_problems:
             r.problem(_join(path, key), message)

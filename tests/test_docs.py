@@ -1,0 +1,40 @@
+"""The reference docs keep up with the code: every key the loader accepts is documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from agent import config, sensors
+from conftest import ROOT
+
+DOC = (ROOT / "docs" / "configuration.md").read_text()
+DOCUMENTED = set(re.findall(r"^\| `([a-z_.]+)` \|", DOC, flags=re.MULTILINE))
+
+KEYS = (
+    [k for k in config.TOP_KEYS if k not in ("device", "mqtt", "sensors")]
+    + ["device.%s" % k for k in config.DEVICE_KEYS]
+    + ["mqtt.%s" % k for k in config.MQTT_KEYS if k != "reconnect"]
+    + ["mqtt.reconnect.%s" % k for k in config.RECONNECT_KEYS]
+    + ["mqtt.tls.%s" % k for k in config.TLS_KEYS]
+    + list(config.SENSOR_KEYS)
+)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_config_key_has_a_row_in_the_reference(key):
+    assert key in DOCUMENTED
+
+
+@pytest.mark.parametrize("kind", sorted(sensors.DRIVERS))
+def test_every_sensor_type_and_option_is_documented(kind):
+    section = DOC.split("### `type: %s`" % kind)[1].split("###")[0]
+    for field in dataclasses.fields(sensors.DRIVERS[kind].Options):
+        assert "| `%s` |" % field.name in section, field.name
+
+
+def test_the_readme_shows_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
