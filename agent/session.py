@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Set
 
 import paho.mqtt.client as mqtt
@@ -27,6 +28,16 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
                             "client certificate (unknown CA or none sent)")
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    tls_version: Optional[str]
+    cipher: Optional[str]
+    nodelay: bool
+
+    def describe(self) -> str:
+        return "%s %s" % (self.tls_version, self.cipher) if self.tls_version else "plain MQTT"
 
 
 def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random) -> float:
@@ -72,6 +83,17 @@ class Session:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def connection_info(self) -> Optional[ConnectionInfo]:
+        """What the live connection negotiated; None while disconnected."""
+        sock = self._client.socket()
+        if not self.connected or not isinstance(sock, socket.socket):
+            return None
+        nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        if isinstance(sock, ssl.SSLSocket):
+            cipher = sock.cipher()
+            return ConnectionInfo(sock.version(), cipher[0] if cipher else None, nodelay)
+        return ConnectionInfo(None, None, nodelay)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -192,16 +214,13 @@ class Session:
 
     def _on_connected(self) -> None:
         cfg = self._config
-        sock = self._client.socket()
-        tls = ""
-        if isinstance(sock, ssl.SSLSocket):
-            cipher = sock.cipher()
-            tls = ", %s %s" % (sock.version(), cipher[0] if cipher else "")
+        info = self.connection_info()
+        how = info.describe() if info else "?"
         if self._last_problem is not None:
             self.reconnects += 1
-            log.info("connected to %s:%d again%s (was: %s)", cfg.host, cfg.port, tls, self._last_problem)
+            log.info("connected to %s:%d again, %s (was: %s)", cfg.host, cfg.port, how, self._last_problem)
         else:
-            log.info("connected to %s:%d%s", cfg.host, cfg.port, tls)
+            log.info("connected to %s:%d, %s", cfg.host, cfg.port, how)
         self._last_problem = None
 
     def _problem(self, message: str) -> None:

@@ -102,18 +102,20 @@ def mraa() -> Iterator[Any]:
 class Broker:
     """A real mosquitto on 127.0.0.1 requiring client certificates; restartable on the same port."""
 
-    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path) -> None:
+    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls: bool = True) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        listener = (pki.mosquitto_listener(certs.ca, cert, key, port=self.port, address="127.0.0.1") if tls
+                    else "listener %d 127.0.0.1\nallow_anonymous true" % self.port)
         self.conf.write_text("\n".join([
             # Started as root, mosquitto would switch to the mosquitto user before reading its key.
             "user %s" % getpass.getuser(),
             "persistence false",
             "log_dest file %s" % self.log,
             "log_type all",
-            pki.mosquitto_listener(certs.ca, cert, key, port=self.port, address="127.0.0.1"),
+            listener,
             "",
         ]))
         self.proc: Optional[subprocess.Popen[bytes]] = None

@@ -7,7 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from agent import config, tls
+from agent.session import Session
 from conftest import PASSPHRASE, Broker, agent_config
 
 
@@ -112,3 +115,37 @@ def test_broker_hostname_mismatch_is_refused_in_plain_words(certs, run_agent, tm
 def test_a_broker_signed_by_another_ca_is_not_trusted(certs, broker, run_agent, tmp_path):
     agent = run_agent(agent_config(certs, broker.port, tls={"ca_file": str(certs.foreign_cert.parent / "ca.crt")}))
     _refused(agent, "was not signed by the CA in mqtt.tls.ca_file")
+
+
+def test_the_session_negotiates_tls_1_2_or_newer_with_nagle_off(certs, broker, tmp_path):
+    # In-process, to look at the live socket: Nagle with delayed ACKs stalls small MQTT packets ~40 ms.
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, broker.port)))
+    cfg = config.load(path)
+    assert cfg.mqtt.tls is not None
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls))
+    session.start()
+    try:
+        assert session.wait_connected(10)
+        info = session.connection_info()
+    finally:
+        session.stop(5)
+    assert info is not None
+    assert info.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert info.nodelay
+    assert session.connection_info() is None
+
+
+def test_plain_mqtt_works_but_warns_at_every_start(certs, tmp_path, run_agent):
+    plain = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key, tls=False)
+    plain.start()
+    try:
+        cfg = agent_config(certs, plain.port)
+        cfg["mqtt"]["tls"] = None
+        agent = run_agent(cfg)
+        agent.wait_for("mqtt.tls is not set: readings and the client's identity cross the network in clear text")
+        agent.wait_for("connected to 127.0.0.1:%d, plain MQTT" % plain.port)
+        assert agent.stop() == 0
+    finally:
+        plain.stop()
+
