@@ -102,7 +102,8 @@ def mraa() -> Iterator[Any]:
 class Broker:
     """A real mosquitto on 127.0.0.1 requiring client certificates; restartable on the same port."""
 
-    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls: bool = True) -> None:
+    def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls: bool = True,
+                 persistent: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
@@ -112,7 +113,9 @@ class Broker:
         self.conf.write_text("\n".join([
             # Started as root, mosquitto would switch to the mosquitto user before reading its key.
             "user %s" % getpass.getuser(),
-            "persistence false",
+            # Persistence keeps subscribers' sessions and queued messages across a restart.
+            "persistence %s" % ("true" if persistent else "false"),
+            "persistence_location %s/" % workdir,
             "log_dest file %s" % self.log,
             "log_type all",
             listener,
@@ -152,12 +155,14 @@ def broker(tmp_path: Path, certs: Certs) -> Iterator[Broker]:
 class Subscriber:
     """mosquitto_sub, an MQTT client independent of ours, watching everything under edison/."""
 
-    def __init__(self, broker: Broker, certs: Certs) -> None:
+    def __init__(self, broker: Broker, certs: Certs, session: Optional[str] = None) -> None:
         self.messages: "queue.Queue[tuple[str, str]]" = queue.Queue()
+        # With a session name the broker keeps the subscription, and queues for it, while we are away.
+        persistent = ["-c", "-i", session] if session else []
         self.proc = subprocess.Popen(
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(certs.ca),
              "--cert", str(certs.monitor_cert), "--key", str(certs.monitor_key), "-q", "1", "-v",
-             "-t", "edison/#"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             "-t", "edison/#", *persistent], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
