@@ -70,6 +70,9 @@ class Session:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._stop_deadline = 0.0
+        self._offline_lock = threading.Lock()
+        self._offline_published = False
+        self._offline_acked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-session", daemon=True)
         self._acks_lock = threading.Lock()
         self._acks: Dict[int, Callable[[], None]] = {}
@@ -108,6 +111,9 @@ class Session:
         """Publish offline, disconnect, and wait for the network thread, all within `timeout`."""
         self._stop_deadline = time.monotonic() + timeout
         self._stop.set()
+        # Publishing from this thread also wakes the network thread out of its select(),
+        # so a stop does not wait for the loop's one-second timeout.
+        self._publish_offline()
         self._thread.join(timeout + 1.0)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
@@ -232,14 +238,21 @@ class Session:
         else:
             log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)
 
+    def _publish_offline(self) -> bool:
+        """Once per session, from whichever thread gets here first while connected."""
+        with self._offline_lock:
+            if self._connected.is_set() and not self._offline_published:
+                self._offline_published = True
+                self.publish(self._config.status_topic, OFFLINE, qos=1, retain=True,
+                             on_ack=self._offline_acked.set)
+            return self._offline_published
+
     def _go_offline(self) -> None:
-        if self._connected.is_set():
-            done = threading.Event()
-            self.publish(self._config.status_topic, OFFLINE, qos=1, retain=True, on_ack=done.set)
-            while not done.is_set() and time.monotonic() < self._stop_deadline:
+        if self._publish_offline():
+            while not self._offline_acked.is_set() and time.monotonic() < self._stop_deadline:
                 if self._client.loop(timeout=0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
-            if not done.is_set():
+            if not self._offline_acked.is_set():
                 log.warning("offline status not acknowledged before the stop deadline")
         self._connected.clear()
         self._client.disconnect()
