@@ -8,11 +8,9 @@ both are turned into BoardError here so drivers see one kind of failure.
 from __future__ import annotations
 
 import logging
-import math
-import random
-import time
+import threading
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +70,96 @@ class DigitalIn:
         return level
 
 
+class I2CDevice:
+    """One device on an I2C bus, over an object with mraa.I2c's methods (address already set).
+
+    Register words come back as mraa returns them (SMBus order: the byte at `reg` is the low
+    byte); big-endian sensors should read bytes and assemble them.
+    """
+
+    def __init__(self, i2c: Any, bus: int, address: int) -> None:
+        self._i2c = i2c
+        self.bus = bus
+        self.address = address
+
+    def _where(self) -> str:
+        return "I2C bus %d device 0x%02x" % (self.bus, self.address)
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (ValueError, OSError) as exc:
+            raise BoardError("%s: %s failed: %s (is it connected, at this address?)"
+                             % (self._where(), what, exc)) from None
+
+    def read_reg(self, reg: int) -> int:
+        return int(self._call("read register 0x%02x" % reg, self._i2c.readReg, reg))
+
+    def read_word_reg(self, reg: int) -> int:
+        return int(self._call("read word register 0x%02x" % reg, self._i2c.readWordReg, reg))
+
+    def read_bytes_reg(self, reg: int, length: int) -> bytes:
+        return bytes(self._call("read %d bytes at register 0x%02x" % (length, reg), self._i2c.readBytesReg,
+                                reg, length))
+
+    def read(self, length: int) -> bytes:
+        return bytes(self._call("read %d bytes" % length, self._i2c.read, length))
+
+    def write_reg(self, reg: int, value: int) -> None:
+        _check(self._i2c.writeReg(reg, value), "%s: write register 0x%02x" % (self._where(), reg))
+
+    def write_byte(self, value: int) -> None:
+        _check(self._i2c.writeByte(value), "%s: write byte 0x%02x" % (self._where(), value))
+
+    def write(self, data: bytes) -> None:
+        _check(self._i2c.write(bytearray(data)), "%s: write %d bytes" % (self._where(), len(data)))
+
+
+class PulseCounter:
+    """Counts edges on a pin from mraa's interrupt thread; `take()` returns the count since the last take."""
+
+    def __init__(self, gpio: Any, pin: int) -> None:
+        self._gpio = gpio
+        self.pin = pin
+        # The callback runs on libmraa's own thread: a lock keeps `+=` and take() from losing counts.
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def _edge(self, arg: Any = None) -> None:
+        with self._lock:
+            self._count += 1
+
+    def take(self) -> int:
+        with self._lock:
+            count, self._count = self._count, 0
+        return count
+
+    def close(self) -> None:
+        isr_exit = getattr(self._gpio, "isrExit", None)
+        if isr_exit is not None:
+            isr_exit()
+
+
+PULLS = ("none", "up", "down")
+EDGES = ("rising", "falling", "both")
+
+
 class Board:
-    """Hands out pins; the interface drivers program against."""
+    """Hands out pins and buses; the interface drivers program against."""
 
     name = "board"
 
     def analog_in(self, pin: int, bits: int = 10) -> AnalogIn:
         raise NotImplementedError
 
-    def digital_in(self, pin: int) -> DigitalIn:
+    def digital_in(self, pin: int, pull: str = "none") -> DigitalIn:
+        raise NotImplementedError
+
+    def i2c(self, bus: int, address: int, chip: Optional[str] = None) -> I2CDevice:
+        """`chip` names the part the driver expects; a simulated board puts one there."""
+        raise NotImplementedError
+
+    def pulse_counter(self, pin: int, edge: str = "rising") -> PulseCounter:
         raise NotImplementedError
 
 
@@ -98,49 +177,35 @@ class MraaBoard(Board):
             _check(aio.setBit(bits), "analog pin A%d: set %d-bit resolution" % (pin, bits))
         return AnalogIn(aio, pin, bits)
 
-    def digital_in(self, pin: int) -> DigitalIn:
+    def _gpio_in(self, pin: int, pull: str) -> Any:
         try:
             gpio = self._mraa.Gpio(pin)
         except ValueError as exc:
             raise BoardError("GPIO %d: cannot open: %s" % (pin, exc)) from None
         _check(gpio.dir(self._mraa.DIR_IN), "GPIO %d: set as input" % pin)
-        return DigitalIn(gpio, pin)
+        if pull != "none":
+            mode = {"up": self._mraa.MODE_PULLUP, "down": self._mraa.MODE_PULLDOWN}[pull]
+            _check(gpio.mode(mode), "GPIO %d: pull-%s" % (pin, pull))
+        return gpio
 
+    def digital_in(self, pin: int, pull: str = "none") -> DigitalIn:
+        return DigitalIn(self._gpio_in(pin, pull), pin)
 
-class _SimulatedAio:
-    """A slow sine with a little noise around 15% of full scale: with the shipped example's
-    scale (0.4883) and offset (-50) that reads as a room at about 20 degC."""
+    def i2c(self, bus: int, address: int, chip: Optional[str] = None) -> I2CDevice:
+        try:
+            i2c = self._mraa.I2c(bus)
+        except ValueError as exc:
+            raise BoardError("I2C bus %d: cannot open: %s" % (bus, exc)) from None
+        _check(i2c.address(address), "I2C bus %d: select device 0x%02x" % (bus, address))
+        return I2CDevice(i2c, bus, address)
 
-    def __init__(self, pin: int, bits: int) -> None:
-        self._pin = pin
-        self._bits = bits
-        self._rng = random.Random(pin)
-
-    def read(self) -> int:
-        full = (1 << self._bits) - 1
-        phase = time.time() / 60.0 * 2 * math.pi + self._pin
-        fraction = 0.145 + 0.01 * math.sin(phase) + self._rng.uniform(-0.002, 0.002)
-        return max(0, min(full, int(round(fraction * full))))
-
-
-class _SimulatedGpio:
-    """Changes level every few seconds, like a door that is opened now and then."""
-
-    def __init__(self, pin: int) -> None:
-        self._pin = pin
-
-    def read(self) -> int:
-        return int(time.time() // (5 + self._pin)) % 2
-
-
-class SimulatedBoard(Board):
-    name = "simulated board"
-
-    def analog_in(self, pin: int, bits: int = 10) -> AnalogIn:
-        return AnalogIn(_SimulatedAio(pin, bits), pin, bits)
-
-    def digital_in(self, pin: int) -> DigitalIn:
-        return DigitalIn(_SimulatedGpio(pin), pin)
+    def pulse_counter(self, pin: int, edge: str = "rising") -> PulseCounter:
+        gpio = self._gpio_in(pin, "none")
+        counter = PulseCounter(gpio, pin)
+        mode = {"rising": self._mraa.EDGE_RISING, "falling": self._mraa.EDGE_FALLING,
+                "both": self._mraa.EDGE_BOTH}[edge]
+        _check(gpio.isr(mode, counter._edge, None), "GPIO %d: interrupt on %s edges" % (pin, edge))
+        return counter
 
 
 def _import_mraa() -> Optional[ModuleType]:
@@ -154,6 +219,9 @@ def _import_mraa() -> Optional[ModuleType]:
 
 def open_board(kind: str) -> Board:
     """`auto` takes mraa when it imports, else the simulated board (with one warning)."""
+    # Imported here: the simulation is not needed on a board with mraa.
+    from agent.simulated import SimulatedBoard
+
     if kind == "simulated":
         return SimulatedBoard()
     mraa = _import_mraa()

@@ -114,6 +114,6 @@ def summary(cfg: config.AgentConfig) -> str:
         "  sensors    %d" % len(cfg.sensors),
     ]
     for s in cfg.sensors:
-        unit = " %s" % s.unit if s.unit else ""
-        lines.append("    %-16s %-8s every %g s%s" % (s.name, s.type, s.interval, unit))
+        values = ", ".join("%s%s" % (c.name, " (%s)" % c.unit if c.unit else "") for c in s.channels)
+        lines.append("    %-16s %-10s every %g s: %s" % (s.name, s.type, s.interval, values))
     return "\n".join(lines)

@@ -6,14 +6,14 @@ import dataclasses
 import os
 import socket
 import string
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from agent import sensors
+from agent.config_reader import Reader, UniqueKeyLoader, is_topic_safe, kind_of
+from agent.sensor_config import SensorConfig, parse_sensors
 
 KEY_PASSWORD_ENV = "EDISON_AGENT_KEY_PASSWORD"  # noqa: S105 - a variable name, not a secret
 BOARDS = ("auto", "mraa", "simulated")
@@ -26,7 +26,6 @@ DEVICE_KEYS = ("id",)
 MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls")
 RECONNECT_KEYS = ("min_delay", "max_delay")
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname")
-SENSOR_KEYS = ("name", "type", "interval", "unit")
 
 
 class ConfigError(Exception):
@@ -69,16 +68,6 @@ class MQTTConfig:
 
 
 @dataclass(frozen=True)
-class SensorConfig:
-    name: str
-    type: str
-    interval: float
-    unit: Optional[str]
-    # The driver's own options dataclass (see agent/sensors): typed, validated.
-    options: Any
-
-
-@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -87,119 +76,6 @@ class AgentConfig:
     sensors: Tuple[SensorConfig, ...]
     log_level: str = "info"
     shutdown_timeout: float = 5.0
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a config typo must not vanish."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Dict[Any, Any]:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, "duplicate key %r" % (key,), key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-_MISSING = object()
-
-
-class _Reader:
-    """Reads typed values out of the YAML tree, collecting problems instead of raising."""
-
-    def __init__(self, label: str, base_dir: Path) -> None:
-        self.label = label
-        self.base_dir = base_dir
-        self.problems: List[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append("%s: %s: %s" % (self.label, path, message))
-
-    def section(self, value: Any, path: str, known: typing.Iterable[str]) -> Dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(path, "expected a mapping of keys, got %s" % _kind(value))
-            return {}
-        known = tuple(known)
-        for key in value:
-            if key not in known:
-                self.problem(_join(path, str(key)), "unknown key (known keys: %s)" % ", ".join(known))
-        return value
-
-    def value(self, section: Mapping[str, Any], key: str, path: str, kind: type,
-              default: Any = _MISSING, choices: Optional[typing.Sequence[Any]] = None,
-              minimum: Optional[float] = None, maximum: Optional[float] = None) -> Any:
-        where = _join(path, key)
-        raw = section.get(key)
-        if raw is None:
-            if default is _MISSING:
-                self.problem(where, "required %s is missing" % kind.__name__)
-            return None if default is _MISSING else default
-        value = _coerce(raw, kind)
-        if value is None:
-            self.problem(where, "expected %s, got %s %r" % (_kind_name(kind), _kind(raw), raw))
-            return None if default is _MISSING else default
-        if choices is not None and value not in choices:
-            self.problem(where, "%r is not one of: %s" % (raw, ", ".join(str(c) for c in choices)))
-            return None if default is _MISSING else default
-        if minimum is not None and value < minimum:
-            self.problem(where, "%s is below the minimum %s" % (raw, minimum))
-        if maximum is not None and value > maximum:
-            self.problem(where, "%s is above the maximum %s" % (raw, maximum))
-        return value
-
-    def file(self, section: Mapping[str, Any], key: str, path: str, required: bool) -> Optional[Path]:
-        raw = self.value(section, key, path, str, default=_MISSING if required else None)
-        if not raw:
-            return None
-        resolved = Path(os.path.expanduser(raw))
-        if not resolved.is_absolute():
-            resolved = self.base_dir / resolved
-        where = _join(path, key)
-        if not resolved.exists():
-            self.problem(where, "file not found: %s" % resolved)
-        elif not resolved.is_file():
-            self.problem(where, "not a regular file: %s" % resolved)
-        elif not os.access(resolved, os.R_OK):
-            self.problem(where, "not readable by this user: %s (check its owner and mode)" % resolved)
-        return resolved
-
-
-def _join(path: str, key: str) -> str:
-    return "%s.%s" % (path, key) if path else key
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _kind_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
-
-
-def _coerce(raw: Any, kind: type) -> Any:
-    # YAML booleans are ints to Python; `port: yes` must not pass as port 1.
-    if kind is bool:
-        return raw if isinstance(raw, bool) else None
-    if isinstance(raw, bool):
-        return None
-    if kind is float and isinstance(raw, (int, float)):
-        return float(raw)
-    if kind is int and isinstance(raw, int):
-        return raw
-    if kind is str and isinstance(raw, (str, int, float)):
-        return str(raw)
-    return None
 
 
 def load(path: Path) -> AgentConfig:
@@ -212,13 +88,13 @@ def load(path: Path) -> AgentConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(["%s: not UTF-8 text (byte %d): save it as UTF-8" % (label, exc.start)]) from None
     try:
-        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        tree = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_problem(label, exc)]) from None
     if not isinstance(tree, dict):
         raise ConfigError(["%s: expected a YAML mapping at the top level (device:, mqtt:, sensors:), got %s"
-                           % (label, _kind(tree) if tree is not None else "an empty file")])
-    reader = _Reader(label, Path(path).resolve().parent)
+                           % (label, kind_of(tree) if tree is not None else "an empty file")])
+    reader = Reader(label, Path(path).resolve().parent)
     config = _build(reader, tree, Path(path))
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -233,28 +109,24 @@ def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
     return "%s:%s invalid YAML: %s" % (label, where, problem)
 
 
-def _build(r: _Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]:
+def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]:
     top = r.section(tree, "", TOP_KEYS)
     device = r.section(top.get("device"), "device", DEVICE_KEYS)
     device_id = r.value(device, "id", "device", str, default=socket.gethostname())
-    if device_id is not None and not _is_topic_safe(device_id):
+    if device_id is not None and not is_topic_safe(device_id):
         r.problem("device.id", "%r may not contain '/', '+', '#' or spaces: it is part of MQTT topics" % device_id)
     mqtt = _mqtt(r, top.get("mqtt"), device_id or "")
     board = r.value(top, "board", "", str, default="auto", choices=BOARDS)
     log_level = r.value(top, "log_level", "", str, default="info", choices=LOG_LEVELS)
     shutdown_timeout = r.value(top, "shutdown_timeout", "", float, default=5.0, minimum=0.0, maximum=300.0)
-    sensor_list = _sensors(r, top.get("sensors"))
+    sensor_list = parse_sensors(r, top.get("sensors"))
     if r.problems or mqtt is None:
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout)
 
 
-def _is_topic_safe(value: str) -> bool:
-    return bool(value) and not any(c in value for c in "/+# \t")
-
-
-def _mqtt(r: _Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
+def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     if raw is None:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
         return None
@@ -279,7 +151,7 @@ def _mqtt(r: _Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                       status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls)
 
 
-def _topic(r: _Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:
+def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:
     template = r.value(m, key, "mqtt", str, default=default)
     if template is None:
         return None
@@ -299,7 +171,7 @@ def _topic(r: _Reader, m: Mapping[str, Any], key: str, default: str, device_id: 
     return topic
 
 
-def _tls(r: _Reader, raw: Any) -> Optional[TLSConfig]:
+def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
     t = r.section(raw, "mqtt.tls", TLS_KEYS)
     ca_file = r.file(t, "ca_file", "mqtt.tls", required=True)
     cert_file = r.file(t, "cert_file", "mqtt.tls", required=False)
@@ -323,7 +195,7 @@ def _tls(r: _Reader, raw: Any) -> Optional[TLSConfig]:
                      verify_hostname=bool(verify_hostname))
 
 
-def _key_password(r: _Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+def _key_password(r: Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
     pass_file = r.file(t, "key_password_file", "mqtt.tls", required=False)
     if pass_file is not None and pass_file.is_file() and os.access(pass_file, os.R_OK):
         lines = pass_file.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -338,7 +210,7 @@ def _key_password(r: _Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Opti
     return None, None
 
 
-def _check_key_file(r: _Reader, key_file: Path, password: Optional[str]) -> None:
+def _check_key_file(r: Reader, key_file: Path, password: Optional[str]) -> None:
     mode = key_file.stat().st_mode
     if mode & 0o004:
         r.problem("mqtt.tls.key_file", "%s is readable by every user (mode %04o): run 'chmod 600 %s'"
@@ -351,60 +223,3 @@ def _check_key_file(r: _Reader, key_file: Path, password: Optional[str]) -> None
                   "mqtt.tls.key_password_file or the environment variable %s" % (key_file, KEY_PASSWORD_ENV))
 
 
-def _sensors(r: _Reader, raw: Any) -> Tuple[SensorConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        r.problem("sensors", "expected a list of sensors (each starting with '- name: ...'), got %s" % _kind(raw))
-        return ()
-    result: List[SensorConfig] = []
-    names: Dict[str, int] = {}
-    for index, item in enumerate(raw):
-        path = "sensors[%d]" % index
-        if not isinstance(item, dict):
-            r.problem(path, "expected a mapping (name:, type:, ...), got %s" % _kind(item))
-            continue
-        name = r.value(item, "name", path, str)
-        if name is not None:
-            path = "sensors[%d](%s)" % (index, name)
-            if not _is_topic_safe(name):
-                r.problem(path + ".name", "%r may not contain '/', '+', '#' or spaces" % name)
-            if name in names:
-                r.problem(path + ".name", "duplicate sensor name %r (also sensors[%d])" % (name, names[name]))
-            names[name] = index
-        kind = r.value(item, "type", path, str, choices=tuple(sorted(sensors.DRIVERS)))
-        interval = r.value(item, "interval", path, float, default=10.0, minimum=0.01, maximum=86400)
-        unit = r.value(item, "unit", path, str, default=None)
-        if kind is None:
-            continue
-        driver = sensors.DRIVERS[kind]
-        options = _options(r, item, path, driver.Options, SENSOR_KEYS)
-        option_problems = driver.check_options(options) if options is not None else []
-        for key, message in option_problems:
-            r.problem(_join(path, key), message)
-        if name is not None and interval is not None and options is not None and not option_problems:
-            result.append(SensorConfig(name=name, type=kind, interval=interval,
-                                       unit=unit if unit is not None else driver.default_unit(options),
-                                       options=options))
-    return tuple(result)
-
-
-def _options(r: _Reader, item: Mapping[str, Any], path: str, options_type: type,
-             common: Tuple[str, ...]) -> Any:
-    """Builds a driver's options dataclass from the sensor's remaining keys, by the field types."""
-    fields = dataclasses.fields(options_type)
-    r.section(item, path, common + tuple(f.name for f in fields))
-    hints = typing.get_type_hints(options_type)
-    values: Dict[str, Any] = {}
-    before = len(r.problems)
-    for f in fields:
-        kind = hints[f.name]
-        optional = typing.get_origin(kind) is typing.Union
-        if optional:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        has_default = f.default is not dataclasses.MISSING
-        default = f.default if has_default else _MISSING
-        values[f.name] = r.value(item, f.name, path, kind, default=default)
-    if len(r.problems) > before:
-        return None
-    return options_type(**values)

@@ -13,9 +13,11 @@ from typing import List, Optional, Tuple
 
 from agent import tls
 from agent.board import Board, open_board
-from agent.config import AgentConfig, SensorConfig
+from agent.config import AgentConfig
+from agent.reading import Sample
 from agent.sampler import Sampler
-from agent.sensors import DRIVERS, Sensor, Value
+from agent.sensor_config import SensorConfig
+from agent.sensors import DRIVERS, Sensor
 from agent.session import Session
 from agent.spool import Spool
 from agent.uplink import Uplink
@@ -35,8 +37,8 @@ class Agent:
         self.uplink = Uplink(self.spool, self.session, config.device_id, mqtt.topic, mqtt.qos)
         self.sampler = Sampler(_drivers(config.sensors, board), self._record)
 
-    def _record(self, sensor: str, value: Value, unit: Optional[str], ts: float) -> None:
-        self.spool.append(sensor, value, unit, ts)
+    def _record(self, sample: Sample) -> None:
+        self.spool.append(sample)
         self.uplink.pump()
 
     def _pump(self) -> None:
@@ -45,6 +47,7 @@ class Agent:
     def run(self) -> int:
         self.session.start()
         self.sampler.run(self.stop_event)
+        self.sampler.close()
         return self.shutdown()
 
     def shutdown(self) -> int:

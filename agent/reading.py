@@ -8,15 +8,39 @@ from typing import Any, Dict, Optional, Sequence
 
 from agent.sensors import Value
 
+GOOD = "good"
+OUT_OF_RANGE = "out_of_range"
+STALE = "stale"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the sampler measured, before the spool gives it a sequence number."""
+
+    sensor: str
+    value: Optional[Value]
+    unit: Optional[str]
+    # Wall-clock time of sampling, so a reading replayed late still says when it was true.
+    ts: float
+    quality: str = GOOD
+    error: Optional[str] = None
+
 
 @dataclass(frozen=True)
 class Reading:
     seq: int
-    # Wall-clock time of sampling, so a reading replayed late still says when it was true.
     ts: float
     sensor: str
-    value: Value
+    value: Optional[Value]
     unit: Optional[str]
+    quality: str = GOOD
+    error: Optional[str] = None
+
+    @classmethod
+    def numbered(cls, seq: int, sample: Sample) -> "Reading":
+        return cls(seq=seq, ts=sample.ts, sensor=sample.sensor, value=sample.value, unit=sample.unit,
+                   quality=sample.quality, error=sample.error)
 
     def as_json(self) -> Dict[str, Any]:
         item: Dict[str, Any] = {"sensor": self.sensor, "value": self.value}
@@ -24,6 +48,11 @@ class Reading:
             item["unit"] = self.unit
         item["ts"] = round(self.ts, 3)
         item["seq"] = self.seq
+        # Only when it is not "good": the common case stays small on the wire.
+        if self.quality != GOOD:
+            item["quality"] = self.quality
+        if self.error is not None:
+            item["error"] = self.error
         return item
 
 

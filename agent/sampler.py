@@ -1,56 +1,92 @@
-"""Reads each sensor on its own schedule, on a monotonic clock, one failure never stalling the rest."""
+"""When each sensor is read, and what happens when one fails or hangs.
+
+The schedule runs on the main thread on a monotonic clock; each sensor's reads run on a
+worker thread of its own, so a read that blocks (a stuck I2C bus, a slow conversion)
+delays nobody else. A sensor has at most one read in flight: a read still running at its
+next tick makes that tick a skip, and past `timeout` a failure.
+"""
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
+import queue
+import statistics
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 from agent.board import BoardError
-from agent.config import SensorConfig
+from agent.processing import Pipeline
+from agent.reading import ERROR, Sample
+from agent.sensor_config import SensorConfig
 from agent.sensors import Sensor, SensorError, Value
 
 log = logging.getLogger(__name__)
 
-# (sensor name, value, unit, sampling wall-clock time)
-Sink = Callable[[str, Value, Optional[str], float], None]
+Sink = Callable[[Sample], None]
+# A failing sensor is retried at its interval, then less and less often, but at least this often.
+MAX_RETRY_DELAY = 60.0
 
 
 @dataclass
 class _Slot:
     config: SensorConfig
     driver: Sensor
+    pipelines: Dict[str, Pipeline]
+    lock: threading.Lock = field(default_factory=threading.Lock)
     ready: bool = False
-    failing: Optional[str] = None
-    samples: int = 0
+    busy_since: Optional[float] = None
+    hung: bool = False
     failures: int = 0
+    failing: Optional[str] = None
+    error_published: bool = False
+    retry_at: float = 0.0
+    worker: Optional["_Worker"] = None
+
+
+class _Worker(threading.Thread):
+    """One sensor's reads. A daemon thread, so a read hung forever cannot keep the agent from exiting."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name="sensor-%s" % name, daemon=True)
+        self._jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def run(self) -> None:
+        while True:
+            self._jobs.get()()
 
 
 class Sampler:
     def __init__(self, sensors: List[Tuple[SensorConfig, Sensor]], sink: Sink,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
-        self._slots = [_Slot(cfg, driver) for cfg, driver in sensors]
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 threaded: bool = True) -> None:
+        self._slots = [_Slot(cfg, driver, {c.key: Pipeline(c.processing) for c in cfg.channels})
+                       for cfg, driver in sensors]
         self._sink = sink
         self._monotonic = monotonic
         self._wall = wall
+        self._threaded = threaded
 
     def run(self, stop: threading.Event) -> None:
         start = self._monotonic()
         # (due time, slot index): a heap, so the next sensor due is always first.
-        queue = [(start, i) for i in range(len(self._slots))]
-        while queue and not stop.is_set():
-            due_at, index = queue[0]
+        heap = [(start + slot.config.phase, i) for i, slot in enumerate(self._slots)]
+        heapq.heapify(heap)
+        while heap and not stop.is_set():
+            due_at, index = heap[0]
             delay = due_at - self._monotonic()
             if delay > 0:
                 stop.wait(delay)
                 continue
-            heapq.heappop(queue)
+            heapq.heappop(heap)
             slot = self._slots[index]
-            self.sample(slot)
+            self._tick(slot)
             # The next time is a multiple of the interval from the first, so the schedule
             # does not drift; ticks missed while the board was busy are skipped, not bunched.
             interval = slot.config.interval
@@ -58,33 +94,109 @@ class Sampler:
             next_at = due_at + interval
             if next_at <= now:
                 next_at += interval * ((now - next_at) // interval + 1)
-            heapq.heappush(queue, (next_at, index))
+            heapq.heappush(heap, (next_at, index))
         # With no sensors configured the agent still holds its session until told to stop.
         stop.wait()
 
-    def sample(self, slot: _Slot) -> None:
-        name = slot.config.name
+    def close(self) -> None:
+        """Release what the drivers opened (interrupts, buses); a hung sensor is left alone."""
+        for slot in self._slots:
+            with slot.lock:
+                idle = slot.busy_since is None
+            if slot.ready and idle:
+                try:
+                    slot.driver.close()
+                except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+                    log.warning("sensor %s: close failed: %s", slot.config.name, exc)
+
+    def _tick(self, slot: _Slot) -> None:
+        now = self._monotonic()
+        with slot.lock:
+            if slot.busy_since is not None:
+                if not slot.hung and now - slot.busy_since >= slot.config.timeout:
+                    slot.hung = True
+                    hung_for = now - slot.busy_since
+                else:
+                    return
+            elif now < slot.retry_at:
+                return
+            else:
+                slot.busy_since = now
+                hung_for = None
+        if hung_for is not None:
+            self._failed(slot, "read has not returned after %.1f s (hung bus or driver?)" % hung_for, now)
+        elif self._threaded:
+            if slot.worker is None:
+                slot.worker = _Worker(slot.config.name)
+                slot.worker.start()
+            slot.worker.submit(lambda: self._read(slot))
+        else:
+            self._read(slot)
+
+    def _read(self, slot: _Slot) -> None:
+        cfg = slot.config
+        ts = self._wall()
+        values: Optional[Dict[str, Value]] = None
         try:
             if not slot.ready:
                 slot.driver.setup()
                 slot.ready = True
-            ts = self._wall()
-            value = slot.driver.read()
+            values = self._measure(slot)
         except (BoardError, SensorError) as exc:
-            self._failed(slot, str(exc))
-            return
+            problem = str(exc)
         except Exception as exc:  # noqa: BLE001 - a driver bug must not stop the other sensors
-            log.debug("sensor %s raised", name, exc_info=True)
-            self._failed(slot, "%s: %s" % (type(exc).__name__, exc))
-            return
-        if slot.failing is not None:
-            log.info("sensor %s: reading again after: %s", name, slot.failing)
-            slot.failing = None
-        slot.samples += 1
-        self._sink(name, value, slot.config.unit, ts)
+            log.debug("sensor %s raised", cfg.name, exc_info=True)
+            problem = "%s: %s" % (type(exc).__name__, exc)
+        now = self._monotonic()
+        with slot.lock:
+            started, slot.busy_since = slot.busy_since, None
+            was_hung, slot.hung = slot.hung, False
+        if was_hung and started is not None:
+            log.warning("sensor %s: the hung read returned after %.1f s", cfg.name, now - started)
+        if values is None:
+            self._failed(slot, problem, now)
+        else:
+            self._publish(slot, values, ts, now)
 
-    def _failed(self, slot: _Slot, message: str) -> None:
+    def _measure(self, slot: _Slot) -> Dict[str, Value]:
+        cfg = slot.config
+        rounds = [slot.driver.read_all() for _ in range(cfg.oversample)]
+        values: Dict[str, Value] = {}
+        for channel in cfg.channels:
+            samples = [r.get(channel.key) for r in rounds]
+            if any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in samples):
+                raise SensorError("the driver gave no number for %r" % (channel.key or cfg.name))
+            if not all(math.isfinite(v) for v in samples):  # type: ignore[arg-type]
+                raise SensorError("the driver gave a non-finite value for %r" % (channel.key or cfg.name))
+            values[channel.key] = samples[0] if len(samples) == 1 else statistics.fmean(samples)  # type: ignore
+        return values
+
+    def _publish(self, slot: _Slot, values: Dict[str, Value], ts: float, now: float) -> None:
+        cfg = slot.config
+        if slot.failing is not None:
+            log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, slot.failures, slot.failing)
+        slot.failing, slot.failures, slot.error_published, slot.retry_at = None, 0, False, 0.0
+        for channel in cfg.channels:
+            result = slot.pipelines[channel.key].process(values[channel.key], now)
+            if result is not None:
+                self._sink(Sample(channel.name, result[0], channel.unit, ts, quality=result[1]))
+
+    def _failed(self, slot: _Slot, message: str, now: float) -> None:
+        cfg = slot.config
         slot.failures += 1
+        # Doubling from the interval, capped: a sensor unplugged for a day costs little, and
+        # one plugged back in is noticed within a minute.
+        delay = min(cfg.interval * 2 ** (slot.failures - 1), max(cfg.interval, MAX_RETRY_DELAY))
+        slot.retry_at = now + delay - cfg.interval / 2
+        for pipeline in slot.pipelines.values():
+            pipeline.forget()
         if message != slot.failing:
-            log.warning("sensor %s: %s (will retry every %g s)", slot.config.name, message, slot.config.interval)
+            log.warning("sensor %s: %s (retrying)", cfg.name, message)
             slot.failing = message
+        if slot.failures >= cfg.error_after and not slot.error_published:
+            slot.error_published = True
+            # A device may come back reset (replugged): set it up again before the next read.
+            slot.ready = False
+            ts = self._wall()
+            for channel in cfg.channels:
+                self._sink(Sample(channel.name, None, channel.unit, ts, quality=ERROR, error=message))

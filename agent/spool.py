@@ -10,10 +10,9 @@ import collections
 import logging
 import threading
 import time
-from typing import Deque, Dict, Iterable, List, Optional
+from typing import Deque, Dict, Iterable, List
 
-from agent.reading import Reading
-from agent.sensors import Value
+from agent.reading import Reading, Sample
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,9 @@ class Spool:
         self.dropped = 0
         self._dropping = False
 
-    def append(self, sensor: str, value: Value, unit: Optional[str], ts: float) -> Reading:
+    def append(self, sample: Sample) -> Reading:
         with self._lock:
-            reading = Reading(seq=self._next_seq, ts=ts, sensor=sensor, value=value, unit=unit)
+            reading = Reading.numbered(self._next_seq, sample)
             self._next_seq += 1
             self._pending[reading.seq] = reading
             self._unsent.append(reading.seq)

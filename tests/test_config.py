@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli, pki
+from agent import cli, config, pki
 from conftest import ROOT
 
 
@@ -58,7 +58,7 @@ def test_a_good_config_is_summarised_on_one_screen(config_dir, capsys):
     assert "iotgateway1:8883 as 'thunder10'" in out
     assert "TLS 1.2+" in out and "hostname verified" in out
     assert "edison/thunder10/telemetry (QoS 1)" in out
-    assert "cpu_temp" in out and "degC" in out  # the system driver's default unit
+    assert "cpu_temp (degC)" in out  # the system driver's default unit
     assert len(out.splitlines()) < 25
 
 
@@ -89,7 +89,7 @@ BAD = {
                               "sensors[1](temperature).name: duplicate sensor name 'temperature'"),
     "negative interval": (GOOD.replace("interval: 1}", "interval: -1}"),
                           "sensors[1](door).interval: -1 is below the minimum"),
-    "unknown sensor key": (GOOD.replace("pin: 4,", "pin: 4, pull: up,"), "sensors[1](door).pull: unknown key"),
+    "unknown sensor key": (GOOD.replace("pin: 4,", "pin: 4, pullup: true,"), "sensors[1](door).pullup: unknown key"),
     "missing pin": (GOOD.replace("pin: 4, ", ""), "sensors[1](door).pin: required int is missing"),
     "bad ADC resolution": (GOOD.replace("pin: 0,", "pin: 0, bits: 11,"),
                            "sensors[0](temperature).bits: 11 is not supported"),
@@ -105,6 +105,21 @@ BAD = {
                                   "mqtt.reconnect.max_delay: 2.0 is below min_delay 10.0"),
     "qos 2": (GOOD.replace("  port: 8883", "  port: 8883\n  qos: 2"), "mqtt.qos: 2 is not one of: 0, 1"),
     "bad board": (GOOD.replace("board: simulated", "board: raspberry"), "board: 'raspberry' is not one of"),
+    "two filters": (GOOD.replace("interval: 1}", "interval: 1, filter: {median: 3, mean: 3}}"),
+                    "sensors[1](door).filter: give one of median: N or mean: N"),
+    "scale and polynomial": (GOOD.replace("interval: 1}", "interval: 1, calibration: {scale: 2, polynomial: [1]}}"),
+                             "sensors[1](door).calibration: give either scale/offset or polynomial"),
+    "range reversed": (GOOD.replace("interval: 1}", "interval: 1, range: [10, 0]}"),
+                       "sensors[1](door).range: [10, 0]: the minimum comes first"),
+    "range not numbers": (GOOD.replace("interval: 1}", "interval: 1, range: [low, high]}"),
+                          "sensors[1](door).range: expected a list of numbers"),
+    "unknown deadband key": (GOOD.replace("interval: 1}", "interval: 1, deadband: {absolute: 1}}"),
+                             "sensors[1](door).deadband.absolute: unknown key"),
+    "channels on a one-valued sensor": (GOOD.replace("interval: 1}", "interval: 1, channels: {x: {}}}"),
+                                        "sensors[1](door).channels: this sensor has one value"),
+    "analog volts with scale": (GOOD.replace("pin: 0,", "pin: 0, output: volts,"),
+                                "sensors[0](temperature).output: scale and offset apply to output: scaled"),
+    "bad pull": (GOOD.replace("pin: 4,", "pin: 4, pull: sideways,"), "sensors[1](door).pull: 'sideways' is not"),
 }
 
 
@@ -177,3 +192,16 @@ def test_board_mraa_without_mraa_installed_is_a_config_error(config_dir, tmp_pat
     assert result.returncode == 2
     assert "board: the mraa Python module cannot be imported" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_processing_keys_are_typed_and_reach_each_value(config_dir, capsys):
+    text = GOOD.replace("interval: 1}", "interval: 1, phase: 0.5, filter: {median: 5}, range: [0, 1], "
+                                        "deadband: {abs: 0.5, max_silence: 60}, oversample: 3}")
+    code, out, err = check(config_dir, text, capsys)
+    assert code == 0, err
+    door = config.load(config_dir / "config.yaml").sensors[1]
+    assert (door.phase, door.oversample) == (0.5, 3)
+    processing = door.channels[0].processing
+    assert processing.filter.kind == "median" and processing.filter.size == 5
+    assert processing.range == (0.0, 1.0)
+    assert processing.deadband.abs == 0.5 and processing.deadband.max_silence == 60

@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from agent import config, sensors
+from agent import config, sensor_config, sensors
 from conftest import ROOT
 
 DOC = (ROOT / "docs" / "configuration.md").read_text()
+SENSORS_DOC = (ROOT / "docs" / "sensors.md").read_text()
 DOCUMENTED = set(re.findall(r"^\| `([a-z_.]+)` \|", DOC, flags=re.MULTILINE))
 
 KEYS = (
@@ -19,7 +20,7 @@ KEYS = (
     + ["mqtt.%s" % k for k in config.MQTT_KEYS if k != "reconnect"]
     + ["mqtt.reconnect.%s" % k for k in config.RECONNECT_KEYS]
     + ["mqtt.tls.%s" % k for k in config.TLS_KEYS]
-    + list(config.SENSOR_KEYS)
+    + list(sensor_config.SENSOR_KEYS)
 )
 
 
@@ -30,7 +31,7 @@ def test_every_config_key_has_a_row_in_the_reference(key):
 
 @pytest.mark.parametrize("kind", sorted(sensors.DRIVERS))
 def test_every_sensor_type_and_option_is_documented(kind):
-    section = DOC.split("### `type: %s`" % kind)[1].split("###")[0]
+    section = SENSORS_DOC.split("## `%s`" % kind)[1].split("\n## ")[0]
     for field in dataclasses.fields(sensors.DRIVERS[kind].Options):
         assert "| `%s` |" % field.name in section, field.name
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import pytest
 
 from agent.board import BoardError, MraaBoard
-from agent.config import SensorConfig
-from agent.sampler import Sampler
 from agent.sensors import DRIVERS, Sensor, SensorError, system
 from agent.sensors.analog import AnalogOptions
 from agent.sensors.digital import DigitalOptions
@@ -90,117 +87,32 @@ def test_system_metrics_read_this_linux(metric):
     assert make("system", SystemOptions(metric=metric), None).read() >= 0
 
 
-class FakeTime:
-    """A monotonic clock and stop event in one: waiting advances the clock instead of sleeping."""
-
-    def __init__(self, until: float) -> None:
-        self.now = 1000.0
-        self.until = until
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.now - 1000.0
-
-    def is_set(self) -> bool:
-        return self.now - 1000.0 >= self.until
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        if timeout is None:
-            return True
-        self.now += timeout
-        return self.is_set()
-
-
-class Scripted(Sensor):
-    """A sensor whose reads take time on the fake clock, or fail, on cue."""
-
-    Options = DigitalOptions
-
-    def __init__(self, clock: FakeTime, cost: float = 0.0, failing: Tuple[float, float] = (0, 0)) -> None:
-        super().__init__("scripted", None, None)  # type: ignore[arg-type]
-        self.clock, self.cost, self.failing = clock, cost, failing
-
-    def read(self) -> float:
-        self.clock.now += self.cost
-        t = self.clock.now - 1000.0
-        if self.failing[0] <= t < self.failing[1]:
-            raise SensorError("sensor unplugged")
-        return t
-
-
-def run_sampler(clock: FakeTime, sensors: List[Tuple[float, Sensor]]) -> List[Tuple[str, float]]:
-    samples: List[Tuple[str, float]] = []
-    configs = [(SensorConfig("s%d" % i, "digital", interval, None, None), sensor)
-               for i, (interval, sensor) in enumerate(sensors)]
-    Sampler(configs, lambda name, value, unit, ts: samples.append((name, ts - 1_700_000_000.0)),
-            monotonic=clock.monotonic, wall=clock.wall).run(clock)  # type: ignore[arg-type]
-    return samples
-
-
-def test_each_sensor_keeps_its_own_interval_without_drift():
-    clock = FakeTime(until=10.0)
-    samples = run_sampler(clock, [(1.0, Scripted(clock, cost=0.01)), (2.5, Scripted(clock))])
-    s0 = [round(ts, 6) for name, ts in samples if name == "s0"]
-    s1 = [round(ts, 6) for name, ts in samples if name == "s1"]
-    # Each read costs 10 ms, yet the 10th tick is still on the whole second.
-    assert [round(t) for t in s0] == list(range(0, 10))
-    assert all(abs(t - round(t)) < 0.05 for t in s0)
-    assert [round(t, 1) for t in s1] == [0.0, 2.5, 5.0, 7.5]
-
-
-def test_a_slow_sensor_skips_missed_ticks_rather_than_bunching_them():
-    clock = FakeTime(until=10.0)
-    samples = run_sampler(clock, [(1.0, Scripted(clock, cost=2.5))])
-    # A reading is stamped when sampling starts.
-    starts = [round(ts, 6) for _, ts in samples]
-    assert starts == [0.0, 3.0, 6.0, 9.0]
-
-
-def test_a_failing_sensor_is_logged_once_retried_and_never_stalls_the_others(caplog):
-    clock = FakeTime(until=10.0)
-    with caplog.at_level(logging.INFO, logger="agent.sampler"):
-        samples = run_sampler(clock, [(1.0, Scripted(clock, failing=(2, 6))), (1.0, Scripted(clock))])
-    assert sum(1 for name, _ in samples if name == "s1") == 10
-    assert sum(1 for name, _ in samples if name == "s0") == 6
-    failures = [r.message for r in caplog.records if "sensor unplugged" in r.message]
-    assert len(failures) == 2  # once when it broke, once in "reading again after: ..."
-    assert "will retry every 1 s" in failures[0]
-    assert "reading again" in failures[1]
-
-
-def test_a_driver_bug_is_contained_to_its_sensor(caplog):
-    class Buggy(Scripted):
-        def read(self) -> float:
-            raise ZeroDivisionError("division by zero")
-
-    clock = FakeTime(until=3.0)
-    samples = run_sampler(clock, [(1.0, Buggy(clock)), (1.0, Scripted(clock))])
-    assert [name for name, _ in samples] == ["s1", "s1", "s1"]
-    assert "ZeroDivisionError: division by zero" in caplog.text
-
-
-def test_the_agent_on_mraa_publishes_what_the_pins_read(certs, broker, run_agent):
+def test_the_agent_on_mraa_publishes_what_the_pins_read_with_quality_when_not_good(certs, broker, run_agent):
     watcher = Subscriber(broker, certs)
     threading.Event().wait(0.3)
     cfg = agent_config(certs, broker.port, board="mraa", sensors=[
         {"name": "temperature", "type": "analog", "pin": 0, "interval": 0.5, "scale": 0.5, "offset": -50},
         {"name": "door", "type": "digital", "pin": 4, "interval": 0.5},
-        {"name": "broken", "type": "analog", "pin": 1, "interval": 0.5},
+        {"name": "humid", "type": "analog", "pin": 2, "interval": 0.5, "range": [0, 100]},
+        {"name": "broken", "type": "analog", "pin": 1, "interval": 0.5, "error_after": 1},
     ])
-    agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_ANALOG": "0=0.25",
+    agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_ANALOG": "0=0.25,2=0.5",
                                 "FAKE_MRAA_GPIO": "4=1", "FAKE_MRAA_FAIL": "aio:1"})
     try:
-        values = {}
-        while len(values) < 2:
+        readings = {}
+        while len(readings) < 4:
             reading = watcher.telemetry()["readings"][0]
-            values[reading["sensor"]] = reading["value"]
+            readings.setdefault(reading["sensor"], reading)
     finally:
         watcher.close()
-    assert values == {"temperature": 256 * 0.5 - 50, "door": 1}
+    assert readings["temperature"]["value"] == 256 * 0.5 - 50
+    assert "quality" not in readings["temperature"]
+    assert readings["door"]["value"] == 1
+    assert readings["humid"]["value"] == 512 and readings["humid"]["quality"] == "out_of_range"
+    broken = readings["broken"]
+    assert broken["value"] is None and broken["quality"] == "error"
+    assert "analog pin A1: read failed" in broken["error"]
     agent.wait_for(r"device thunder10 on Intel Edison \(mraa v2.2.0\)")
-    agent.wait_for(r"sensor broken: analog pin A1: read failed")
     assert agent.stop() == 0
 
 

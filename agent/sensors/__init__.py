@@ -3,7 +3,7 @@
 from typing import Dict, Type
 
 from agent.sensors.analog import AnalogSensor
-from agent.sensors.base import Sensor, SensorError, Value
+from agent.sensors.base import Channel, Sensor, SensorError, Value
 from agent.sensors.digital import DigitalSensor
 from agent.sensors.system import SystemSensor
 
@@ -13,4 +13,4 @@ DRIVERS: Dict[str, Type[Sensor]] = {
     "system": SystemSensor,
 }
 
-__all__ = ["DRIVERS", "Sensor", "SensorError", "Value"]
+__all__ = ["DRIVERS", "Channel", "Sensor", "SensorError", "Value"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 
 from agent.board import Board
 
@@ -10,7 +11,16 @@ Value = Union[float, int]
 
 
 class SensorError(Exception):
-    """A reading could not be taken; the sampler logs it and tries again next interval."""
+    """A reading could not be taken (bad CRC, device busy, no data); retried with backoff."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One value a sensor yields. `key` is "" for a single-valued sensor; a multi-valued one
+    (bme280: temperature, humidity, pressure) publishes each as `<sensor name>.<key>`."""
+
+    key: str
+    unit: Optional[str]
 
 
 class Sensor:
@@ -19,10 +29,15 @@ class Sensor:
     `Options` is a frozen dataclass of the driver's own config keys; the config loader
     builds it from the field types, so the schema lives next to the code that uses it.
     Hardware is opened in `setup`, not in the constructor, so a sensor that is missing
-    at start can be retried without restarting the agent.
+    at start is retried without restarting the agent.
+
+    Single-valued drivers implement `read`; multi-valued ones override `channels` and
+    `read_all`. Reads may block (I2C conversions): the sampler runs them off its thread.
     """
 
     Options: ClassVar[type]
+    # Oversampling reads a sensor several times per interval: meaningless for counters.
+    can_oversample: ClassVar[bool] = True
 
     def __init__(self, name: str, options: Any, board: Board) -> None:
         self.name = name
@@ -38,8 +53,19 @@ class Sensor:
     def default_unit(cls, options: Any) -> Optional[str]:
         return None
 
+    @classmethod
+    def channels(cls, options: Any) -> Tuple[Channel, ...]:
+        return (Channel("", cls.default_unit(options)),)
+
     def setup(self) -> None:
-        """Open pins or files; raise BoardError or SensorError."""
+        """Open pins or buses, configure the part; raise BoardError or SensorError."""
 
     def read(self) -> Value:
         raise NotImplementedError
+
+    def read_all(self) -> Dict[str, Value]:
+        """Every channel's value by key; raise BoardError or SensorError."""
+        return {"": self.read()}
+
+    def close(self) -> None:
+        """Release pins and interrupts (on reload or stop)."""

@@ -25,6 +25,7 @@ import struct as _struct
 import threading as _threading
 from collections.abc import Mapping
 from typing import Any
+from typing import Protocol as _Protocol
 
 # --------------------------------------------------------------------------------------
 # Module-level constants (api/mraa/types.h, types.hpp, common.hpp; SWIG strips "MRAA_").
@@ -241,34 +242,40 @@ class _PinState:
         self.edge = EDGE_NONE
 
 
+class _I2cSlave(_Protocol):
+    """What sits at an address, seen at the wire level: a write transaction, a read transaction.
+    Every mraa.I2c call is made of these (a register read is a write of the register number,
+    then a read). Tests may attach any object with these two methods."""
+
+    def i2c_write(self, data: bytes) -> None: ...
+
+    def i2c_read(self, n: int) -> bytes: ...
+
+
 class _I2cDevice:
-    """A register-map slave with an auto-incrementing register pointer."""
+    """A register-map slave: a write sets the register pointer (first byte) and stores the
+    rest; reads start at the pointer, which auto-increments."""
 
     def __init__(self, registers: dict[int, int]) -> None:
         self.registers = registers
         self.pointer = 0
 
-    def get(self, reg: int) -> int:
-        return int(self.registers.get(reg & 0xFF, 0)) & 0xFF
+    def i2c_write(self, data: bytes) -> None:
+        self.pointer = data[0]
+        for b in data[1:]:
+            self.registers[self.pointer] = b & 0xFF
+            self.pointer = (self.pointer + 1) & 0xFF
 
-    def put(self, reg: int, value: int) -> None:
-        self.registers[reg & 0xFF] = value & 0xFF
-
-    def read_from(self, reg: int, n: int) -> bytearray:
-        data = bytearray(self.get(reg + i) for i in range(n))
-        self.pointer = (reg + n) & 0xFF
+    def i2c_read(self, n: int) -> bytes:
+        data = bytes(int(self.registers.get((self.pointer + i) & 0xFF, 0)) & 0xFF for i in range(n))
+        self.pointer = (self.pointer + n) & 0xFF
         return data
-
-    def write_at(self, reg: int, data: bytes) -> None:
-        for i, b in enumerate(data):
-            self.put(reg + i, b)
-        self.pointer = (reg + len(data)) & 0xFF
 
 
 _lock = _threading.RLock()
 _analog: dict[int, float] = {}
 _pins: dict[int, _PinState] = {}
-_i2c_devices: dict[tuple[int, int], _I2cDevice] = {}
+_i2c_devices: dict[tuple[int, int], _I2cSlave] = {}
 _failing: dict[str, set[int]] = {"aio": set(), "gpio": set(), "i2c": set()}
 _no_edge: set[int] = set()
 _isr_threads: set[_IsrThread] = set()
@@ -515,7 +522,7 @@ class I2c:
         self._bus = _I2C_BUS
         self._addr = 0
 
-    def _slave(self) -> _I2cDevice | None:
+    def _slave(self) -> _I2cSlave | None:
         """The device that answers at the current address, or None (a NACK)."""
         return _i2c_devices.get((self._bus, self._addr))
 
@@ -542,7 +549,7 @@ class I2c:
             dev = self._slave()
             if dev is None or self._read_failing():
                 raise ValueError("Unknown error in I2c::readByte()")
-            return dev.read_from(dev.pointer, 1)[0]
+            return dev.i2c_read(1)[0]
 
     def readReg(self, reg: int) -> int:
         reg = _arg_u8(reg, "I2c_readReg", 2)
@@ -550,7 +557,8 @@ class I2c:
             dev = self._slave()
             if dev is None or self._read_failing():
                 raise ValueError("Unknown error in I2c::readReg()")
-            return dev.read_from(reg, 1)[0]
+            dev.i2c_write(bytes([reg]))
+            return dev.i2c_read(1)[0]
 
     def readWordReg(self, reg: int) -> int:
         """SMBus read word: the first byte the device sends (reg) is the low byte."""
@@ -560,7 +568,8 @@ class I2c:
             if dev is None or self._read_failing():
                 # sic: the real I2c::readWordReg reuses readReg's message
                 raise ValueError("Unknown error in I2c::readReg()")
-            low, high = dev.read_from(reg, 2)
+            dev.i2c_write(bytes([reg]))
+            low, high = dev.i2c_read(2)
             return low | (high << 8)
 
     # Buffer reads that raise OSError (the argout typemap calls PyErr_SetFromErrno).
@@ -573,7 +582,7 @@ class I2c:
                 raise _io_error(_errno.EIO)
             if dev is None:
                 raise _io_error(_errno.EREMOTEIO)
-            return dev.read_from(dev.pointer, n)
+            return bytearray(dev.i2c_read(n))
 
     def readBytesReg(self, reg: int, length: int) -> bytearray:
         reg = _arg_u8(reg, "I2c_readBytesReg", 2)
@@ -584,7 +593,8 @@ class I2c:
                 raise _io_error(_errno.EIO)
             if dev is None:
                 raise _io_error(_errno.EREMOTEIO)
-            return dev.read_from(reg, n)
+            dev.i2c_write(bytes([reg]))
+            return bytearray(dev.i2c_read(n))
 
     # Writes return a code; a missing device is MRAA_ERROR_UNSPECIFIED.
 
@@ -594,7 +604,7 @@ class I2c:
             dev = self._slave()
             if dev is None:
                 return ERROR_UNSPECIFIED
-            dev.pointer = data  # SMBus send byte: a register-map device takes it as the pointer
+            dev.i2c_write(bytes([data]))  # SMBus send byte
         return SUCCESS
 
     def write(self, data: bytearray) -> int:
@@ -604,7 +614,7 @@ class I2c:
             if dev is None or len(buf) == 0:
                 return ERROR_UNSPECIFIED
             # mraa_i2c_write: SMBus I2C block write, command = data[0], at most 32 data bytes
-            dev.write_at(buf[0], bytes(buf[1:33]))
+            dev.i2c_write(bytes(buf[:33]))
         return SUCCESS
 
     def writeReg(self, reg: int, data: int) -> int:
@@ -614,7 +624,7 @@ class I2c:
             dev = self._slave()
             if dev is None:
                 return ERROR_UNSPECIFIED
-            dev.write_at(reg, bytes([data]))
+            dev.i2c_write(bytes([reg, data]))
         return SUCCESS
 
     def writeWordReg(self, reg: int, data: int) -> int:
@@ -625,7 +635,7 @@ class I2c:
             dev = self._slave()
             if dev is None:
                 return ERROR_UNSPECIFIED
-            dev.write_at(reg, bytes([data & 0xFF, data >> 8]))
+            dev.i2c_write(bytes([reg, data & 0xFF, data >> 8]))
         return SUCCESS
 
 
@@ -905,12 +915,19 @@ def _fail_reads(kind: str, pin: int, failing: bool = True) -> None:
             _failing[kind].discard(pin)
 
 
-def _add_i2c_device(bus: int, address: int, registers: dict[int, int]) -> None:
-    """Attach a register-map slave. The dict itself is used (not copied), so a test can see
-    what the code under test wrote. Unlisted registers read 0."""
+def _add_i2c_device(bus: int, address: int, registers: dict[int, int] | _I2cSlave) -> None:
+    """Attach a register-map slave, or any object with i2c_write(data) and i2c_read(n) (a
+    simulated chip with commands, like an SHT31). A dict is used as it is (not copied), so a
+    test can see what the code under test wrote. Unlisted registers read 0."""
     bus = _check_bus(bus)
     if not isinstance(address, int) or not 0 <= address <= 0x7F:
         raise ValueError(f"fake mraa: i2c address must be 0x00-0x7f, not {address!r}")
+    if not isinstance(registers, dict):
+        if not (callable(getattr(registers, "i2c_write", None)) and callable(getattr(registers, "i2c_read", None))):
+            raise ValueError("fake mraa: an i2c device is a register dict or has i2c_write and i2c_read")
+        with _lock:
+            _i2c_devices[(bus, address)] = registers
+        return
     for reg, value in registers.items():
         if not (isinstance(reg, int) and 0 <= reg <= 0xFF and isinstance(value, int) and 0 <= value <= 0xFF):
             raise ValueError(f"fake mraa: registers must map 0-255 to 0-255, not {reg!r}: {value!r}")
