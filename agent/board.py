@@ -149,7 +149,8 @@ class Board:
 
     name = "board"
 
-    def analog_in(self, pin: int, bits: int = 10) -> AnalogIn:
+    def analog_in(self, pin: int, bits: int = 10, part: Optional[str] = None) -> AnalogIn:
+        """`part` names what is wired to the pin; a simulated board makes it behave so."""
         raise NotImplementedError
 
     def digital_in(self, pin: int, pull: str = "none") -> DigitalIn:
@@ -168,7 +169,7 @@ class MraaBoard(Board):
         self._mraa = mraa
         self.name = "%s (mraa %s)" % (mraa.getPlatformName(), mraa.getVersion())
 
-    def analog_in(self, pin: int, bits: int = 10) -> AnalogIn:
+    def analog_in(self, pin: int, bits: int = 10, part: Optional[str] = None) -> AnalogIn:
         try:
             aio = self._mraa.Aio(pin)
         except ValueError as exc:

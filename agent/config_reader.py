@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import typing
 from pathlib import Path
@@ -70,7 +71,10 @@ class Reader:
             self.problem(where, "expected %s, got %s %r" % (_kind_name(kind), kind_of(raw), raw))
             return None if default is MISSING else default
         if choices is not None and value not in choices:
-            self.problem(where, "%r is not one of: %s" % (raw, ", ".join(str(c) for c in choices)))
+            names = [str(c) for c in choices]
+            close = difflib.get_close_matches(str(raw), names, n=1)
+            hint = "; did you mean %r?" % close[0] if close else ""
+            self.problem(where, "%r is not one of: %s%s" % (raw, ", ".join(names), hint))
             return None if default is MISSING else default
         if minimum is not None and value < minimum:
             self.problem(where, "%s is below the minimum %s" % (raw, minimum))

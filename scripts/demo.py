@@ -101,12 +101,14 @@ def write_configs(certs: Path, port: int) -> tuple[Path, Path]:
                          "key_file": "certs/thunder10.key", "min_version": "1.2"}},
         "board": "simulated",
         "sensors": [
-            {"name": "temperature", "type": "analog", "pin": 0, "interval": 1, "scale": 0.4883,
-             "offset": -50, "unit": "degC"},
-            {"name": "light", "type": "analog", "pin": 1, "interval": 2, "bits": 12, "unit": "raw"},
-            {"name": "door", "type": "digital", "pin": 4, "interval": 1},
+            {"name": "temperature", "type": "analog", "pin": 0, "interval": 2, "scale": 0.4883,
+             "offset": -50, "unit": "degC", "filter": {"median": 3}},
+            {"name": "room", "type": "bme280", "interval": 2, "phase": 0.5},
+            {"name": "light", "type": "bh1750", "interval": 2, "phase": 1.0, "deadband": {"pct": 5}},
+            {"name": "door", "type": "digital", "pin": 4, "interval": 1, "deadband": {"max_silence": 10}},
+            {"name": "wind", "type": "counter", "pin": 7, "report": "rate", "per_pulse": 2.4,
+             "unit": "km/h", "interval": 5},
             {"name": "load", "type": "system", "metric": "load1", "interval": 5},
-            {"name": "mem_free", "type": "system", "metric": "mem_available", "interval": 5},
         ],
     }, sort_keys=False))
     return broker_conf, agent_conf

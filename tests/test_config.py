@@ -84,7 +84,7 @@ BAD = {
     "old TLS version": (GOOD.replace("    ca_file:", "    min_version: \"1.0\"\n    ca_file:"),
                         "mqtt.tls.min_version: '1.0' is refused"),
     "unknown sensor type": (GOOD.replace("type: digital", "type: digitl"),
-                            "sensors[1](door).type: 'digitl' is not one of: analog, digital, system"),
+                            "did you mean 'digital'?"),
     "duplicate sensor name": (GOOD.replace("name: door", "name: temperature"),
                               "sensors[1](temperature).name: duplicate sensor name 'temperature'"),
     "negative interval": (GOOD.replace("interval: 1}", "interval: -1}"),

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import pytest
+import yaml
 
 from agent import config, sensor_config, sensors
 from conftest import ROOT
@@ -39,3 +40,16 @@ def test_every_sensor_type_and_option_is_documented(kind):
 def test_the_readme_shows_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def _sensor_examples():
+    blocks = re.findall(r"```yaml\n(.*?)```", SENSORS_DOC, flags=re.DOTALL)
+    return [yaml.safe_dump([sensor], default_flow_style=True).strip()
+            for block in blocks for sensor in (yaml.safe_load(block) or [])]
+
+
+@pytest.mark.parametrize("example", _sensor_examples())
+def test_every_example_in_the_sensor_guide_is_a_valid_config(example, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: {host: localhost}\nboard: simulated\nsensors: %s\n" % example)
+    config.load(path)
