@@ -28,12 +28,28 @@ from agent import pki
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_MRAA = Path(__file__).resolve().parent / "fake_mraa"
 PASSPHRASE = b"correct horse battery staple"
+EPOCH = 1_700_000_000.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if shutil.which("mosquitto") is None:
         pytest.exit("mosquitto is not installed: run 'make test' (it installs it) or apt-get install mosquitto",
                     returncode=3)
+
+
+class Clock:
+    """Time for the simulated part; the driver's waits advance it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = EPOCH
+        self.waits: List[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
 
 
 def free_port() -> int:

@@ -13,23 +13,7 @@ from agent.sensors.base import Channel, SensorError
 from agent.sensors.bh1750 import Bh1750Options, Bh1750Sensor
 from agent.simulated import SimulatedBoard
 from agent.simulated.bh1750 import SimulatedBh1750
-
-EPOCH = 1_700_000_000.0
-
-
-class Clock:
-    """Time for the simulated part; the driver's waits advance it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = EPOCH
-        self.waits: List[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
+from conftest import EPOCH, Clock
 
 
 @pytest.fixture

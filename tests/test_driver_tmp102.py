@@ -13,26 +13,10 @@ from agent.sensors.base import Channel, SensorError
 from agent.sensors.tmp102 import Tmp102Options, Tmp102Sensor
 from agent.simulated import SimulatedBoard
 from agent.simulated.tmp102 import SimulatedTmp102
+from conftest import EPOCH, Clock
+
 
 # Some 2023-11-14 22:13 UTC: a fixed moment of the simulated day.
-EPOCH = 1_700_000_000.0
-
-
-class Clock:
-    """Time for the simulated part; the driver's waits advance it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = EPOCH
-        self.waits: List[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()

@@ -12,6 +12,7 @@ import pytest
 
 from agent.sensors import wifi
 from agent.sensors.base import SensorError
+from agent.sensors.system import SystemOptions, SystemSensor
 from agent.sensors.wifi import WifiOptions, WifiSensor
 from agent.simulated import SimulatedBoard
 
@@ -158,3 +159,18 @@ def test_it_needs_nothing_from_the_board(proc):
     # The simulated board has no Wi-Fi; the driver reads the kernel's file on any board.
     proc(EDISON_BCM4334X)
     assert read(board=SimulatedBoard()) == -52
+
+
+def test_system_wifi_signal_reads_the_first_wireless_interface(tmp_path, monkeypatch):
+    proc = tmp_path / "wireless"
+    proc.write_text("Inter-| sta-|   Quality        |   Discarded packets               | Missed | WE\n"
+                    " face | tus | link level noise |  nwid  crypt   frag  retry   misc | beacon | 22\n"
+                    " wlan0: 0000   54.  -56.  -256        0      0      0      0      0        0\n")
+    monkeypatch.setattr(wifi, "PROC_NET_WIRELESS", proc)
+    assert SystemSensor("s", SystemOptions(metric="wifi_signal"), None).read() == -56
+
+
+def test_system_wifi_signal_without_wireless_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(wifi, "PROC_NET_WIRELESS", tmp_path / "absent")
+    with pytest.raises(SensorError, match="no wireless interfaces"):
+        SystemSensor("s", SystemOptions(metric="wifi_signal"), None).read()

@@ -73,6 +73,17 @@ def _dbm(level: int, interface: str) -> int:
     return dbm
 
 
+def first_interface() -> str:
+    """The first wireless interface the kernel lists, for `system`'s wifi_signal."""
+    try:
+        rows = _parse(PROC_NET_WIRELESS.read_text())
+    except OSError as exc:
+        raise SensorError("no wireless interfaces: cannot read %s (%s)" % (PROC_NET_WIRELESS, exc.strerror)) from None
+    if not rows:
+        raise SensorError("no wireless interface in %s" % PROC_NET_WIRELESS)
+    return next(iter(rows))
+
+
 class WifiSensor(Sensor):
     Options = WifiOptions
     options: WifiOptions
