@@ -95,12 +95,14 @@ def test_the_agent_on_mraa_publishes_what_the_pins_read_with_quality_when_not_go
         {"name": "door", "type": "digital", "pin": 4, "interval": 0.5},
         {"name": "humid", "type": "analog", "pin": 2, "interval": 0.5, "range": [0, 100]},
         {"name": "broken", "type": "analog", "pin": 1, "interval": 0.5, "error_after": 1},
+        # Not plugged in at boot: the agent starts anyway, says so, and keeps trying.
+        {"name": "room", "type": "bme280", "interval": 0.5, "error_after": 1},
     ])
     agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_ANALOG": "0=0.25,2=0.5",
                                 "FAKE_MRAA_GPIO": "4=1", "FAKE_MRAA_FAIL": "aio:1"})
     try:
         readings = {}
-        while len(readings) < 4:
+        while len(readings) < 7:
             reading = watcher.telemetry()["readings"][0]
             readings.setdefault(reading["sensor"], reading)
     finally:
@@ -112,6 +114,10 @@ def test_the_agent_on_mraa_publishes_what_the_pins_read_with_quality_when_not_go
     broken = readings["broken"]
     assert broken["value"] is None and broken["quality"] == "error"
     assert "analog pin A1: read failed" in broken["error"]
+    for value in ("temperature", "humidity", "pressure"):
+        missing = readings["room." + value]
+        assert missing["quality"] == "error" and "I2C bus 6 device 0x76" in missing["error"]
+    agent.wait_for(r"sensor room: I2C bus 6 device 0x76: .* \(retrying\)")
     agent.wait_for(r"device thunder10 on Intel Edison \(mraa v2.2.0\)")
     assert agent.stop() == 0
 
