@@ -21,9 +21,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
 # The known keys of each section: anything else is reported as unknown.
-TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout")
+TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch")
+SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
+BATCH_KEYS = ("max_readings", "max_delay")
+DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
-MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls")
+MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls",
+             "clean_session", "inflight")
 RECONNECT_KEYS = ("min_delay", "max_delay")
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname")
 
@@ -65,6 +69,26 @@ class MQTTConfig:
     status_topic: str
     reconnect: ReconnectConfig
     tls: Optional[TLSConfig]
+    # False asks the broker to keep the session (and queued QoS 1 messages) across reconnects;
+    # correctness never depends on it: the spool is the source of truth.
+    clean_session: bool = True
+    # Messages published but not yet acknowledged, at most: bounds a backlog's burst.
+    inflight: int = 20
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: Path
+    max_bytes: int = 64 * 1024 * 1024
+    max_age: float = 7 * 24 * 3600.0
+    # At most one fsync per interval, whatever the sample rate: flash wears with every write.
+    commit_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_readings: int = 1
+    max_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,9 @@ class AgentConfig:
     sensors: Tuple[SensorConfig, ...]
     log_level: str = "info"
     shutdown_timeout: float = 5.0
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    spool: Optional[SpoolConfig] = None
+    batch: BatchConfig = BatchConfig()
 
 
 def load(path: Path) -> AgentConfig:
@@ -120,10 +147,50 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     log_level = r.value(top, "log_level", "", str, default="info", choices=LOG_LEVELS)
     shutdown_timeout = r.value(top, "shutdown_timeout", "", float, default=5.0, minimum=0.0, maximum=300.0)
     sensor_list = parse_sensors(r, top.get("sensors"))
-    if r.problems or mqtt is None:
+    state_dir = _state_dir(r, top)
+    spool = _spool(r, top.get("spool"), state_dir)
+    batch = _batch(r, top.get("batch"))
+    if r.problems or mqtt is None or spool is None or batch is None:
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
-                       log_level=log_level, shutdown_timeout=shutdown_timeout)
+                       log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
+                       spool=spool, batch=batch)
+
+
+def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
+    raw = r.value(top, "state_dir", "", str, default=DEFAULT_STATE_DIR)
+    state_dir = r.base_dir / os.path.expanduser(raw or DEFAULT_STATE_DIR)
+    # It is created at start if missing: what matters is that this user can write there.
+    existing = state_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        r.problem("state_dir", "%s is not a directory" % existing)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        r.problem("state_dir", "%s is not writable by this user: run as the service user, or set state_dir "
+                  "to a directory it can write (the spool lives there)" % existing)
+    return state_dir
+
+
+def _spool(r: Reader, raw: Any, state_dir: Path) -> Optional[SpoolConfig]:
+    s = r.section(raw, "spool", SPOOL_KEYS)
+    path = r.value(s, "path", "spool", str, default=None)
+    max_bytes = r.value(s, "max_bytes", "spool", int, default=SpoolConfig.max_bytes, minimum=64 * 1024)
+    max_age = r.value(s, "max_age", "spool", float, default=SpoolConfig.max_age, minimum=1.0)
+    commit_interval = r.value(s, "commit_interval", "spool", float, default=1.0, minimum=0.0, maximum=3600)
+    if max_bytes is None or max_age is None or commit_interval is None:
+        return None
+    spool_path = r.base_dir / os.path.expanduser(path) if path else state_dir / "spool.db"
+    return SpoolConfig(path=spool_path, max_bytes=max_bytes, max_age=max_age, commit_interval=commit_interval)
+
+
+def _batch(r: Reader, raw: Any) -> Optional[BatchConfig]:
+    b = r.section(raw, "batch", BATCH_KEYS)
+    max_readings = r.value(b, "max_readings", "batch", int, default=1, minimum=1, maximum=1000)
+    max_delay = r.value(b, "max_delay", "batch", float, default=0.0, minimum=0.0, maximum=3600)
+    if max_readings is None or max_delay is None:
+        return None
+    return BatchConfig(max_readings=max_readings, max_delay=max_delay)
 
 
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
@@ -144,11 +211,14 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     if min_delay is not None and max_delay is not None and max_delay < min_delay:
         r.problem("mqtt.reconnect.max_delay", "%s is below min_delay %s" % (max_delay, min_delay))
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
+    clean_session = r.value(m, "clean_session", "mqtt", bool, default=True)
+    inflight = r.value(m, "inflight", "mqtt", int, default=20, minimum=1, maximum=65535)
     if (host is None or port is None or client_id is None or keepalive is None or qos is None
             or topic is None or status_topic is None or min_delay is None or max_delay is None):
         return None
     return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
-                      status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls)
+                      status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls,
+                      clean_session=bool(clean_session), inflight=inflight or 20)
 
 
 def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:

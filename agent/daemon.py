@@ -34,7 +34,8 @@ class Agent:
         self.spool = Spool()
         mqtt = config.mqtt
         self.session = Session(mqtt, ssl_context, on_io=self._pump)
-        self.uplink = Uplink(self.spool, self.session, config.device_id, mqtt.topic, mqtt.qos)
+        self.uplink = Uplink(self.spool, self.session, config.device_id, mqtt.topic, mqtt.qos,
+                             window=mqtt.inflight, batch=config.batch)
         self.sampler = Sampler(_drivers(config.sensors, board), self._record)
 
     def _record(self, sample: Sample) -> None:

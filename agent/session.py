@@ -48,17 +48,16 @@ def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.
 
 class Session:
     def __init__(self, config: MQTTConfig, ssl_context: Optional[ssl.SSLContext],
-                 on_io: Callable[[], None] = lambda: None, window: int = 20,
-                 rng: Optional[random.Random] = None) -> None:
+                 on_io: Callable[[], None] = lambda: None, rng: Optional[random.Random] = None) -> None:
         self._config = config
         self._on_io = on_io
         self._rng = rng or random.Random()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
-                                   clean_session=True, protocol=mqtt.MQTTv311)
+                                   clean_session=config.clean_session, protocol=mqtt.MQTTv311)
         if ssl_context is not None:
             self._client.tls_set_context(ssl_context)
         self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True)
-        self._client.max_inflight_messages_set(window)
+        self._client.max_inflight_messages_set(config.inflight)
         self._client.on_connect = self._handle_connect
         self._client.on_publish = self._handle_publish
         self._client.on_log = self._handle_log

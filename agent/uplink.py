@@ -1,4 +1,4 @@
-"""Moves readings from the spool into the session, in seq order, within an in-flight window.
+"""Moves readings from the spool into the session, in seq order, in batches, within an in-flight window.
 
 A reading leaves the spool only when the broker has acknowledged the message that
 carried it; handing it to paho is not delivery.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, List
+import time
+from typing import Callable, List, Optional
 
+from agent.config import BatchConfig
 from agent.reading import Reading, encode_telemetry
 from agent.session import Session
 from agent.spool import Spool
@@ -19,29 +21,57 @@ log = logging.getLogger(__name__)
 
 class Uplink:
     def __init__(self, spool: Spool, session: Session, device_id: str, topic: str, qos: int,
-                 window: int = 20, batch_size: int = 1) -> None:
+                 window: int = 20, batch: Optional[BatchConfig] = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._spool = spool
         self._session = session
         self._device_id = device_id
         self._topic = topic
         self._qos = qos
-        self._window = window
-        self._batch_size = batch_size
+        self._batch = batch = batch or BatchConfig()
+        # The window counts messages; the spool counts readings.
+        self._window_readings = window * batch.max_readings
+        self._monotonic = monotonic
         # Held from take() to publish() so two threads cannot hand paho seq 6 before seq 5.
         self._lock = threading.Lock()
+        self._partial_since: Optional[float] = None
+        self._timer: Optional[threading.Timer] = None
         self.delivered = 0
 
     def pump(self) -> None:
         """Called after every new reading and after every network event; cheap when idle."""
         with self._lock:
-            while self._session.connected and self._spool.in_flight < self._window:
-                batch = self._spool.take(self._batch_size)
+            while self._session.connected and self._spool.in_flight < self._window_readings:
+                if not self._batch_ready():
+                    return
+                batch = self._spool.take(self._batch.max_readings)
                 if not batch:
                     return
+                self._partial_since = None
                 payload = encode_telemetry(self._device_id, batch)
                 if not self._session.publish(self._topic, payload, self._qos, on_ack=self._acker(batch)):
                     self._spool.release(batch)
                     return
+
+    def _batch_ready(self) -> bool:
+        """A full batch, or a partial one that has waited max_delay (then a timer comes back for it)."""
+        size, delay = self._batch.max_readings, self._batch.max_delay
+        unsent = self._spool.depth - self._spool.in_flight
+        if unsent <= 0:
+            return False
+        if size == 1 or delay <= 0 or unsent >= size:
+            return True
+        now = self._monotonic()
+        if self._partial_since is None:
+            self._partial_since = now
+        waited = now - self._partial_since
+        if waited >= delay:
+            return True
+        if self._timer is None or not self._timer.is_alive():
+            self._timer = threading.Timer(delay - waited, self.pump)
+            self._timer.daemon = True
+            self._timer.start()
+        return False
 
     def _acker(self, batch: List[Reading]) -> Callable[[], None]:
         seqs = [r.seq for r in batch]
@@ -53,6 +83,7 @@ class Uplink:
         return ack
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every reading is acknowledged; False if some were not within `timeout`."""
+        """Send partial batches now and wait until every reading is acknowledged; False on timeout."""
+        self._partial_since = -float("inf")
         self.pump()
         return self._spool.wait_empty(timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import getpass
 import importlib
+import itertools
 import json
 import os
 import queue
@@ -222,6 +223,9 @@ def subscriber(broker: Broker, certs: Certs) -> Iterator[Subscriber]:
     s.close()
 
 
+_STATE_DIRS = itertools.count()
+
+
 def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:
     tls: Dict[str, Any] = {"ca_file": str(certs.ca), "cert_file": str(certs.device_cert),
                            "key_file": str(certs.device_key)}
@@ -231,6 +235,8 @@ def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 10,
                  "reconnect": {"min_delay": 0.2, "max_delay": 1.0}, "tls": tls},
         "board": "simulated",
+        # Each test's own spool, never the system's /var/lib/edison-agent.
+        "state_dir": str(certs.dir.parent / ("state-%d" % next(_STATE_DIRS))),
         "sensors": [{"name": "temperature", "type": "analog", "pin": 0, "interval": 0.2,
                      "scale": 0.5, "offset": -50, "unit": "degC"}],
     }

@@ -16,7 +16,9 @@ SENSORS_DOC = (ROOT / "docs" / "sensors.md").read_text()
 DOCUMENTED = set(re.findall(r"^\| `([a-z_.]+)` \|", DOC, flags=re.MULTILINE))
 
 KEYS = (
-    [k for k in config.TOP_KEYS if k not in ("device", "mqtt", "sensors")]
+    [k for k in config.TOP_KEYS if k not in ("device", "mqtt", "sensors", "spool", "batch")]
+    + ["spool.%s" % k for k in config.SPOOL_KEYS]
+    + ["batch.%s" % k for k in config.BATCH_KEYS]
     + ["device.%s" % k for k in config.DEVICE_KEYS]
     + ["mqtt.%s" % k for k in config.MQTT_KEYS if k != "reconnect"]
     + ["mqtt.reconnect.%s" % k for k in config.RECONNECT_KEYS]
