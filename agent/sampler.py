@@ -73,17 +73,32 @@ class Sampler:
         self._wall = wall
         self._threaded = threaded
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, on_tick: Optional[Callable[[], None]] = None,
+            tick_interval: Optional[float] = None) -> None:
+        """Sample until `stop`; `on_tick` runs on this thread at least every `tick_interval` seconds."""
         start = self._monotonic()
+        ticking = on_tick is not None and bool(tick_interval)
+        next_tick = start if ticking else float("inf")
         # (due time, slot index): a heap, so the next sensor due is always first.
         heap = [(start + slot.config.phase, i) for i, slot in enumerate(self._slots)]
         heapq.heapify(heap)
-        while heap and not stop.is_set():
-            due_at, index = heap[0]
-            delay = due_at - self._monotonic()
+        while not stop.is_set():
+            now = self._monotonic()
+            if ticking and now >= next_tick:
+                on_tick()  # type: ignore[misc]
+                next_tick = now + tick_interval  # type: ignore[operator]
+            wake = min(heap[0][0] if heap else float("inf"), next_tick)
+            if wake == float("inf"):
+                # No sensors and no ticks: the agent holds its session until told to stop.
+                stop.wait()
+                break
+            delay = wake - now
             if delay > 0:
                 stop.wait(delay)
                 continue
+            if not heap or heap[0][0] > now:
+                continue
+            due_at, index = heap[0]
             heapq.heappop(heap)
             slot = self._slots[index]
             self._tick(slot)
@@ -95,8 +110,6 @@ class Sampler:
             if next_at <= now:
                 next_at += interval * ((now - next_at) // interval + 1)
             heapq.heappush(heap, (next_at, index))
-        # With no sensors configured the agent still holds its session until told to stop.
-        stop.wait()
 
     def close(self) -> None:
         """Release what the drivers opened (interrupts, buses); a hung sensor is left alone."""

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
+ALIVE_STEP = 5.0
 REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
                             "client certificate (unknown CA or none sent)")
 
@@ -80,7 +81,10 @@ class Session:
         self._socket_error: Optional[str] = None
         self._last_problem: Optional[str] = None
         self.connected_since: Optional[float] = None
+        self.disconnected_since: Optional[float] = time.time()
         self.reconnects = 0
+        # Monotonic time the network thread last came round its loop: the watchdog's evidence.
+        self.last_alive = time.monotonic()
 
     @property
     def connected(self) -> bool:
@@ -144,6 +148,7 @@ class Session:
         self._refusal = None
         client.publish(self._config.status_topic, ONLINE, qos=1, retain=True)
         self.connected_since = time.time()
+        self.disconnected_since = None
         self._connected.set()
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
@@ -173,7 +178,11 @@ class Session:
             delay = backoff_delay(attempt, self._config.reconnect.min_delay,
                                   self._config.reconnect.max_delay, self._rng)
             log.debug("next connection attempt in %.1f s", delay)
-            self._stop.wait(delay)
+            # In steps, so the watchdog sees this thread alive through a long backoff.
+            deadline = time.monotonic() + delay
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                self.last_alive = time.monotonic()
+                self._stop.wait(min(ALIVE_STEP, deadline - time.monotonic()))
 
     def _connect_once(self) -> bool:
         """One connection's life; True if it reached CONNACK."""
@@ -188,6 +197,7 @@ class Session:
         was_connected = False
         while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             rc = self._client.loop(timeout=1.0)
+            self.last_alive = time.monotonic()
             if self._connected.is_set() and not was_connected:
                 was_connected = True
                 self._on_connected()
@@ -197,6 +207,7 @@ class Session:
             return was_connected
         self._connected.clear()
         if was_connected:
+            self.disconnected_since = time.time()
             self._problem("connection lost" + (": %s" % self._socket_error if self._socket_error else ""))
         elif self._refusal is not None:
             self._problem(self._refusal)
@@ -227,6 +238,11 @@ class Session:
         else:
             log.info("connected to %s:%d, %s", cfg.host, cfg.port, how)
         self._last_problem = None
+
+    @property
+    def problem(self) -> Optional[str]:
+        """Why the session is not connected, in plain words; None when all is well."""
+        return self._last_problem
 
     def _problem(self, message: str) -> None:
         # Once per state change: a broker down for an hour must not fill the journal.

@@ -207,3 +207,20 @@ def test_a_hanging_read_and_a_failing_sensor_do_not_delay_the_others(caplog):
     assert len(hung_errors) == 1 and "has not returned after" in (hung_errors[0].error or "")
     assert "the hung read returned after" in caplog.text
     assert [s for s in samples if s.sensor == "broken" and s.quality == ERROR]
+
+
+def test_the_loop_ticks_for_the_watchdog_even_when_no_sensor_is_due():
+    clock = FakeTime(until=20.0)
+    ticks: List[float] = []
+    sampler = Sampler([(config("slow", 600.0), Scripted(clock))], lambda s: None,
+                      monotonic=clock.monotonic, wall=clock.wall, threaded=False)
+    sampler.run(clock, on_tick=lambda: ticks.append(clock.now), tick_interval=5.0)  # type: ignore[arg-type]
+    assert ticks == [0.0, 5.0, 10.0, 15.0]
+
+
+def test_without_sensors_the_loop_only_ticks():
+    clock = FakeTime(until=10.0)
+    ticks: List[float] = []
+    Sampler([], lambda s: None, monotonic=clock.monotonic, wall=clock.wall,
+            threaded=False).run(clock, on_tick=lambda: ticks.append(clock.now), tick_interval=3.0)  # type: ignore
+    assert ticks == [0.0, 3.0, 6.0, 9.0]

@@ -1,0 +1,74 @@
+"""Is the agent working? The evidence for systemd's watchdog, and the one-line status.
+
+The watchdog is petted from the sampler's loop, so a stuck main thread stops the pings by
+itself; before petting, the other long-lived thread (the MQTT session's) must have shown
+progress recently. A live-looking zombie gets restarted instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, List, Optional, Protocol
+
+from agent.session import Session
+from agent.spool import Spool
+from agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+class NotifierLike(Protocol):
+    """What Health needs of agent.notify.Notifier."""
+
+    def watchdog(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+
+# The session thread comes round at least every 5 s (loop timeout, backoff steps, connect timeout).
+STALL_AFTER = 20.0
+
+
+class Health:
+    def __init__(self, session: Session, spool: Spool, uplink: Uplink, notifier: NotifierLike,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._session = session
+        self._spool = spool
+        self._uplink = uplink
+        self._notifier = notifier
+        self._monotonic = monotonic
+        self._withheld: Optional[str] = None
+
+    def stalled(self) -> List[str]:
+        age = self._monotonic() - self._session.last_alive
+        if age > STALL_AFTER:
+            return ["the MQTT session thread has not come round for %.0f s" % age]
+        return []
+
+    def tick(self) -> None:
+        """Called from the sampler's loop: its being called is the sampler's proof of life."""
+        problems = self.stalled()
+        if problems:
+            if self._withheld != problems[0]:
+                log.error("not petting the watchdog: %s", "; ".join(problems))
+                self._withheld = problems[0]
+        else:
+            self._withheld = None
+            self._notifier.watchdog()
+        self._notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        s = self._session
+        if s.connected and s.connected_since is not None:
+            link = "connected since %s" % _clock(s.connected_since)
+        else:
+            since = " since %s" % _clock(s.disconnected_since) if s.disconnected_since else ""
+            link = "not connected%s%s" % (since, ": %s" % s.problem if s.problem else "")
+        dropped = self._spool.dropped
+        backlog = "spool %d" % self._spool.depth + (" (%d dropped)" % dropped if dropped else "")
+        return "%s; %d sent; %s" % (link, self._uplink.delivered, backlog)
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
