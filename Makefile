@@ -4,23 +4,30 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # apt-get needs root; on a developer's machine that is sudo, in CI it is root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto mosquitto-clients openssl python3-venv
+APT_PACKAGES := mosquitto mosquitto-clients openssl python3-venv systemd pkg-config gcc libc6-dev
 UNITS := systemd/edison-agent.service
 
 .PHONY: demo test check system-deps venv verify-unit clean
 
 system-deps:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null \
-	    || ! command -v openssl >/dev/null || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	    || ! command -v openssl >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! command -v pkg-config >/dev/null || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	  echo "installing $(APT_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@# systemd-python builds against libsystemd-dev; pinned to the installed libsystemd0, or apt
+	@# would upgrade the whole systemd stack to match it.
+	@if ! dpkg -s libsystemd-dev >/dev/null 2>&1; then \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    "libsystemd-dev=$$(dpkg-query -W -f='$${Version}' libsystemd0)"; \
 	fi
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,pki,check]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,pki,check,systemd]'
 	touch $@
 
 venv: $(VENV)/.installed

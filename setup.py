@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="Telemetry agent for the Intel Edison: sensors over one persistent mutual-TLS MQTT session",
     packages=find_packages(include=["agent", "agent.*"]),
+    # The example config and unit files that `edison-agent install` puts in place.
+    package_data={"agent": ["data/*"]},
     python_requires=">=3.9",
     install_requires=[
         "paho-mqtt>=2,<3",

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from agent import __version__, config, logging_setup, pki
 from agent.board import BoardUnavailable
+from agent.install import add_install_parsers
 from agent.tls import TLSSetupError, build_context
 
 DEFAULT_CONFIG = Path("/etc/edison-agent/config.yaml")
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
     check.set_defaults(func=_check_config)
     pki.add_pki_parser(commands)
+    add_install_parsers(commands)
     return parser
 
 

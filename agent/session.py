@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import MQTTConfig
-from agent.tls import describe_alert, describe_failure
+from agent.tls import CLIENT_CERT_REFUSALS, describe_alert, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,12 @@ class Session:
         return self._last_problem
 
     def _problem(self, message: str) -> None:
-        # Once per state change: a broker down for an hour must not fill the journal.
-        if message != self._last_problem:
+        # Once per state change: a broker down for an hour must not fill the journal. A bare
+        # close after the handshake is the same refusal as the alert that sometimes precedes
+        # it (whether the alert is read first is a race): not a new state.
+        same = message == self._last_problem or (
+            message == REJECTED_AFTER_HANDSHAKE and self._last_problem in CLIENT_CERT_REFUSALS)
+        if not same:
             log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
                       message, self._config.reconnect.min_delay, self._config.reconnect.max_delay)
             self._last_problem = message

@@ -122,6 +122,11 @@ _ALERTS = {
 }
 
 
+# What the broker's alerts say about our own certificate (as opposed to the TLS setup).
+CLIENT_CERT_REFUSALS = frozenset(_ALERTS[a] for a in ("certificate required", "unknown ca", "certificate expired",
+                                                       "bad certificate", "certificate unknown"))
+
+
 def describe_failure(exc: BaseException, host: str) -> str:
     """Turns a connect() failure into one line a person can act on."""
     if isinstance(exc, ssl.SSLCertVerificationError):
