@@ -14,6 +14,7 @@ from typing import List, Optional
 from agent import __version__, config, logging_setup, pki
 from agent.board import BoardUnavailable
 from agent.install import add_install_parsers
+from agent.spool import SpoolBusy
 from agent.tls import TLSSetupError, build_context
 
 DEFAULT_CONFIG = Path("/etc/edison-agent/config.yaml")
@@ -77,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         print("%s: %s" % (args.config, exc), file=sys.stderr)
     except BoardUnavailable as exc:
         print("%s: board: %s" % (args.config, exc), file=sys.stderr)
+    except SpoolBusy as exc:
+        print("%s: spool: %s" % (args.config, exc), file=sys.stderr)
     return EXIT_CONFIG
 
 

@@ -32,15 +32,15 @@ STALL_AFTER = 20.0
 class Health:
     def __init__(self, session: Session, spool: Spool, uplink: Uplink, notifier: NotifierLike,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._session = session
+        self.session = session
         self._spool = spool
-        self._uplink = uplink
+        self.uplink = uplink
         self._notifier = notifier
         self._monotonic = monotonic
         self._withheld: Optional[str] = None
 
     def stalled(self) -> List[str]:
-        age = self._monotonic() - self._session.last_alive
+        age = self._monotonic() - self.session.last_alive
         if age > STALL_AFTER:
             return ["the MQTT session thread has not come round for %.0f s" % age]
         return []
@@ -58,7 +58,7 @@ class Health:
         self._notifier.status(self.status_line())
 
     def status_line(self) -> str:
-        s = self._session
+        s = self.session
         if s.connected and s.connected_since is not None:
             link = "connected since %s" % _clock(s.connected_since)
         else:
@@ -66,7 +66,7 @@ class Health:
             link = "not connected%s%s" % (since, ": %s" % s.problem if s.problem else "")
         dropped = self._spool.dropped
         backlog = "spool %d" % self._spool.depth + (" (%d dropped)" % dropped if dropped else "")
-        return "%s; %d sent; %s" % (link, self._uplink.delivered, backlog)
+        return "%s; %d sent; %s" % (link, self.uplink.delivered, backlog)
 
 
 def _clock(ts: float) -> str:

@@ -1,97 +1,955 @@
-"""Readings between sampling and the broker's acknowledgement, in seq order.
+"""Readings between sampling and the broker's acknowledgement: durable, bounded, in seq order.
 
-Held in memory for now: bounded, oldest dropped first and counted. The durable,
-crash-safe spool replaces the storage behind this same interface.
+The spool is the source of truth for delivery. A reading enters it (and gets its `seq`)
+before it is published and leaves it only on the broker's PUBACK (`ack`).
+
+Storage: one SQLite file (stdlib `sqlite3`) in WAL mode, `synchronous=FULL`, chosen by
+measurement over append-only segment files (bench/spool_bench.py). Appends and acks only
+touch memory; a committer thread writes them in one transaction (one fsync of the WAL).
+Each change (append, ack, drop) is committed at most `commit_interval` after it happened,
+commits are at least `commit_interval` apart, and a reading acknowledged before its
+deadline is never written at all: with the broker reachable, almost nothing reaches the
+flash. With nothing to commit the committer sleeps until there is: an idle agent never
+wakes for the spool.
+
+Memory does not grow with the backlog: the spool holds in memory only what was appended
+since the last commit, what is in flight, and a small read-ahead of the stored backlog.
+
+Guarantees:
+- After kill -9 or a power cut at any instant the file opens cleanly; what is lost is at
+  most the changes of the last `commit_interval`: readings appended then are gone, acks
+  received then come back as duplicates. A file that is corrupt anyway is moved aside
+  (`<name>.corrupt-<UTC time>`, the newest 3 kept) with one log line, and a new one started.
+- `seq` only grows, also across crashes: `take()` never hands out a seq that is not
+  covered by a durable reservation (kept in the file and in `<name>.seq`, which is also the
+  lock that keeps a second process out). After a crash the numbering continues after the
+  reservation, so it may jump forward (by at most `seq_block`); a clean `close()` leaves no
+  gap. A jump is not a loss: no reading ever had those numbers. If commits keep failing,
+  publishing pauses when the reservation runs out rather than use a seq twice.
+- Bounded by `max_bytes` (the stored size of the readings, `len(record) + ROW_OVERHEAD`;
+  the file is about that plus the WAL, at most max_bytes/4 and 4 MiB) and `max_age` (by the
+  sampling time). The oldest readings not in flight are dropped first; each drop is counted
+  by cause and logged once per episode. Readings in flight (handed to the session, awaiting
+  PUBACK) are never dropped.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
+import json
 import logging
+import math
+import os
+import sqlite3
+import sys
 import threading
 import time
-from typing import Deque, Dict, Iterable, List
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
-from agent.reading import Reading, Sample
+from agent.reading import GOOD, Reading, Sample
 
 log = logging.getLogger(__name__)
 
+# SQLite's cost of a row beyond its record: rowid and lengths in the cell, cell pointer, page slack.
+ROW_OVERHEAD = 12
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# In memory a reading costs several times its stored size: the bound without a file (~140,000 readings).
+MEMORY_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_AGE = 7 * 24 * 3600.0
+# Seqs reserved durably ahead of use; the reservation is extended when half of it is used.
+DEFAULT_SEQ_BLOCK = 10_000
+
+FULL = "full"
+AGE = "age"
+CORRUPT = "corrupt"
+
+_READAHEAD = 256
+# Before this (2017-07-14) a timestamp comes from a clock NTP has not set yet (the Edison has no
+# battery-backed clock by default): its age is unknown, so it is never dropped for age.
+_SANE_TS = 1_500_000_000.0
+_KEEP_CORRUPT = 3
+_EPISODE_QUIET = 60.0
+_PAGE = 4096
+_AUTO_VACUUM = "INCREMENTAL"
+_NO_LIMIT = sys.maxsize
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS readings (seq INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """The spool at a glance, for the agent's status."""
+
+    durable: bool
+    depth: int
+    in_flight: int
+    bytes: int
+    max_bytes: int
+    dropped_full: int
+    dropped_age: int
+    dropped_corrupt: int
+    commits: int
+    # Seconds since the last durable commit; None before the first (or when not durable).
+    last_commit_age: Optional[float]
+    # The spool file and its WAL on disk.
+    file_bytes: int
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_full + self.dropped_age + self.dropped_corrupt
+
+    def describe(self) -> str:
+        committed = ("last commit %.1f s ago" % self.last_commit_age if self.last_commit_age is not None
+                     else "no commit yet" if self.durable else "in memory only")
+        return ("spool: %d readings (%d in flight), %d of %d bytes, dropped %d (full %d, age %d, corrupt %d), %s"
+                % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped, self.dropped_full,
+                   self.dropped_age, self.dropped_corrupt, committed))
+
+
+class SpoolBusy(RuntimeError):
+    """Another process has this spool open: two agents must not share one seq."""
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _Entry:
+    __slots__ = ("seq", "reading", "blob", "size", "born")
+
+    def __init__(self, reading: Reading, blob: Optional[bytes], size: int, born: float = 0.0) -> None:
+        self.seq = reading.seq
+        self.reading = reading
+        self.blob = blob
+        self.size = size
+        self.born = born  # time.monotonic() of the append: its commit is due commit_interval later
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
+
+
+def _encode(sample: Sample) -> bytes:
+    """[ts, sensor, value, unit, quality, error], defaults trimmed from the end."""
+    record: List[Any] = [sample.ts, sample.sensor, sample.value, sample.unit, sample.quality, sample.error]
+    if sample.error is None:
+        record.pop()
+        if sample.quality == GOOD:
+            record.pop()
+    return _ENCODER.encode(record).encode("utf-8")
+
+
+def _decode(seq: int, blob: bytes) -> Reading:
+    record = json.loads(blob)
+    if not isinstance(record, list) or not 4 <= len(record) <= 6:
+        raise ValueError("not a reading record")
+    ts, sensor, value, unit = record[:4]
+    quality = record[4] if len(record) > 4 else GOOD
+    error = record[5] if len(record) > 5 else None
+    if (not isinstance(ts, (int, float)) or not isinstance(sensor, str) or not isinstance(quality, str)
+            or not (value is None or isinstance(value, (int, float)))
+            or not (unit is None or isinstance(unit, str)) or not (error is None or isinstance(error, str))):
+        raise ValueError("not a reading record")
+    return Reading(seq=seq, ts=float(ts), sensor=sensor, value=value, unit=unit, quality=quality, error=error)
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, _Corrupt):
+        return True
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is not None:
+        return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or str(name).startswith("SQLITE_CORRUPT")
+    # Python < 3.11: corruption is a plain DatabaseError, not one of its subclasses.
+    return type(exc) is sqlite3.DatabaseError
+
+
+class _SeqFile:
+    """`<spool>.seq`: the seq reservation (a second copy, outside the database) and the process lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise SpoolBusy("%s is locked by another process: is another agent running with this spool?"
+                            % path) from None
+
+    def read(self) -> int:
+        raw = os.pread(self.fd, 64, 0)
+        try:
+            limit_hex, crc_hex = raw.split(b"\n", 1)[0].split(b" ")
+            if zlib.crc32(limit_hex) != int(crc_hex, 16):
+                return 0
+            return int(limit_hex, 16)
+        except ValueError:
+            return 0
+
+    def write(self, limit: int) -> None:
+        # Fixed size, in place: one block rewritten, no metadata change; a torn write fails the CRC.
+        digits = b"%016x" % limit
+        os.pwrite(self.fd, b"%s %08x\n" % (digits, zlib.crc32(digits)), 0)
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)  # releases the lock
+
+
+class _Store:
+    """The SQLite file: a writer connection (committer only) and a reader (under the spool lock)."""
+
+    def __init__(self, path: Path, wal_pages: int) -> None:
+        self.path = path
+        self.writer: Optional[sqlite3.Connection] = None
+        self.reader: Optional[sqlite3.Connection] = None
+        try:
+            self.writer = self._connect()
+            w = self.writer
+            # page_size and auto_vacuum only take effect on a new file, before the first table.
+            w.execute("PRAGMA page_size=%d" % _PAGE)
+            w.execute("PRAGMA auto_vacuum=%s" % _AUTO_VACUUM)
+            mode = w.execute("PRAGMA journal_mode=WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise sqlite3.OperationalError("cannot use WAL mode on %s (got %r)" % (path, mode))
+            # FULL: the WAL is synced at each commit, so a commit survives a power cut.
+            w.execute("PRAGMA synchronous=FULL")
+            # Some builds (Debian's) zero freed pages: writes for nothing, the readings are not secret.
+            w.execute("PRAGMA secure_delete=OFF")
+            w.execute("PRAGMA wal_autocheckpoint=%d" % wal_pages)
+            w.execute("PRAGMA journal_size_limit=%d" % (wal_pages * _PAGE))
+            w.execute("PRAGMA cache_size=-1024")
+            for statement in _SCHEMA:
+                w.execute(statement)
+            columns = [row[1] for row in w.execute("PRAGMA table_info(readings)").fetchall()]
+            if columns != ["seq", "data"]:
+                raise _Corrupt("not a spool file (readings table has columns %s)" % columns)
+            self.reader = self._connect()
+            self.reader.execute("PRAGMA query_only=ON")
+            self.reader.execute("PRAGMA cache_size=-1024")
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
+
+    def check(self) -> Tuple[int, int, int, int]:
+        """Verify the file; (count, sum of record sizes, highest seq, stored seq limit)."""
+        assert self.writer is not None
+        problems = self.writer.execute("PRAGMA quick_check(1)").fetchall()
+        if problems != [("ok",)]:
+            raise _Corrupt("integrity check: %s" % (problems[0][0] if problems else "no answer"))
+        count, size, hi = self.writer.execute(
+            "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(seq), 0) FROM readings").fetchone()
+        return int(count), int(size), int(hi), self.seq_limit()
+
+    def seq_limit(self) -> int:
+        assert self.writer is not None
+        row = self.writer.execute("SELECT value FROM meta WHERE key = 'seq_limit'").fetchone()
+        return int(row[0]) if row else 0
+
+    def load(self, after: int, upto: int, limit: int) -> List[Tuple[int, bytes]]:
+        assert self.reader is not None
+        rows = self.reader.execute("SELECT seq, data FROM readings WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                                   (after, upto, limit)).fetchall()
+        return [(int(seq), bytes(data)) for seq, data in rows]
+
+    def size_of(self, seq: int) -> Optional[int]:
+        assert self.reader is not None
+        row = self.reader.execute("SELECT length(data) FROM readings WHERE seq = ?", (seq,)).fetchone()
+        return int(row[0]) if row else None
+
+    def write(self, rows: List[Tuple[int, bytes]], deletes: List[int], limit: Optional[int]) -> None:
+        """One transaction, one fsync of the WAL (SQLite checkpoints on its own every wal_pages)."""
+        w = self.writer
+        assert w is not None
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                # OR REPLACE: a commit whose outcome was unknown (an I/O error) may be written again.
+                w.executemany("INSERT OR REPLACE INTO readings (seq, data) VALUES (?, ?)", rows)
+            if deletes:
+                w.executemany("DELETE FROM readings WHERE seq = ?", [(seq,) for seq in deletes])
+                self._shrink(w)
+            if limit is not None:
+                w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_limit', ?)", (limit,))
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                try:
+                    w.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+
+    @staticmethod
+    def _shrink(w: sqlite3.Connection) -> None:
+        # FIFO churn reuses freed pages, so the file stays at its high-water mark without help.
+        # After a large backlog drained, give most of the free pages back (inside this transaction).
+        free = int(w.execute("PRAGMA freelist_count").fetchone()[0])
+        pages = int(w.execute("PRAGMA page_count").fetchone()[0])
+        if free >= 256 and free * 4 >= pages:
+            for _ in range(free - 64):
+                # Each execution frees one page (sqlite3 steps a PRAGMA once).
+                w.execute("PRAGMA incremental_vacuum(1)")
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except OSError:
+                pass
+        return total
+
+    def close(self) -> None:
+        for conn in (self.reader, self.writer):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self.reader = self.writer = None
+
+
+def _move_aside(path: Path, now: float) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name("%s.corrupt-%s" % (path.name, stamp))
+    n = 1
+    while target.exists():
+        target = path.with_name("%s.corrupt-%s-%d" % (path.name, stamp, n))
+        n += 1
+    if path.exists():
+        os.replace(str(path), str(target))
+    for suffix in ("-wal", "-journal"):
+        if os.path.exists(str(path) + suffix):
+            os.replace(str(path) + suffix, str(target) + suffix)
+    try:
+        os.remove(str(path) + "-shm")
+    except FileNotFoundError:
+        pass
+    # A failing disk must not fill up with old spools: keep the newest few.
+    old = sorted(p for p in path.parent.glob(path.name + ".corrupt-*") if not p.name.endswith(("-wal", "-journal")))
+    for stale in old[:-_KEEP_CORRUPT]:
+        for suffix in ("", "-wal", "-journal"):
+            try:
+                os.remove(str(stale) + suffix)
+            except FileNotFoundError:
+                pass
+    return target
+
 
 class Spool:
-    def __init__(self, max_readings: int = 100_000) -> None:
-        self._max = max_readings
-        self._lock = threading.Condition()
-        self._pending: Dict[int, Reading] = {}
-        # Not yet handed to the session, oldest first.
-        self._unsent: Deque[int] = collections.deque()
+    """A durable, bounded queue of readings between sampling and PUBACK.
+
+    `path=None` keeps the readings in memory only (lost on restart): for tests of other
+    modules, and the fallback when the file cannot be used at all. Then the bound is at most
+    MEMORY_MAX_BYTES, whatever max_bytes says.
+
+    Threads: `append` from the sensor workers, `take`/`release` from the uplink, `ack` from
+    the MQTT network thread; all of them hold one short lock and never wait for the disk.
+    A committer thread does the writing, outside that lock.
+    """
+
+    def __init__(self, path: Optional[Path] = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_age: float = DEFAULT_MAX_AGE, commit_interval: float = 1.0,
+                 clock: Callable[[], float] = time.time, *, seq_block: int = DEFAULT_SEQ_BLOCK) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        if not max_age > 0:
+            raise ValueError("max_age must be positive")
+        if commit_interval < 0:
+            raise ValueError("commit_interval must not be negative")
+        if seq_block < 2:
+            raise ValueError("seq_block must be at least 2")
+        self.path = Path(path) if path is not None else None
+        self.max_bytes = max_bytes if path is not None else min(max_bytes, MEMORY_MAX_BYTES)
+        self.max_age = max_age
+        self.commit_interval = commit_interval
+        self._clock = clock
+        self._seq_block = seq_block
+        self._wal_pages = max(16, min(1024, max_bytes // 4 // _PAGE))
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # depth fell: wait_empty
+        self._wake = threading.Condition(self._lock)  # something to commit: the committer
+        self._commit_lock = threading.Lock()  # one commit at a time; taken before _lock, never inside it
+
         self._next_seq = 1
-        self.dropped = 0
-        self._dropping = False
+        self._safe_seq = _NO_LIMIT  # seqs below it may be handed out (durably reserved)
+        # Every pending reading with seq <= _cursor is in _in_flight or _front; the rest is the
+        # stream: stored rows (read-ahead, then not loaded yet) followed by _unstored.
+        self._cursor = 0
+        self._in_flight: Dict[int, _Entry] = {}
+        self._front: Dict[int, _Entry] = {}  # released: unsent again, before the stream
+        self._ra: Deque[_Entry] = collections.deque()
+        self._ra_hi = 0  # stored rows up to here were loaded (or skipped)
+        self._stored_hi = 0  # highest seq written by a finished commit
+        self._committing_hi = 0  # highest seq in the commit under way (0: none)
+        self._unstored: Dict[int, _Entry] = {}  # appended, not yet committed (in memory mode: all)
+        self._to_delete: Set[int] = set()  # stored (or being stored), no longer pending
+        self._deleting: Set[int] = set()  # in the delete of the commit under way
+        self._depth = 0
+        self._bytes = 0
+        self._dropped = {FULL: 0, AGE: 0, CORRUPT: 0}
+        self._episode: Dict[str, int] = {}
+        self._last_age_drop = 0.0
+        self._logs: List[Tuple[int, str, Tuple[Any, ...]]] = []
+        self._dirty = False  # the committer has something to look at
+        self._delete_since = 0.0  # when _to_delete became non-empty
+        self._last_attempt = -math.inf
+        self._broken = False  # the reader met corruption: the committer moves the file aside
+        self._closing = False
+        self._closed = False
+        self._commits = 0
+        self._last_commit: Optional[float] = None
+        self._failing = 0
+        self._paused = False
+        self._wakeups = 0
+
+        self._seqfile: Optional[_SeqFile] = None
+        self._store: Optional[_Store] = None
+        self._thread: Optional[threading.Thread] = None
+        if self.path is not None:
+            self._open(self.path)
+
+    # -- the interface the program uses -------------------------------------------------------
 
     def append(self, sample: Sample) -> Reading:
+        """Number the sample and keep it; never waits for the disk."""
+        blob = _encode(sample)
+        now = self._clock()
         with self._lock:
-            reading = Reading.numbered(self._next_seq, sample)
-            self._next_seq += 1
-            self._pending[reading.seq] = reading
-            self._unsent.append(reading.seq)
-            if len(self._pending) > self._max:
-                self._drop_oldest()
-            elif self._dropping:
-                self._dropping = False
-            return reading
-
-    def _drop_oldest(self) -> None:
-        # Dicts keep insertion order and seqs are inserted rising: the first key is the oldest.
-        oldest = next(iter(self._pending))
-        del self._pending[oldest]
-        if self._unsent and self._unsent[0] == oldest:
-            self._unsent.popleft()
-        self.dropped += 1
-        if not self._dropping:
-            # Once per episode: a full spool at 10 readings/s must not write 10 log lines/s.
-            self._dropping = True
-            log.warning("spool full (%d readings): dropping the oldest until the broker catches up",
-                        self._max)
+            if self._closed:
+                raise RuntimeError("the spool is closed")
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            reading = Reading.numbered(seq, sample)
+            entry = _Entry(reading, blob if self._store is not None else None, len(blob) + ROW_OVERHEAD,
+                           time.monotonic())
+            self._unstored[seq] = entry
+            self._depth += 1
+            self._bytes += entry.size
+            self._mark_dirty()
+            self._enforce(now)
+        if self._logs:
+            self._emit()
+        return reading
 
     def take(self, count: int) -> List[Reading]:
-        """The next `count` readings never handed out, in seq order."""
+        """The next `count` readings never handed out (or released), in seq order."""
+        now = self._clock()
+        taken: List[Reading] = []
         with self._lock:
-            taken: List[Reading] = []
-            while self._unsent and len(taken) < count:
-                seq = self._unsent.popleft()
-                if seq in self._pending:
-                    taken.append(self._pending[seq])
-            return taken
+            self._enforce(now)
+            while len(taken) < count:
+                if self._front:
+                    entry = self._front.pop(min(self._front))
+                else:
+                    head = self._stream_head()
+                    if head is None:
+                        break
+                    if head.seq >= self._safe_seq:
+                        # Not covered by a durable reservation yet: the next commit extends it.
+                        self._mark_dirty()
+                        if self._failing and not self._paused:
+                            self._paused = True
+                            self._logs.append((logging.ERROR, "spool cannot commit: publishing paused at seq %d "
+                                               "until it can (a seq must never be used twice)", (head.seq,)))
+                        break
+                    if self._ra and self._ra[0] is head:
+                        self._ra.popleft()
+                    self._cursor = head.seq
+                    entry = head
+                self._in_flight[entry.seq] = entry
+                taken.append(entry.reading)
+        if self._logs:
+            self._emit()
+        return taken
 
     def release(self, readings: Iterable[Reading]) -> None:
-        """Readings the session could not take go back to the front, in order."""
+        """Readings the session could not take go back to the front, in seq order."""
         with self._lock:
-            for reading in sorted(readings, key=lambda r: r.seq, reverse=True):
-                if reading.seq in self._pending:
-                    self._unsent.appendleft(reading.seq)
+            for reading in readings:
+                entry = self._in_flight.pop(reading.seq, None)
+                if entry is not None:
+                    self._front[reading.seq] = entry
+
+    def release_in_flight(self) -> int:
+        """Everything handed out goes back to the front: for a new session, which will send it again."""
+        with self._lock:
+            count = len(self._in_flight)
+            self._front.update(self._in_flight)
+            self._in_flight.clear()
+            return count
 
     def ack(self, seqs: Iterable[int]) -> None:
+        """The broker has these: they leave the spool (durably at the next commit)."""
         with self._lock:
             for seq in seqs:
-                self._pending.pop(seq, None)
-            self._lock.notify_all()
+                entry = self._in_flight.pop(seq, None)
+                if entry is None:
+                    entry = self._front.pop(seq, None)
+                if entry is not None:
+                    self._forget(seq, entry.size)
+                elif seq > self._cursor:
+                    self._ack_unsent(seq)
+            self._changed.notify_all()
+        if self._logs:
+            self._emit()
 
     @property
     def depth(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return self._depth
 
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._pending) - len(self._unsent)
+            return len(self._in_flight)
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return sum(self._dropped.values())
 
     def wait_empty(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending:
+            while self._depth:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._lock.wait(remaining)
+                self._changed.wait(remaining)
             return True
+
+    # -- durability ---------------------------------------------------------------------------
+
+    def commit(self) -> bool:
+        """Make every append and ack so far durable now; False if there was nothing to write.
+
+        The committer does this by itself at most once per commit_interval; call it directly
+        only where waiting for the disk is the point (tests, tools).
+        """
+        with self._commit_lock:
+            return self._commit()
+
+    def close(self) -> None:
+        """Stop the committer and commit what is left, with the exact next seq (no gap at the next start)."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._closed = True  # no more appends: the final commit has them all
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._commit_lock:
+            if self._store is not None:
+                self._commit(final=True)
+            with self._lock:
+                if self._store is not None:
+                    self._store.close()  # the last connection checkpoints and removes the WAL
+                    self._store = None
+            if self._seqfile is not None:
+                self._seqfile.close()
+                self._seqfile = None
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> SpoolStats:
+        store = self._store
+        file_bytes = store.file_bytes() if store is not None else 0
+        with self._lock:
+            return SpoolStats(
+                durable=self._store is not None, depth=self._depth, in_flight=len(self._in_flight),
+                bytes=self._bytes, max_bytes=self.max_bytes, dropped_full=self._dropped[FULL],
+                dropped_age=self._dropped[AGE], dropped_corrupt=self._dropped[CORRUPT], commits=self._commits,
+                last_commit_age=(time.monotonic() - self._last_commit if self._last_commit is not None else None),
+                file_bytes=file_bytes)
+
+    # -- opening --------------------------------------------------------------------------------
+
+    def _open(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._seqfile = _SeqFile(path.with_name(path.name + ".seq"))
+        except OSError as exc:
+            log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
+                      path, exc.strerror or exc)
+            self.max_bytes = min(self.max_bytes, MEMORY_MAX_BYTES)
+            return
+        floor = self._seqfile.read()
+        try:
+            try:
+                store = _Store(path, self._wal_pages)
+                try:
+                    count, size, hi, limit = store.check()
+                except BaseException:
+                    store.close()
+                    raise
+            except (sqlite3.DatabaseError, _Corrupt) as exc:
+                if not _is_corrupt(exc):
+                    raise
+                floor = max(floor, self._salvage(path))
+                target = _move_aside(path, self._clock())
+                log.error("spool file %s is corrupt (%s): moved aside to %s, starting a new one at seq %d",
+                          path, exc, target.name, max(floor, 1))
+                store = _Store(path, self._wal_pages)
+                count, size, hi, limit = store.check()
+        except (sqlite3.Error, OSError, _Corrupt) as exc:
+            log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
+                      path, exc)
+            self._next_seq = max(floor, 1)
+            self.max_bytes = min(self.max_bytes, MEMORY_MAX_BYTES)
+            self._seqfile.close()
+            self._seqfile = None
+            return
+        self._store = store
+        self._next_seq = max(1, floor, limit, hi + 1)
+        self._safe_seq = self._next_seq  # nothing may be handed out before the first reservation
+        self._depth = count
+        self._bytes = size + count * ROW_OVERHEAD
+        self._stored_hi = hi
+        if count:
+            log.info("spool %s: %d readings not yet acknowledged are sent again first (seq %d on)",
+                     path, count, self._next_seq)
+        with self._lock:
+            self._enforce(self._clock())
+        if self._logs:
+            self._emit()
+        with self._commit_lock:
+            self._commit()
+        self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
+        self._thread.start()
+
+    def _salvage(self, path: Path) -> int:
+        try:
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+        except sqlite3.Error:
+            return 0
+        best = 0
+        for query in ("SELECT value FROM meta WHERE key = 'seq_limit'", "SELECT max(seq) + 1 FROM readings"):
+            try:
+                row = conn.execute(query).fetchone()
+                if row and row[0] is not None:
+                    best = max(best, int(row[0]))
+            except (sqlite3.Error, ValueError, TypeError):
+                pass
+        conn.close()
+        return best
+
+    # -- committing -----------------------------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        # Under _lock. Wakes the committer only on the change from clean to dirty.
+        if not self._dirty and self._store is not None:
+            self._dirty = True
+            self._wake.notify()
+
+    def _due(self) -> Optional[float]:
+        """Under _lock: when the oldest change not yet committed must be; None if there is none.
+
+        Each change (append, ack, drop) is committed at most commit_interval after it happened,
+        and attempts are at least commit_interval apart. A reading acknowledged before its
+        deadline is never written.
+        """
+        born: List[float] = []
+        for entry in self._unstored.values():  # oldest first
+            if entry.blob is not None:
+                born.append(entry.born)
+                break
+        if self._to_delete:
+            born.append(self._delete_since)
+        if self._safe_seq - self._next_seq < self._seq_block // 2:
+            born.append(-math.inf)  # the seq reservation: with the next possible commit
+        if not born:
+            return None
+        return max(min(born), self._last_attempt) + self.commit_interval
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._closing or self._dirty or self._broken):
+                    self._wake.wait()
+                self._wakeups += 1
+                while not (self._closing or self._broken):
+                    due = self._due()
+                    if due is None:
+                        self._dirty = False  # all of it was acknowledged in time: nothing to write
+                        break
+                    remaining = due - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.wait(remaining)
+                closing = self._closing
+                idle = not (self._dirty or self._broken)
+            if closing:
+                return  # close() makes the last commit
+            if not idle:
+                with self._commit_lock:
+                    try:
+                        self._commit()
+                    except Exception:
+                        # A bug must not end durability quietly: say so, try again an interval later.
+                        log.exception("spool commit failed unexpectedly; retrying in %.1f s", self.commit_interval)
+                        with self._lock:
+                            self._last_attempt = time.monotonic()
+                            self._mark_dirty()
+
+    def _commit(self, final: bool = False, recovered: bool = False) -> bool:
+        """Under _commit_lock."""
+        if self._broken:
+            self._recover("unreadable rows")
+        store = self._store
+        if store is None:
+            return False
+        with self._lock:
+            rows = [(seq, entry.blob) for seq, entry in self._unstored.items() if entry.blob is not None]
+            deletes = sorted(self._to_delete)
+            self._deleting = self._to_delete
+            self._to_delete = set()
+            self._last_attempt = time.monotonic()
+            limit: Optional[int] = None
+            if final:
+                limit = self._next_seq
+            elif self._safe_seq - self._next_seq < self._seq_block // 2:
+                limit = self._next_seq + self._seq_block
+            self._dirty = False
+            if not rows and not deletes and limit is None:
+                self._deleting = set()
+                return False
+            if rows:
+                self._committing_hi = max(seq for seq, _ in rows)
+        error: Optional[BaseException] = None
+        try:
+            store.write(rows, deletes, limit)
+            if limit is not None and self._seqfile is not None:
+                self._seqfile.write(limit)
+        except (sqlite3.Error, OSError) as exc:
+            error = exc
+        with self._lock:
+            self._committing_hi = 0
+            self._deleting = set()
+            if error is None:
+                for seq, _ in rows:
+                    self._unstored.pop(seq, None)
+                if rows:
+                    self._stored_hi = max(self._stored_hi, max(seq for seq, _ in rows))
+                if limit is not None and not final:
+                    self._safe_seq = limit
+                self._commits += 1
+                self._last_commit = time.monotonic()
+            else:
+                if deletes and not self._to_delete:
+                    self._delete_since = time.monotonic()
+                self._to_delete.update(deletes)
+                self._mark_dirty()
+        if error is None:
+            if self._failing:
+                log.info("spool commits work again (after %d failed)", self._failing)
+                self._failing = 0
+                self._paused = False
+            return True
+        self._failing += 1
+        if _is_corrupt(error) and not recovered:
+            self._recover(str(error))
+            return self._commit(final, recovered=True) if self._store is not None else False
+        if self._failing == 1:
+            log.warning("spool commit failed (%s): readings stay in memory; retrying every %.1f s",
+                        error, self.commit_interval)
+        return False
+
+    def _recover(self, reason: str) -> None:
+        """Under _commit_lock: the file went bad while running. Keep what memory holds, start a new file."""
+        assert self.path is not None
+        with self._lock:
+            # Under the spool lock: take() must not be reading through a connection being closed. Rare.
+            self._broken = False
+            if self._store is not None:
+                self._store.close()
+            target = self.path
+            try:
+                target = _move_aside(self.path, self._clock())
+                self._store = _Store(self.path, self._wal_pages)
+            except (sqlite3.Error, OSError, _Corrupt) as exc:
+                self._store = None
+                self._safe_seq = _NO_LIMIT
+                self.max_bytes = min(self.max_bytes, MEMORY_MAX_BYTES)
+                log.error("spool file %s went bad (%s) and no new one can be made (%s): in memory only from now on",
+                          self.path, reason, exc)
+            # Rows only the old file held are lost; everything in memory goes into the new file.
+            held = list(self._in_flight.values()) + list(self._front.values()) + list(self._ra)
+            for entry in self._ra:
+                self._front[entry.seq] = entry
+            self._ra.clear()
+            self._cursor = max(self._cursor, self._stored_hi)
+            kept = {e.seq: e for e in held}
+            kept.update(self._unstored)
+            lost = self._depth - len(kept)
+            lost_bytes = self._bytes - sum(e.size for e in kept.values())
+            self._unstored = dict(sorted(kept.items()))
+            if self._store is None:
+                for entry in self._unstored.values():
+                    entry.blob = None
+            self._stored_hi = self._ra_hi = 0
+            self._to_delete = set()
+            self._depth -= lost
+            self._bytes -= lost_bytes
+            self._dropped[CORRUPT] += lost
+            self._mark_dirty()
+            if self._store is not None:
+                log.error("spool file %s went bad (%s): moved aside to %s; %d readings only it held are lost, "
+                          "%d kept in a new file", self.path, reason, target.name, lost, len(kept))
+
+    # -- the queue, under _lock -------------------------------------------------------------------
+
+    def _forget(self, seq: int, size: int) -> None:
+        self._depth -= 1
+        self._bytes -= size
+        self._unstored.pop(seq, None)
+        if seq <= self._stored_hi or seq <= self._committing_hi:
+            self._delete(seq)
+
+    def _delete(self, seq: int) -> None:
+        if not self._to_delete:
+            self._delete_since = time.monotonic()
+        self._to_delete.add(seq)
+        self._mark_dirty()
+
+    def _ack_unsent(self, seq: int) -> None:
+        """An ack for a reading never handed out (seq > cursor): unusual, but it leaves the spool all the same."""
+        for entry in self._ra:
+            if entry.seq == seq:
+                self._ra.remove(entry)
+                self._forget(seq, entry.size)
+                return
+        entry_ = self._unstored.get(seq)
+        if entry_ is not None:
+            self._forget(seq, entry_.size)
+            return
+        if (self._store is not None and max(self._cursor, self._ra_hi) < seq <= self._stored_hi
+                and seq not in self._to_delete and seq not in self._deleting):
+            try:
+                size = self._store.size_of(seq)
+            except sqlite3.Error as exc:
+                self._read_failed(exc)
+                return
+            if size is not None:
+                self._forget(seq, size + ROW_OVERHEAD)
+
+    def _stream_head(self) -> Optional[_Entry]:
+        """The oldest unsent reading after the cursor, loading stored ones as needed; None if none (or unreadable)."""
+        if self._ra:
+            return self._ra[0]
+        while max(self._cursor, self._ra_hi) < self._stored_hi:
+            store = self._store
+            if store is None or self._broken:
+                return None
+            after = max(self._cursor, self._ra_hi)
+            try:
+                rows = store.load(after, self._stored_hi, _READAHEAD)
+            except sqlite3.Error as exc:
+                self._read_failed(exc)
+                return None
+            self._ra_hi = rows[-1][0] if len(rows) == _READAHEAD else self._stored_hi
+            for seq, blob in rows:
+                if seq in self._to_delete or seq in self._deleting:
+                    continue
+                try:
+                    reading = _decode(seq, blob)
+                except (ValueError, TypeError) as exc:
+                    self._drop_corrupt_row(seq, len(blob), exc)
+                    continue
+                self._ra.append(_Entry(reading, blob, len(blob) + ROW_OVERHEAD))
+            if self._ra:
+                return self._ra[0]
+        seq = max(self._cursor, self._stored_hi) + 1
+        while seq < self._next_seq:
+            entry = self._unstored.get(seq)
+            if entry is not None:
+                return entry
+            # Not pending (acked or dropped before its commit): nothing to wait for there.
+            self._cursor = seq
+            seq += 1
+        return None
+
+    def _read_failed(self, exc: sqlite3.Error) -> None:
+        if _is_corrupt(exc):
+            if not self._broken:
+                self._broken = True
+                self._wake.notify()
+        elif not self._failing:
+            self._logs.append((logging.WARNING, "spool read failed (%s): retrying", (exc,)))
+
+    def _drop_corrupt_row(self, seq: int, length: int, exc: Exception) -> None:
+        self._depth -= 1
+        self._bytes -= length + ROW_OVERHEAD
+        self._dropped[CORRUPT] += 1
+        self._delete(seq)
+        self._logs.append((logging.ERROR, "spool: reading %d is unreadable (%s): dropped", (seq, exc)))
+
+    def _oldest_unsent(self) -> Optional[_Entry]:
+        if self._front:
+            return self._front[min(self._front)]
+        return self._stream_head()
+
+    def _drop(self, entry: _Entry, cause: str) -> None:
+        if self._front.pop(entry.seq, None) is None:
+            if self._ra and self._ra[0] is entry:
+                self._ra.popleft()
+            self._cursor = entry.seq
+        self._forget(entry.seq, entry.size)
+        self._changed.notify_all()
+        self._dropped[cause] += 1
+        if cause in self._episode:
+            self._episode[cause] += 1
+        else:
+            self._episode[cause] = 1
+            if cause == FULL:
+                self._logs.append((logging.WARNING, "spool full (%d bytes): dropping the oldest readings until "
+                                   "the broker catches up", (self.max_bytes,)))
+            else:
+                self._logs.append((logging.WARNING, "readings older than spool.max_age (%g s) are being dropped",
+                                   (self.max_age,)))
+
+    def _enforce(self, now: float) -> None:
+        """Drop what is too old, then the oldest while over max_bytes; close episodes that are over."""
+        head: Optional[_Entry] = None
+        if not math.isinf(self.max_age):
+            cutoff = now - self.max_age
+            while True:
+                head = self._oldest_unsent()
+                if head is None or not _SANE_TS <= head.reading.ts < cutoff:
+                    break
+                self._drop(head, AGE)
+                self._last_age_drop = now
+            # Over when nothing unsent is close to the limit and none went for a minute (no flapping).
+            if (AGE in self._episode and now - self._last_age_drop >= _EPISODE_QUIET
+                    and (head is None or head.reading.ts >= cutoff + 0.1 * self.max_age)):
+                self._logs.append((logging.INFO, "no more readings older than spool.max_age: %d dropped for age "
+                                   "in that episode", (self._episode.pop(AGE),)))
+        while self._bytes > self.max_bytes:
+            head = self._oldest_unsent()
+            if head is None:
+                break  # all in flight: they are the broker's in a moment
+            self._drop(head, FULL)
+        if FULL in self._episode and self._bytes <= 0.9 * self.max_bytes:
+            self._logs.append((logging.INFO, "spool no longer full: %d readings dropped in that episode, "
+                               "%d for space since start", (self._episode.pop(FULL), self._dropped[FULL])))
+
+    def _emit(self) -> None:
+        with self._lock:
+            logs, self._logs = self._logs, []
+        for level, message, args in logs:
+            log.log(level, message, *args)

@@ -6,10 +6,11 @@ carried it; handing it to paho is not delivery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from agent.config import BatchConfig
 from agent.reading import Reading, encode_telemetry
@@ -52,6 +53,12 @@ class Uplink:
                 if not self._session.publish(self._topic, payload, self._qos, on_ack=self._acker(batch)):
                     self._spool.release(batch)
                     return
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing is handed to the session while this is held (the session is being replaced)."""
+        with self._lock:
+            yield
 
     def _batch_ready(self) -> bool:
         """A full batch, or a partial one that has waited max_delay (then a timer comes back for it)."""
