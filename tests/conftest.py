@@ -132,6 +132,8 @@ class Broker:
             "user %s" % getpass.getuser(),
             # Persistence keeps subscribers' sessions and queued messages across a restart.
             "persistence %s" % ("true" if persistent else "false"),
+            # Saved every second, so sessions survive even a SIGKILL of the broker.
+            "autosave_interval 1",
             "persistence_location %s/" % workdir,
             "log_dest file %s" % self.log,
             "log_type all",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import List, Set
 
 from conftest import Broker, Subscriber, agent_config
@@ -117,3 +119,97 @@ def test_keepalive_detects_a_black_hole_and_nothing_is_lost(certs, tmp_path, run
         watcher.close()
         proxy.close()
         broker.stop()
+
+
+def test_broker_killed_for_30_s_at_20_readings_per_s_loses_nothing(certs, tmp_path, run_agent):
+    broker = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key, persistent=True)
+    broker.start()
+    watcher = Subscriber(broker, certs, session="monitor-kill")
+    try:
+        time.sleep(1.5)  # the broker's autosave has the subscriber's session before the kill
+        cfg = agent_config(certs, broker.port)
+        cfg["sensors"][0]["interval"] = 0.05
+        agent = run_agent(cfg)
+        first = watcher.telemetry()["readings"][0]["seq"]
+        time.sleep(2)
+        assert broker.proc is not None
+        broker.proc.kill()  # SIGKILL: no clean shutdown, no will to deliver
+        broker.proc.wait()
+        time.sleep(30)
+        counts: dict = {first: 1}
+        # mosquitto_sub exits when its broker dies; what it saw before stays counted.
+        watcher.close()
+        for topic, payload in list(watcher.messages.queue):
+            for reading in json.loads(payload)["readings"] if topic.endswith("/telemetry") else []:
+                counts[reading["seq"]] = counts.get(reading["seq"], 0) + 1
+        mark = len(agent.lines)
+        broker.start()
+        # The same persistent session, restored from the broker's autosave: it was queued for.
+        watcher = Subscriber(broker, certs, session="monitor-kill")
+        agent.wait_for("connected to 127.0.0.1:%d again" % broker.port, after=mark, timeout=20)
+        time.sleep(3)
+        assert agent.stop() == 0
+        last = int(agent.wait_for(r"stopped: \d+ readings delivered").split("stopped: ")[1].split()[0])
+        deadline = time.monotonic() + 30
+        while not set(range(first, last + 1)) <= set(counts) and time.monotonic() < deadline:
+            try:
+                message = watcher.telemetry(timeout=1)
+            except AssertionError:
+                continue
+            for reading in message["readings"]:
+                counts[reading["seq"]] = counts.get(reading["seq"], 0) + 1
+        assert last > 600  # 20/s for over 30 s
+        assert set(range(first, last + 1)) - set(counts) == set()
+        # Duplicates only for what was in flight when the broker died: at most the window.
+        duplicates = sum(c - 1 for c in counts.values())
+        print("broker kill: %d readings, %d duplicates" % (last - first + 1, duplicates))
+        assert duplicates <= 20, duplicates
+    finally:
+        watcher.close()
+        broker.stop()
+
+
+def test_agent_killed_mid_stream_resumes_from_its_spool_and_seq_keeps_growing(certs, tmp_path, run_agent):
+    broker = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key, persistent=True)
+    cfg = agent_config(certs, broker.port)
+    cfg["sensors"][0]["interval"] = 0.05
+    # The broker is away: readings pile up in the spool, as on a board whose gateway is down.
+    first_run = run_agent(cfg)
+    time.sleep(3)
+    first_run.proc.kill()
+    first_run.proc.wait()
+    broker.start()
+    watcher = Subscriber(broker, certs)
+    try:
+        time.sleep(0.3)
+        second_run = run_agent(cfg)
+        replayed = second_run.wait_for(r"readings not yet acknowledged are sent again first")
+        count = int(replayed.split("spool ")[1].split(": ")[1].split()[0])
+        seqs: List[int] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (len(seqs) < count or max(seqs) < 10_000):
+            seqs += [r["seq"] for r in watcher.telemetry()["readings"]]
+        assert second_run.stop() == 0
+    finally:
+        watcher.close()
+        broker.stop()
+    old = [s for s in seqs if s <= count]
+    new = [s for s in seqs if s > count]
+    # What was committed before the kill comes first, in order, without a gap, from seq 1.
+    assert count >= 40  # 3 s at 20/s, less at most one commit interval
+    assert old == list(range(1, count + 1))
+    # New readings continue above every seq the first run could have handed out.
+    assert new and min(new) > count and new == sorted(new)
+    assert "Traceback" not in second_run.output
+
+
+def test_a_corrupt_spool_is_moved_aside_and_the_agent_runs(certs, broker, subscriber, run_agent):
+    cfg = agent_config(certs, broker.port)
+    state = Path(cfg["state_dir"])
+    state.mkdir(parents=True)
+    (state / "spool.db").write_bytes(b"this is not a database" * 1000)
+    agent = run_agent(cfg)
+    agent.wait_for(r"spool file .*spool.db is corrupt .*: moved aside to spool.db.corrupt-")
+    assert subscriber.telemetry()["readings"]
+    assert agent.stop() == 0
+    assert any(p.name.startswith("spool.db.corrupt-") for p in state.iterdir())
