@@ -39,7 +39,7 @@ test: system-deps venv
 	$(PY) -m pytest -q
 
 check: venv
-	$(VENV)/bin/ruff check agent tests scripts
+	$(VENV)/bin/ruff check agent tests scripts bench
 	$(VENV)/bin/mypy agent
 
 clean:

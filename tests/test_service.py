@@ -1,0 +1,193 @@
+"""The daemon as systemd runs it: readiness, watchdog, status, stop, and reload with SIGHUP."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from agent import pki
+from agent.health import Health
+from conftest import Subscriber, agent_config
+
+
+class NotifySocket:
+    """What systemd listens on: a datagram socket, with every message kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: List[tuple] = []
+
+    def collect(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def with_key(self, key: str) -> List[tuple]:
+        return [(t, m) for t, m in self.messages if any(line.startswith(key) for line in m.splitlines())]
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, message in self.messages:
+                if text in message:
+                    return message
+            self.collect(0.2)
+        raise AssertionError("no notify message with %r; got %r" % (text, [m for _, m in self.messages]))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_ready_watchdog_status_and_stopping_reach_systemd(certs, broker, run_agent, tmp_path):
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        agent = run_agent(agent_config(certs, broker.port),
+                          env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
+        ready = notify.wait_for("READY=1")
+        assert "STATUS=" in ready
+        notify.wait_for("STATUS=connected since")
+        notify.collect(4)
+        pings = [t for t, _ in notify.with_key("WATCHDOG=1")]
+        # Faster than WATCHDOG_USEC / 2, as systemd asks.
+        assert len(pings) >= 4 and max(b - a for a, b in zip(pings, pings[1:])) < 1.0 + 0.3
+
+        broker.stop()
+        down = notify.wait_for("STATUS=not connected since")
+        assert "sent" in down and "spool" in down
+        # The broker being away is not the agent being stuck: the pings go on.
+        mark = time.monotonic()
+        notify.collect(2.5)
+        assert [t for t, _ in notify.with_key("WATCHDOG=1") if t > mark]
+
+        agent.proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        assert agent.proc.wait(15) == 0
+    finally:
+        notify.close()
+
+
+class _Session:
+    connected = True
+    connected_since: Optional[float] = 0.0
+    disconnected_since: Optional[float] = None
+    problem: Optional[str] = None
+
+    def __init__(self, last_alive: float) -> None:
+        self.last_alive = last_alive
+
+
+class _Spool:
+    depth = 3
+    dropped = 0
+
+
+class _Uplink:
+    delivered = 42
+
+
+class _Notifier:
+    def __init__(self) -> None:
+        self.pings = 0
+        self.statuses: List[str] = []
+
+    def watchdog(self) -> None:
+        self.pings += 1
+
+    def status(self, text: str) -> None:
+        self.statuses.append(text)
+
+
+def test_a_stuck_session_thread_withholds_the_watchdog_so_systemd_restarts_us(caplog):
+    now = [1000.0]
+    session, notifier = _Session(last_alive=999.0), _Notifier()
+    health = Health(session, _Spool(), _Uplink(), notifier, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    health.tick()
+    assert notifier.pings == 1
+    now[0] += 60  # the session thread has not come round for a minute
+    health.tick()
+    health.tick()
+    assert notifier.pings == 1
+    assert caplog.text.count("not petting the watchdog: the MQTT session thread has not come round") == 1
+    session.last_alive = now[0]
+    health.tick()
+    assert notifier.pings == 2
+    assert notifier.statuses[-1].endswith("42 sent; spool 3")
+
+
+def _rewrite(path: Path, cfg: dict) -> None:
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_reload_applies_a_valid_config_and_rejects_an_invalid_one(certs, broker, subscriber, run_agent,
+                                                                  tmp_path):
+    cfg = agent_config(certs, broker.port)
+    agent = run_agent(cfg)
+    path = Path(agent.proc.args[-1])
+    subscriber.telemetry()
+
+    cfg["sensors"].append({"name": "door", "type": "digital", "pin": 4, "interval": 0.2})
+    _rewrite(path, cfg)
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for("reloaded .*: sensors")
+    deadline = time.monotonic() + 10
+    while subscriber.telemetry()["readings"][0]["sensor"] != "door":
+        assert time.monotonic() < deadline
+
+    mark = len(agent.lines)
+    _rewrite(path, dict(cfg, sensors=[{"name": "x", "type": "nonsense"}]))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for(r"reload rejected, still running the previous config: .*sensors\[0\]\(x\).type", after=mark)
+    # Still sampling both sensors with the previous config.
+    seen = {subscriber.telemetry()["readings"][0]["sensor"] for _ in range(6)}
+    assert seen == {"temperature", "door"}
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
+def test_certificate_rotation_by_reload_reconnects_without_losing_a_reading(certs, broker, run_agent, tmp_path):
+    # The device's certificate files, in their own place, as on a board.
+    device_dir = tmp_path / "device"
+    device_dir.mkdir()
+    for name in ("thunder10.crt", "thunder10.key"):
+        shutil.copy2(certs.dir / name, device_dir / name)
+    cfg = agent_config(certs, broker.port, tls={"cert_file": str(device_dir / "thunder10.crt"),
+                                                "key_file": str(device_dir / "thunder10.key")})
+    watcher = Subscriber(broker, certs)
+    try:
+        time.sleep(0.3)
+        agent = run_agent(cfg)
+        first = watcher.telemetry()["readings"][0]["seq"]
+        # A renewed certificate for the same device, written over the old files.
+        renewed = pki.issue_device(tmp_path / "renewal", "thunder10", ca_directory=certs.dir)
+        shutil.copy2(renewed.cert_file, device_dir / "thunder10.crt")
+        shutil.copy2(renewed.key_file, device_dir / "thunder10.key")
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait_for(r"reloaded .*broker session \(reconnected\)")
+        time.sleep(1.0)
+        assert agent.stop() == 0
+        last = int(agent.wait_for(r"stopped: \d+ readings delivered").split("stopped: ")[1].split()[0])
+        seen = {first}
+        deadline = time.monotonic() + 10
+        while not set(range(first, last + 1)) <= seen and time.monotonic() < deadline:
+            try:
+                seen.update(r["seq"] for r in watcher.telemetry(timeout=1)["readings"])
+            except AssertionError:
+                pass
+        assert set(range(first, last + 1)) - seen == set()
+        # Two sessions, each with its own CONNECT: the second with the renewed certificate.
+        assert broker.log.read_text().count("as thunder10 (") == 2
+    finally:
+        watcher.close()
