@@ -40,10 +40,14 @@ class Health:
         self._withheld: Optional[str] = None
 
     def stalled(self) -> List[str]:
+        problems = []
         age = self._monotonic() - self.session.last_alive
         if age > STALL_AFTER:
-            return ["the MQTT session thread has not come round for %.0f s" % age]
-        return []
+            problems.append("the MQTT session thread has not come round for %.0f s" % age)
+        late = self._spool.commit_overdue()
+        if late > STALL_AFTER:
+            problems.append("the spool writer is %.0f s late with a commit" % late)
+        return problems
 
     def tick(self) -> None:
         """Called from the sampler's loop: its being called is the sampler's proof of life."""

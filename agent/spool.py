@@ -481,6 +481,13 @@ class Spool:
                 if entry is not None:
                     self._front[reading.seq] = entry
 
+    def commit_overdue(self) -> float:
+        """Seconds the writer is late with a due commit: grows only if the committer is stuck
+        (a failing disk is retried every interval, which moves the deadline: that is progress)."""
+        with self._lock:
+            due = self._due() if self._store is not None else None
+        return max(0.0, time.monotonic() - due) if due is not None else 0.0
+
     def release_in_flight(self) -> int:
         """Everything handed out goes back to the front: for a new session, which will send it again."""
         with self._lock:

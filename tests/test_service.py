@@ -92,6 +92,10 @@ class _Session:
 class _Spool:
     depth = 3
     dropped = 0
+    overdue = 0.0
+
+    def commit_overdue(self) -> float:
+        return self.overdue
 
 
 class _Uplink:
@@ -125,6 +129,15 @@ def test_a_stuck_session_thread_withholds_the_watchdog_so_systemd_restarts_us(ca
     health.tick()
     assert notifier.pings == 2
     assert notifier.statuses[-1].endswith("42 sent; spool 3")
+
+
+def test_a_stuck_spool_writer_withholds_the_watchdog(caplog):
+    spool, notifier = _Spool(), _Notifier()
+    health = Health(_Session(last_alive=0.0), spool, _Uplink(), notifier, monotonic=lambda: 1.0)  # type: ignore
+    spool.overdue = 45.0
+    health.tick()
+    assert notifier.pings == 0
+    assert "the spool writer is 45 s late with a commit" in caplog.text
 
 
 def _rewrite(path: Path, cfg: dict) -> None:

@@ -703,3 +703,17 @@ def test_many_threads_every_seq_acked_exactly_once(db: Path) -> None:
     spool.close()
     with Spool(db) as again:  # the acks were committed
         assert again.depth == 0
+
+
+def test_commit_overdue_grows_only_while_the_writer_is_stuck(tmp_path):
+    spool = Spool(tmp_path / "spool.db", commit_interval=0.05)
+    try:
+        spool.append(Sample("s", 1.0, None, time.time()))
+        time.sleep(0.3)
+        assert spool.commit_overdue() == 0.0  # the committer wrote it in time
+        with spool._commit_lock:  # the writer stuck (a hung fsync, say)
+            spool.append(Sample("s", 2.0, None, time.time()))
+            time.sleep(0.4)
+            assert spool.commit_overdue() > 0.2
+    finally:
+        spool.close()
