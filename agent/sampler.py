@@ -45,6 +45,11 @@ class _Slot:
     error_published: bool = False
     retry_at: float = 0.0
     worker: Optional["_Worker"] = None
+    # Log lines about this sensor carry SENSOR= in the journal: `journalctl SENSOR=door`.
+    log: "logging.LoggerAdapter[logging.Logger]" = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = logging.LoggerAdapter(log, {"SENSOR": self.config.name})
 
 
 class _Worker(threading.Thread):
@@ -120,7 +125,7 @@ class Sampler:
                 try:
                     slot.driver.close()
                 except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
-                    log.warning("sensor %s: close failed: %s", slot.config.name, exc)
+                    slot.log.warning("sensor %s: close failed: %s", slot.config.name, exc)
 
     def _tick(self, slot: _Slot) -> None:
         now = self._monotonic()
@@ -158,14 +163,14 @@ class Sampler:
         except (BoardError, SensorError) as exc:
             problem = str(exc)
         except Exception as exc:  # noqa: BLE001 - a driver bug must not stop the other sensors
-            log.debug("sensor %s raised", cfg.name, exc_info=True)
+            slot.log.debug("sensor %s raised", cfg.name, exc_info=True)
             problem = "%s: %s" % (type(exc).__name__, exc)
         now = self._monotonic()
         with slot.lock:
             started, slot.busy_since = slot.busy_since, None
             was_hung, slot.hung = slot.hung, False
         if was_hung and started is not None:
-            log.warning("sensor %s: the hung read returned after %.1f s", cfg.name, now - started)
+            slot.log.warning("sensor %s: the hung read returned after %.1f s", cfg.name, now - started)
         if values is None:
             self._failed(slot, problem, now)
         else:
@@ -187,7 +192,8 @@ class Sampler:
     def _publish(self, slot: _Slot, values: Dict[str, Value], ts: float, now: float) -> None:
         cfg = slot.config
         if slot.failing is not None:
-            log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, slot.failures, slot.failing)
+            slot.log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, slot.failures,
+                          slot.failing)
         slot.failing, slot.failures, slot.error_published, slot.retry_at = None, 0, False, 0.0
         for channel in cfg.channels:
             result = slot.pipelines[channel.key].process(values[channel.key], now)
@@ -204,7 +210,7 @@ class Sampler:
         for pipeline in slot.pipelines.values():
             pipeline.forget()
         if message != slot.failing:
-            log.warning("sensor %s: %s (retrying)", cfg.name, message)
+            slot.log.warning("sensor %s: %s (retrying)", cfg.name, message)
             slot.failing = message
         if slot.failures >= cfg.error_after and not slot.error_published:
             slot.error_published = True

@@ -53,6 +53,8 @@ class Session:
         self._config = config
         self._on_io = on_io
         self._rng = rng or random.Random()
+        # Every line about this session carries BROKER= in the journal.
+        self._log = logging.LoggerAdapter(log, {"BROKER": "%s:%d" % (config.host, config.port)})
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
                                    clean_session=config.clean_session, protocol=mqtt.MQTTv311)
         if ssl_context is not None:
@@ -106,7 +108,7 @@ class Session:
 
     def start(self) -> None:
         cfg = self._config
-        log.info("connecting to %s:%d as %r (%s)", cfg.host, cfg.port, cfg.client_id,
+        self._log.info("connecting to %s:%d as %r (%s)", cfg.host, cfg.port, cfg.client_id,
                  "TLS %s+" % cfg.tls.min_version if cfg.tls else "plain MQTT, no TLS")
         self._thread.start()
 
@@ -177,7 +179,7 @@ class Session:
                 break
             delay = backoff_delay(attempt, self._config.reconnect.min_delay,
                                   self._config.reconnect.max_delay, self._rng)
-            log.debug("next connection attempt in %.1f s", delay)
+            self._log.debug("next connection attempt in %.1f s", delay)
             # In steps, so the watchdog sees this thread alive through a long backoff.
             deadline = time.monotonic() + delay
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -234,9 +236,9 @@ class Session:
         how = info.describe() if info else "?"
         if self._last_problem is not None:
             self.reconnects += 1
-            log.info("connected to %s:%d again, %s (was: %s)", cfg.host, cfg.port, how, self._last_problem)
+            self._log.info("connected to %s:%d again, %s (was: %s)", cfg.host, cfg.port, how, self._last_problem)
         else:
-            log.info("connected to %s:%d, %s", cfg.host, cfg.port, how)
+            self._log.info("connected to %s:%d, %s", cfg.host, cfg.port, how)
         self._last_problem = None
 
     @property
@@ -251,11 +253,11 @@ class Session:
         same = message == self._last_problem or (
             message == REJECTED_AFTER_HANDSHAKE and self._last_problem in CLIENT_CERT_REFUSALS)
         if not same:
-            log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
+            self._log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
                       message, self._config.reconnect.min_delay, self._config.reconnect.max_delay)
             self._last_problem = message
         else:
-            log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)
+            self._log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)
 
     def _publish_offline(self) -> bool:
         """Once per session, from whichever thread gets here first while connected."""
@@ -272,12 +274,12 @@ class Session:
                 if self._client.loop(timeout=0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
             if not self._offline_acked.is_set():
-                log.warning("offline status not acknowledged before the stop deadline")
+                self._log.warning("offline status not acknowledged before the stop deadline")
         self._connected.clear()
         self._client.disconnect()
         # One more pass writes the DISCONNECT packet out.
         self._client.loop(timeout=0.1)
-        log.info("disconnected from %s:%d", self._config.host, self._config.port)
+        self._log.info("disconnected from %s:%d", self._config.host, self._config.port)
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -134,6 +134,8 @@ def test_a_failing_sensor_backs_off_reports_one_error_reading_and_recovers(caplo
     assert attempts[:2] == [0, 1] and attempts[2] >= 40 and attempts[2] <= 40 + 33
     messages = [r.getMessage() for r in caplog.records]
     assert sum("sensor unplugged (retrying)" in m for m in messages) == 1
+    # In the journal: `journalctl -u edison-agent SENSOR=a`.
+    assert {getattr(r, "SENSOR", None) for r in caplog.records if "sensor a:" in r.getMessage()} == {"a"}
     assert any("reading again after 6 failed attempts" in m for m in messages), messages
     # After error_after failures the device is set up again, as a replugged part needs.
     assert flaky.setups == 2
