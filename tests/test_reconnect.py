@@ -27,7 +27,6 @@ def test_broker_restart_mid_run_reconnects_and_publishing_resumes(certs, broker,
         watcher.close()
     assert after > before
     assert agent.stop() == 0
-    # Every session line names the broker for the journal (BROKER=127.0.0.1:port).
     # Failing attempts while the broker was down are logged once per state, not once per attempt.
     assert agent.output.count("connection refused") <= 1, agent.output
 
