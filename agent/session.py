@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import MQTTConfig
-from agent.tls import CLIENT_CERT_REFUSALS, describe_alert, describe_failure
+from agent.tls import CLIENT_CERT_REFUSALS, ClientContext, describe_alert, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Session:
         self._log = logging.LoggerAdapter(log, {"BROKER": "%s:%d" % (config.host, config.port)})
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
                                    clean_session=config.clean_session, protocol=mqtt.MQTTv311)
+        self._ssl_context = ssl_context
         if ssl_context is not None:
             self._client.tls_set_context(ssl_context)
         self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True)
@@ -193,7 +194,10 @@ class Session:
         try:
             self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
         except (OSError, ValueError) as exc:
-            self._problem(describe_failure(exc, cfg.host))
+            if isinstance(self._ssl_context, ClientContext):
+                self._ssl_context.discard_last_socket()
+            tls_error = {"TLS_ERROR": str(exc)} if isinstance(exc, ssl.SSLError) else {}
+            self._problem(describe_failure(exc, cfg.host), tls_error)
             return False
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         was_connected = False
@@ -212,9 +216,9 @@ class Session:
             self.disconnected_since = time.time()
             self._problem("connection lost" + (": %s" % self._socket_error if self._socket_error else ""))
         elif self._refusal is not None:
-            self._problem(self._refusal)
+            self._problem(self._refusal, {"MQTT_RC": self._refusal.rpartition(": ")[2]})
         else:
-            self._problem(self._closed_before_connack())
+            self._problem(self._closed_before_connack(), {"TLS_ERROR": self._socket_error or "closed"})
         self._client.disconnect()
         return was_connected
 
@@ -246,15 +250,17 @@ class Session:
         """Why the session is not connected, in plain words; None when all is well."""
         return self._last_problem
 
-    def _problem(self, message: str) -> None:
+    def _problem(self, message: str, fields: Optional[Dict[str, str]] = None) -> None:
         # Once per state change: a broker down for an hour must not fill the journal. A bare
         # close after the handshake is the same refusal as the alert that sometimes precedes
         # it (whether the alert is read first is a race): not a new state.
         same = message == self._last_problem or (
             message == REJECTED_AFTER_HANDSHAKE and self._last_problem in CLIENT_CERT_REFUSALS)
         if not same:
-            self._log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
-                      message, self._config.reconnect.min_delay, self._config.reconnect.max_delay)
+            # The journal gets the raw TLS error or MQTT reason code as fields beside the plain words.
+            log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
+                      message, self._config.reconnect.min_delay, self._config.reconnect.max_delay,
+                      extra=dict(self._log.extra or {}, **(fields or {})))
             self._last_problem = message
         else:
             self._log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,23 @@ def test_plain_mqtt_works_but_warns_at_every_start(certs, tmp_path, run_agent):
     finally:
         plain.stop()
 
+
+
+def test_a_refused_connection_gives_the_journal_the_raw_tls_error_beside_the_plain_words(
+        certs, broker, tmp_path, caplog):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, broker.port, tls={
+        "ca_file": str(certs.foreign_cert.parent / "ca.crt")})))
+    cfg = config.load(path)
+    assert cfg.mqtt.tls is not None
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls))
+    with caplog.at_level("ERROR", logger="agent.session"):
+        session.start()
+        deadline = time.monotonic() + 10
+        while not any(hasattr(r, "TLS_ERROR") for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        session.stop(2)
+    record = next(r for r in caplog.records if hasattr(r, "TLS_ERROR"))
+    assert "CERTIFICATE_VERIFY_FAILED" in record.TLS_ERROR
+    assert record.BROKER == "127.0.0.1:%d" % broker.port
+    assert "was not signed by the CA in mqtt.tls.ca_file" in record.getMessage()
