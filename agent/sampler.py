@@ -143,7 +143,7 @@ class Sampler:
                 hung_for = None
         if hung_for is not None:
             self._failed(slot, "read has not returned after %.1f s (hung bus or driver?)" % hung_for, now)
-        elif self._threaded:
+        elif self._threaded and slot.driver.blocking:
             if slot.worker is None:
                 slot.worker = _Worker(slot.config.name)
                 slot.worker.start()

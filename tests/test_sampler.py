@@ -226,3 +226,26 @@ def test_without_sensors_the_loop_only_ticks():
     Sampler([], lambda s: None, monotonic=clock.monotonic, wall=clock.wall,
             threaded=False).run(clock, on_tick=lambda: ticks.append(clock.now), tick_interval=3.0)  # type: ignore
     assert ticks == [0.0, 3.0, 6.0, 9.0]
+
+
+def test_quick_reads_stay_on_the_schedules_thread_and_blocking_ones_get_a_worker():
+    threads: Dict[str, str] = {}
+
+    class Probe(Sensor):
+        def __init__(self, name: str, blocking: bool) -> None:
+            super().__init__(name, None, None)  # type: ignore[arg-type]
+            self.blocking = blocking  # type: ignore[misc]
+
+        def read_all(self) -> Dict[str, Value]:
+            threads[self.name] = threading.current_thread().name
+            return {"": 1.0}
+
+    stop = threading.Event()
+    sampler = Sampler([(config("adc", 0.05), Probe("adc", blocking=False)),
+                       (config("i2c", 0.05), Probe("i2c", blocking=True))], lambda s: None)
+    runner = threading.Thread(target=sampler.run, args=(stop,), name="schedule")
+    runner.start()
+    time.sleep(0.3)
+    stop.set()
+    runner.join(5)
+    assert threads == {"adc": "schedule", "i2c": "sensor-i2c"}

@@ -32,6 +32,7 @@ class AnalogOptions:
 
 
 class AnalogSensor(Sensor):
+    blocking = False
     Options = AnalogOptions
     _adc: Optional[AnalogIn] = None
 

@@ -38,6 +38,10 @@ class Sensor:
     Options: ClassVar[type]
     # Oversampling reads a sensor several times per interval: meaningless for counters.
     can_oversample: ClassVar[bool] = True
+    # A read that may wait on a bus (an I2C conversion, a stuck device) runs on a worker thread
+    # of its own; a quick one (an ADC or GPIO register, a /proc file) runs on the schedule's
+    # thread, sparing a thread wake-up per reading.
+    blocking: ClassVar[bool] = True
 
     def __init__(self, name: str, options: Any, board: Board) -> None:
         self.name = name

@@ -30,6 +30,7 @@ class CounterOptions:
 
 
 class CounterSensor(Sensor):
+    blocking = False
     Options = CounterOptions
     options: CounterOptions
     # Two reads per interval would split one interval's pulses between them.

@@ -19,6 +19,7 @@ class DigitalOptions:
 
 
 class DigitalSensor(Sensor):
+    blocking = False
     Options = DigitalOptions
     _gpio: Optional[DigitalIn] = None
 

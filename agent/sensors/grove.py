@@ -35,6 +35,8 @@ def _pin_and_bits(pin: int, bits: int) -> List[Tuple[str, str]]:
 class _GroveAnalog(Sensor):
     """The plumbing the three share: one analog input, opened in setup."""
 
+    blocking = False
+
     _adc: Optional[AnalogIn] = None
     # Tells a simulated board what to put on the pin.
     part: str = ""

@@ -72,6 +72,7 @@ METRICS: Dict[str, Tuple[Callable[[SystemOptions], Value], str]] = {
 
 
 class SystemSensor(Sensor):
+    blocking = False
     Options = SystemOptions
 
     @classmethod

@@ -85,6 +85,7 @@ def first_interface() -> str:
 
 
 class WifiSensor(Sensor):
+    blocking = False
     Options = WifiOptions
     options: WifiOptions
 
