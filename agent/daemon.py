@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import signal
@@ -203,3 +204,12 @@ def _warn_about_dates(cert_file: Optional[Path]) -> None:
     problem = tls.check_validity(*dates)
     if problem is not None:
         log.error("client certificate %s is %s: the broker will refuse it", cert_file, problem)
+        return
+    not_after = dates[1]
+    days = (not_after - datetime.datetime.now(datetime.timezone.utc)).days
+    if days < 30:
+        log.warning("client certificate %s expires in %d days (%s UTC): renew it ('edison-agent pki renew')",
+                    cert_file, days, not_after.strftime("%Y-%m-%d %H:%M"))
+    else:
+        log.info("client certificate %s expires in %d days (%s UTC)", cert_file, days,
+                 not_after.strftime("%Y-%m-%d"))

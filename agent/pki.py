@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     # A CA made by hand with the blog post's openssl recipe is RSA.
-    IssuerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    IssuerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CA_CERT = "ca.crt"
@@ -37,6 +37,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 # Room for a board whose clock lags the machine that issued the certificate.
 _SKEW = timedelta(minutes=5)
 UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
+# ECDSA P-256 by default: the cheapest handshake on the Edison's 500 MHz Atom among widely accepted keys.
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa2048", "rsa3072", "ed25519")
+DEFAULT_KEY_TYPE = "ec-p256"
 
 
 class PkiError(Exception):
@@ -68,7 +71,8 @@ def _require_crypto() -> None:
 
 
 def init_ca(directory: Path, name: str = "edison-agent CA", days: int = 3650,
-            force: bool = False) -> Issued:
+            force: bool = False, key_type: str = DEFAULT_KEY_TYPE,
+            passphrase: bytes | None = None) -> Issued:
     """Create a self-signed CA in DIR/ca.crt and DIR/ca.key."""
     _require_crypto()
     from cryptography import x509
@@ -81,13 +85,15 @@ def init_ca(directory: Path, name: str = "edison-agent CA", days: int = 3650,
         # path_length=0: this CA signs leaves only, never another CA.
         (x509.BasicConstraints(ca=True, path_length=0), True),
         (_key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), True),
-    ])
-    _write_pair(issued, cert, key, None, force)
+    ], key_type=key_type)
+    _write_pair(issued, cert, key, passphrase, force)
     return issued
 
 
 def issue_broker(directory: Path, hostname: str, ips: Sequence[str] = (), days: int = 730,
-                 force: bool = False, not_before: datetime | None = None) -> Issued:
+                 force: bool = False, not_before: datetime | None = None,
+                 key_type: str = DEFAULT_KEY_TYPE, ca_passphrase: bytes | None = None,
+                 group: str | None = None) -> Issued:
     """Issue DIR/<hostname>.crt/.key for the broker, signed by DIR's CA."""
     _require_crypto()
     from cryptography import x509
@@ -108,14 +114,26 @@ def issue_broker(directory: Path, hostname: str, ips: Sequence[str] = (), days: 
         if ip != host_ip:
             sans.append(x509.IPAddress(ip))
     directory = Path(directory)
-    return _issue_leaf(directory, directory, hostname, sans, ExtendedKeyUsageOID.SERVER_AUTH,
-                       days, force, None, not_before)
+    gid = _group_id(group) if group is not None else None
+    issued = _issue_leaf(directory, directory, hostname, sans, ExtendedKeyUsageOID.SERVER_AUTH,
+                         days, force, None, not_before, key_type, ca_passphrase)
+    if gid is not None:
+        try:
+            os.chown(issued.key_file, -1, gid)
+            os.chmod(issued.key_file, 0o640)
+        except OSError as exc:
+            raise PkiError(f"{issued.key_file}: cannot give it to group {group}: {exc.strerror} "
+                           f"(run as root, or as a member of {group})") from None
+    return issued
 
 
 def issue_device(directory: Path, name: str, days: int = 730, force: bool = False,
                  passphrase: bytes | None = None, not_before: datetime | None = None,
-                 ca_directory: Path | None = None) -> Issued:
-    """Issue DIR/<name>.crt/.key, a client certificate for one device."""
+                 ca_directory: Path | None = None, key_type: str = DEFAULT_KEY_TYPE,
+                 ca_passphrase: bytes | None = None, _wrong_usage: bool = False) -> Issued:
+    """Issue DIR/<name>.crt/.key, a client certificate for one device.
+
+    `_wrong_usage` (tests only) makes it a serverAuth-only certificate, which brokers refuse."""
     _require_crypto()
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -125,8 +143,92 @@ def issue_device(directory: Path, name: str, days: int = 730, force: bool = Fals
         raise PkiError("the passphrase is empty; give a non-empty one or none at all")
     directory = Path(directory)
     ca_dir = Path(ca_directory) if ca_directory is not None else directory
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if _wrong_usage else ExtendedKeyUsageOID.CLIENT_AUTH
     return _issue_leaf(directory, ca_dir, name, [x509.DNSName(name)],
-                       ExtendedKeyUsageOID.CLIENT_AUTH, days, force, passphrase, not_before)
+                       usage, days, force, passphrase, not_before, key_type, ca_passphrase)
+
+
+def write_p12(issued: Issued, ca_file: Path, passphrase: bytes | None) -> Path:
+    """DIR/<name>.p12: key, certificate and CA in one PKCS#12 bundle (what Java keystores import)."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
+
+    key = load_pem_private_key(issued.key_file.read_bytes(), password=passphrase)
+    cert, ca = _load_cert(issued.cert_file), _load_cert(ca_file)
+    encryption: ser.KeySerializationEncryption = (
+        ser.BestAvailableEncryption(passphrase) if passphrase else ser.NoEncryption())
+    data = pkcs12.serialize_key_and_certificates(
+        issued.cert_file.stem.encode(), key, cert, [ca], encryption)  # type: ignore[arg-type]
+    path = issued.cert_file.with_suffix(".p12")
+    _write_file(path, data, 0o600, True)
+    return path
+
+
+@dataclass(frozen=True)
+class Listed:
+    file: Path
+    info: CertInfo
+    days_left: int
+    usage: str
+
+
+def list_certificates(directory: Path) -> list[Listed]:
+    """Every certificate in DIR, with the days it has left and what it is for."""
+    _require_crypto()
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PkiError(f"{directory}: not a directory")
+    now = datetime.now(UTC)
+    found = []
+    for path in sorted(directory.glob("*.crt")):
+        info = load_certificate_info(path)
+        cert = _load_cert(path)
+        try:
+            ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            ekus = set()
+        usage = ("CA" if info.is_ca else "broker" if ExtendedKeyUsageOID.SERVER_AUTH in ekus
+                 else "device" if ExtendedKeyUsageOID.CLIENT_AUTH in ekus else "any")
+        found.append(Listed(path, info, (info.not_after - now).days, usage))
+    return found
+
+
+def renew(directory: Path, name: str, days: int | None = None, key_type: str = DEFAULT_KEY_TYPE,
+          passphrase: bytes | None = None, ca_passphrase: bytes | None = None) -> Issued:
+    """A new key and certificate for DIR/<name>.crt: same name, SANs and use; a fresh validity."""
+    _require_crypto()
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    directory = Path(directory)
+    path = directory / f"{name}.crt"
+    if not path.exists():
+        raise PkiError(f"{path}: no such certificate; 'edison-agent pki list {directory}' shows them")
+    cert = _load_cert(path)
+    info = load_certificate_info(path)
+    if info.is_ca:
+        raise PkiError(f"{path}: is the CA; make a new one with 'pki init-ca --force' and re-issue everything")
+    try:
+        ekus = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        raise PkiError(f"{path}: not made by this tool (no extendedKeyUsage or SAN); issue a new one") from None
+    eku = ExtendedKeyUsageOID.SERVER_AUTH if ExtendedKeyUsageOID.SERVER_AUTH in ekus else \
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    if days is None:
+        start, end = _cert_dates(cert)
+        days = max(1, (end - start).days)
+    return _issue_leaf(directory, directory, info.subject_cn, sans, eku, days, True, passphrase, None,
+                       key_type, ca_passphrase)
+
+
+def _cert_dates(cert: x509.Certificate) -> tuple[datetime, datetime]:
+    if hasattr(cert, "not_valid_before_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return cert.not_valid_before.replace(tzinfo=UTC), cert.not_valid_after.replace(tzinfo=UTC)
 
 
 def load_certificate_info(path: Path) -> CertInfo:
@@ -154,22 +256,27 @@ def load_certificate_info(path: Path) -> CertInfo:
 
 def _issue_leaf(directory: Path, ca_dir: Path, cn: str, sans: list[x509.GeneralName],
                 eku: x509.ObjectIdentifier, days: int, force: bool,
-                passphrase: bytes | None, not_before: datetime | None) -> Issued:
+                passphrase: bytes | None, not_before: datetime | None,
+                key_type: str = DEFAULT_KEY_TYPE, ca_passphrase: bytes | None = None) -> Issued:
     from cryptography import x509
 
     if cn.lower() == "ca":
         raise PkiError(f"{directory / CA_CERT}: the name 'ca' would replace the CA; pick another")
     issued = Issued(directory / f"{cn}.crt", directory / f"{cn}.key")
     start, end = _validity(not_before, days)
-    ca = _load_ca(ca_dir)
+    _check_key_type(key_type)
+    ca = _load_ca(ca_dir, ca_passphrase)
     _prepare(issued, force)
+    # ECDHE needs only digital_signature; key_agreement is an EC key's other use, key_encipherment
+    # an RSA key's (TLS 1.2 RSA key exchange).
+    usage = ({"key_agreement": True} if key_type.startswith("ec-") else
+             {"key_encipherment": True} if key_type.startswith("rsa") else {})
     key, cert = _sign(cn, start, end, [
         (x509.BasicConstraints(ca=False, path_length=None), True),
-        # ECDHE needs only digital_signature; key_agreement is the EC key's other use.
-        (_key_usage(digital_signature=True, key_agreement=True), True),
+        (_key_usage(digital_signature=True, **usage), True),
         (x509.ExtendedKeyUsage([eku]), False),
         (x509.SubjectAlternativeName(sans), False),
-    ], ca)
+    ], ca, key_type)
     _write_pair(issued, cert, key, passphrase, force)
     return issued
 
@@ -177,14 +284,14 @@ def _issue_leaf(directory: Path, ca_dir: Path, cn: str, sans: list[x509.GeneralN
 def _sign(cn: str, start: datetime, end: datetime,
           extensions: list[tuple[x509.ExtensionType, bool]],
           issuer: tuple[x509.Certificate, IssuerKey] | None = None,
-          ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A new P-256 key and its certificate; self-signed when there is no issuer."""
+          key_type: str = DEFAULT_KEY_TYPE) -> tuple[IssuerKey, x509.Certificate]:
+    """A new key of `key_type` and its certificate; self-signed when there is no issuer."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = _new_key(key_type)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     issuer_name, signer = (subject, key) if issuer is None else (issuer[0].subject, issuer[1])
@@ -202,7 +309,36 @@ def _sign(cn: str, start: datetime, end: datetime,
     # Python 3.13's VERIFY_X509_STRICT rejects a chain whose certificates lack SKI/AKI.
     for extension, critical in [*extensions, (ski, False), (aki, False)]:
         builder = builder.add_extension(extension, critical=critical)
-    return key, builder.sign(signer, hashes.SHA256())
+    # Ed25519 signs without a separate digest.
+    digest = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return key, builder.sign(signer, digest)
+
+
+def _check_key_type(key_type: str) -> None:
+    if key_type not in KEY_TYPES:
+        raise PkiError(f"--key-type {key_type}: use one of {', '.join(KEY_TYPES)}")
+
+
+def _new_key(key_type: str) -> IssuerKey:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    _check_key_type(key_type)
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
+
+
+def _group_id(group: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise PkiError(f"--group {group}: no such group on this machine (is the broker installed?)") from None
 
 
 def _key_usage(**flags: bool) -> x509.KeyUsage:
@@ -247,10 +383,14 @@ def _prepare(issued: Issued, force: bool) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise PkiError(f"{directory}: cannot create the directory: {exc.strerror}") from None
+    mode = directory.stat().st_mode & 0o777
+    if mode & 0o004:
+        raise PkiError(f"{directory}: readable by every user (mode {mode:04o}); private keys do not "
+                       f"belong there: run 'chmod 700 {directory}' or choose another directory")
 
 
-def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, IssuerKey]:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+def _load_ca(ca_dir: Path, passphrase: bytes | None = None) -> tuple[x509.Certificate, IssuerKey]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     cert_file, key_file = ca_dir / CA_CERT, ca_dir / CA_KEY
@@ -260,14 +400,20 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, IssuerKey]:
         raise PkiError(f"{key_file}: the CA's private key is missing; put it next to {CA_CERT}")
     cert = _load_cert(cert_file)
     try:
-        key = load_pem_private_key(key_file.read_bytes(), password=None)
-    except TypeError:  # what an encrypted key without a password raises
-        raise PkiError(f"{key_file}: the CA key is passphrase-protected; decrypt it first "
-                       f"(openssl pkey -in {key_file} -out {key_file}.plain)") from None
-    except (ValueError, OSError) as exc:
+        key = load_pem_private_key(key_file.read_bytes(), password=passphrase)
+    except TypeError:  # an encrypted key without a password, or a password for a plain key
+        if passphrase is not None:
+            raise PkiError(f"{key_file}: the CA key is not encrypted; drop --ca-passphrase-file") from None
+        raise PkiError(f"{key_file}: the CA key is passphrase-protected; give --ca-passphrase-file "
+                       "FILE (its first line)") from None
+    except ValueError as exc:
+        if passphrase is not None and "password" in str(exc).lower():
+            raise PkiError(f"{key_file}: wrong CA passphrase (--ca-passphrase-file)") from None
         raise PkiError(f"{key_file}: not a PEM private key ({exc})") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise PkiError(f"{key_file}: the CA key must be EC or RSA")
+    except OSError as exc:
+        raise PkiError(f"{key_file}: cannot read: {exc.strerror}") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise PkiError(f"{key_file}: the CA key must be EC, RSA or Ed25519")
     expiry = _not_after(cert)
     if expiry <= datetime.now(UTC):
         raise PkiError(f"{cert_file}: the CA expired on {expiry:%Y-%m-%d}; make a new one with "
@@ -300,7 +446,7 @@ def _common_name(name: x509.Name) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-def _write_pair(issued: Issued, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
+def _write_pair(issued: Issued, cert: x509.Certificate, key: IssuerKey,
                 passphrase: bytes | None, force: bool) -> None:
     from cryptography.hazmat.primitives import serialization as ser
 
@@ -344,6 +490,8 @@ def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     init = commands.add_parser("init-ca", help="create DIR/ca.crt and DIR/ca.key")
     init.add_argument("directory", metavar="DIR", type=Path)
     init.add_argument("--name", default="edison-agent CA", help="the CA's common name")
+    init.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                      help="encrypt the CA key with the first line of FILE")
     broker = commands.add_parser("issue-broker", help="server certificate for the broker")
     broker.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
     broker.add_argument("hostname", metavar="HOSTNAME", help="the name devices connect to")
@@ -354,10 +502,27 @@ def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     device.add_argument("name", metavar="NAME", help="device name: CN and MQTT username")
     device.add_argument("--passphrase-file", type=Path, metavar="FILE",
                         help="encrypt the key with the first line of FILE")
-    for parser, days in ((init, 3650), (broker, 730), (device, 730)):
+    device.add_argument("--p12", action="store_true",
+                        help="also write NAME.p12 (PKCS#12: key, certificate and CA, for Java keystores)")
+    broker.add_argument("--group", metavar="GROUP",
+                        help="make the key readable by GROUP (mode 0640), e.g. mosquitto")
+    renew_cmd = commands.add_parser("renew", help="new key and certificate for DIR/NAME.crt")
+    renew_cmd.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key, NAME.crt")
+    renew_cmd.add_argument("name", metavar="NAME", help="the certificate's file name without .crt")
+    renew_cmd.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                           help="encrypt the new key with the first line of FILE")
+    listing = commands.add_parser("list", help="certificates in DIR: subject, SANs, expiry, issuer")
+    listing.add_argument("directory", metavar="DIR", type=Path)
+    for parser, days in ((init, 3650), (broker, 730), (device, 730), (renew_cmd, None)):
         parser.add_argument("--days", type=int, default=days,
-                            help=f"validity in days (default: {days})")
-        parser.add_argument("--force", action="store_true", help="replace existing files")
+                            help=f"validity in days (default: {days or 'as before'})")
+        parser.add_argument("--key-type", choices=KEY_TYPES, default=DEFAULT_KEY_TYPE,
+                            help=f"default: {DEFAULT_KEY_TYPE}")
+        if parser is not init:
+            parser.add_argument("--ca-passphrase-file", type=Path, metavar="FILE",
+                                help="the CA key's passphrase (first line of FILE)")
+        if parser is not renew_cmd:
+            parser.add_argument("--force", action="store_true", help="replace existing files")
 
 
 def run_pki(args: argparse.Namespace) -> int:
@@ -371,20 +536,37 @@ def run_pki(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     command = args.pki_command
+    passphrase = ca_passphrase = None
+    if getattr(args, "passphrase_file", None) is not None:
+        passphrase = _read_passphrase(args.passphrase_file)
+    if getattr(args, "ca_passphrase_file", None) is not None:
+        ca_passphrase = _read_passphrase(args.ca_passphrase_file)
     if command == "init-ca":
-        _report(init_ca(args.directory, name=args.name, days=args.days, force=args.force))
+        _report(init_ca(args.directory, name=args.name, days=args.days, force=args.force,
+                        key_type=args.key_type, passphrase=passphrase), encrypted=passphrase is not None)
     elif command == "issue-broker":
         issued = issue_broker(args.directory, args.hostname, ips=args.ip, days=args.days,
-                              force=args.force)
-        _report(issued)
+                              force=args.force, key_type=args.key_type, ca_passphrase=ca_passphrase,
+                              group=args.group)
+        _report(issued, group=args.group)
         print(_mosquitto_listener(args.directory / CA_CERT, issued))
     elif command == "issue-device":
-        passphrase = None
-        if args.passphrase_file is not None:
-            passphrase = _read_passphrase(args.passphrase_file)
         issued = issue_device(args.directory, args.name, days=args.days, force=args.force,
-                              passphrase=passphrase)
+                              passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
         _report(issued, encrypted=passphrase is not None)
+        if args.p12:
+            print(f"wrote {write_p12(issued, args.directory / CA_CERT, passphrase)} (mode 0600"
+                  f"{', encrypted' if passphrase else ', NOT encrypted: Java keytool wants a passphrase'})")
+    elif command == "renew":
+        issued = renew(args.directory, args.name, days=args.days, key_type=args.key_type,
+                       passphrase=passphrase, ca_passphrase=ca_passphrase)
+        _report(issued, encrypted=passphrase is not None)
+    elif command == "list":
+        for item in list_certificates(args.directory):
+            i = item.info
+            state = "EXPIRED" if item.days_left < 0 else f"{item.days_left} days left"
+            print(f"{item.file.name}: {item.usage} CN={i.subject_cn}, SANs {', '.join(i.sans) or 'none'}, "
+                  f"expires {i.not_after:%Y-%m-%d} ({state}), issued by CN={i.issuer_cn}")
     else:
         raise PkiError(f"unknown pki command {command!r}")
 
@@ -401,10 +583,11 @@ def _read_passphrase(path: Path) -> bytes:
     return line
 
 
-def _report(issued: Issued, encrypted: bool = False) -> None:
+def _report(issued: Issued, encrypted: bool = False, group: str | None = None) -> None:
     info = load_certificate_info(issued.cert_file)
     print(f"wrote {issued.cert_file} (expires {info.not_after:%Y-%m-%d})")
-    print(f"wrote {issued.key_file} (mode 0600{', encrypted' if encrypted else ''})")
+    mode = f"0640, group {group}" if group else "0600"
+    print(f"wrote {issued.key_file} (mode {mode}{', encrypted' if encrypted else ''})")
 
 
 def mosquitto_listener(ca_file: Path, cert_file: Path, key_file: Path, port: int = 8883,

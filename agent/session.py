@@ -20,15 +20,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import MQTTConfig
-from agent.tls import CLIENT_CERT_REFUSALS, ClientContext, describe_alert, describe_failure
+from agent.tls import CLIENT_CERT_REFUSALS, REJECTED_AFTER_HANDSHAKE, ClientContext, describe_alert, describe_failure
 
 log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
 ALIVE_STEP = 5.0
-REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
-                            "client certificate (unknown CA or none sent)")
 
 
 @dataclass(frozen=True)
@@ -202,7 +200,9 @@ class Session:
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         was_connected = False
         while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = self._client.loop(timeout=1.0)
+            # Idle, the thread only needs to wake for keepalive: a quarter of it keeps a ping
+            # well inside the broker's 1.5 x keepalive, and ALIVE_STEP bounds it for the watchdog.
+            rc = self._client.loop(timeout=min(ALIVE_STEP, cfg.keepalive / 4))
             self.last_alive = time.monotonic()
             if self._connected.is_set() and not was_connected:
                 was_connected = True

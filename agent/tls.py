@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import socket
 import ssl
 from typing import Any, Callable, Optional, Tuple
 
@@ -137,7 +138,12 @@ _ALERTS = {
     "certificate unknown": "the broker rejected our client certificate",
     "handshake failure": "the broker refused the TLS handshake (no common TLS version or cipher, or "
                          "it wanted a client certificate)",
-    "protocol version": "the broker does not speak TLS 1.2 or newer: set tls_version tlsv1.2 on the broker",
+    "protocol version": "the broker and this client share no TLS version (this client speaks TLS 1.2 or "
+                        "newer, as far as its OpenSSL allows): set tls_version tlsv1.2 on the broker, or give "
+                        "the board an OpenSSL with TLS 1.3 if the broker requires it",
+    "unsupported certificate": "the broker rejected our client certificate as not meant for this use: "
+                               "it lacks extendedKeyUsage clientAuth; issue it with 'edison-agent pki "
+                               "issue-device'",
     "wrong version number": "the broker port does not speak TLS (is it a plain MQTT port?)",
 }
 
@@ -147,26 +153,59 @@ CLIENT_CERT_REFUSALS = frozenset(_ALERTS[a] for a in ("certificate required", "u
                                                        "bad certificate", "certificate unknown"))
 
 
-def describe_failure(exc: BaseException, host: str) -> str:
-    """Turns a connect() failure into one line a person can act on."""
+# What the broker's side says when it closes the connection right after the handshake: with TLS 1.3
+# a refused client certificate shows up only as this close (session.py has the same words).
+REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
+                            "client certificate (unknown CA or none sent)")
+
+# MQTT 3.1.1 CONNACK return codes (section 3.2.2.3).
+_CONNACK = {
+    1: "unacceptable protocol version: the broker does not speak MQTT 3.1.1",
+    2: "identifier rejected: the broker does not accept mqtt.client_id (too long, bad characters, "
+       "or not allowed for this certificate)",
+    3: "server unavailable: the broker is up but not accepting connections",
+    4: "bad user name or password",
+    5: "not authorized: the broker's ACL or policy does not allow this certificate/client id "
+       "(with use_identity_as_username the user name is the certificate's CN)",
+}
+
+
+def describe_connack(return_code: int) -> str:
+    """A refused CONNACK in plain words."""
+    return "broker refused the connection (CONNACK %d): %s" % (
+        return_code, _CONNACK.get(return_code, "reserved return code"))
+
+
+def describe_failure(exc: BaseException, host: str, port: Optional[int] = None) -> str:
+    """Turns a connect() failure into one line a person can act on.
+
+    Shared by the daemon's connect-failure log lines and `edison-agent doctor`."""
+    where = "%s:%d" % (host, port) if port is not None else host
     if isinstance(exc, ssl.SSLCertVerificationError):
         message = exc.verify_message or _reason(exc)
         if "Hostname mismatch" in message or "IP address mismatch" in message:
             return ("the broker's certificate is not valid for %r (%s): connect by a name in its "
                     "subjectAltName, or issue it for this name" % (host, message))
-        if "unable to get local issuer" in message or "self-signed" in message:
+        if "unable to get local issuer" in message or "self-signed" in message or "self signed" in message:
             return "the broker's certificate was not signed by the CA in mqtt.tls.ca_file (%s)" % message
         if "expired" in message or "not yet valid" in message:
             return "the broker's certificate is %s (check the clock)" % message
+        if "unsupported certificate purpose" in message:
+            return ("the broker's certificate is not a server certificate (%s): it lacks extendedKeyUsage "
+                    "serverAuth; issue it with 'edison-agent pki issue-broker'" % message)
         return "the broker's certificate failed verification: %s" % message
     if isinstance(exc, ssl.SSLError):
         return describe_alert(str(exc)) or "TLS handshake failed: %s" % _reason(exc)
+    if isinstance(exc, socket.gaierror):
+        return ("DNS failure: cannot resolve %r (%s): check mqtt.host and the board's DNS (/etc/resolv.conf)"
+                % (host, exc.strerror or exc))
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused: is the broker running and listening on this port?"
-    if isinstance(exc, TimeoutError):
-        return "timed out connecting: the broker or the network does not answer"
+        return "connection refused by %s: is the broker running and listening on this port?" % where
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return ("timed out connecting to %s: the broker or the network does not answer (firewall, wrong "
+                "address, or no route)" % where)
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+        return "%s (connecting to %s)" % (exc.strerror, where)
     return str(exc) or type(exc).__name__
 
 

@@ -462,3 +462,100 @@ def test_python_m_agent_pki_init_ca(tmp_path: Path):
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert load_certificate_info(tmp_path / "p" / "ca.crt").is_ca
+
+
+# --- key types, encrypted CA, list, renew, PKCS#12, directory modes --------------------
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa2048", "ed25519"])
+def test_every_key_type_makes_a_working_mutual_tls_pair(tmp_path: Path, key_type: str):
+    d = tmp_path / "pki"
+    init_ca(d, key_type=key_type)
+    broker = issue_broker(d, "localhost", key_type=key_type)
+    device = issue_device(d, "thunder10", key_type=key_type)
+    result = handshake(d / "ca.crt", broker, device)
+    assert result.server_error is None and result.client_error is None
+    assert result.client_cn == "thunder10"
+
+
+def test_unknown_key_type_is_refused(ca_dir: Path):
+    with pytest.raises(PkiError, match="--key-type dsa: use one of ec-p256"):
+        issue_device(ca_dir, "thunder10", key_type="dsa")
+
+
+def test_an_encrypted_ca_key_needs_its_passphrase_to_issue(tmp_path: Path):
+    d = tmp_path / "pki"
+    init_ca(d, passphrase=b"ca secret")
+    assert b"ENCRYPTED" in (d / "ca.key").read_bytes()
+    with pytest.raises(PkiError, match="passphrase-protected; give --ca-passphrase-file"):
+        issue_device(d, "thunder10")
+    with pytest.raises(PkiError, match="wrong CA passphrase"):
+        issue_device(d, "thunder10", ca_passphrase=b"not it")
+    issue_device(d, "thunder10", ca_passphrase=b"ca secret")
+
+
+def test_refuses_a_world_readable_directory_for_keys(tmp_path: Path):
+    d = tmp_path / "open"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    with pytest.raises(PkiError, match="readable by every user .*chmod 700"):
+        init_ca(d)
+    assert not (d / "ca.key").exists()
+
+
+def test_list_shows_subjects_sans_expiry_and_issuer(ca_dir: Path, capsys: pytest.CaptureFixture[str]):
+    issue_broker(ca_dir, "localhost", ips=["127.0.0.1"])
+    issue_device(ca_dir, "thunder10", days=10)
+    assert run("pki", "list", str(ca_dir)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ca.crt: CA CN=Test CA")
+    assert "localhost.crt: broker CN=localhost, SANs DNS:localhost, IP:127.0.0.1" in out[1]
+    assert "thunder10.crt: device CN=thunder10" in out[2] and "(9 days left), issued by CN=Test CA" in out[2]
+
+
+def test_renew_makes_a_new_key_and_keeps_name_sans_and_use(ca_dir: Path):
+    old = issue_broker(ca_dir, "localhost", ips=["127.0.0.1"], days=20)
+    old_key = old.key_file.read_bytes()
+    assert run("pki", "renew", str(ca_dir), "localhost", "--days", "400") == 0
+    assert old.key_file.read_bytes() != old_key
+    info = load_certificate_info(old.cert_file)
+    assert info.sans == ("DNS:localhost", "IP:127.0.0.1")
+    assert ExtendedKeyUsageOID.SERVER_AUTH in ext(load(old.cert_file), x509.ExtendedKeyUsage).value
+    assert (info.not_after - datetime.now(UTC)).days >= 399
+    assert mode(old.key_file) == 0o600
+
+
+def test_p12_bundle_holds_key_certificate_and_ca(ca_dir: Path, tmp_path: Path):
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    pass_file = tmp_path / "p"
+    pass_file.write_text("bundle secret\n")
+    assert run("pki", "issue-device", str(ca_dir), "thunder10", "--p12", "--passphrase-file", str(pass_file)) == 0
+    p12 = ca_dir / "thunder10.p12"
+    assert mode(p12) == 0o600
+    key, cert, extra = pkcs12.load_key_and_certificates(p12.read_bytes(), b"bundle secret")
+    assert key is not None and cert is not None
+    assert cert == load(ca_dir / "thunder10.crt")
+    assert [c.subject for c in extra] == [load(ca_dir / "ca.crt").subject]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs mosquitto")
+def test_certificates_from_this_tool_work_with_mosquitto_pub(tmp_path: Path):
+    import conftest
+
+    d = tmp_path / "pki"
+    init_ca(d)
+    broker_pair = issue_broker(d, "localhost", ips=["127.0.0.1"])
+    device = issue_device(d, "thunder10")
+    certs = conftest.Certs(d, d / "ca.crt", broker_pair.cert_file, broker_pair.key_file, *([device.cert_file,
+                           device.key_file] * 6))
+    b = conftest.Broker(tmp_path, certs, broker_pair.cert_file, broker_pair.key_file)
+    b.start()
+    try:
+        done = subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(b.port), "--cafile", str(d / "ca.crt"),
+                               "--cert", str(device.cert_file), "--key", str(device.key_file), "-t", "edison/x",
+                               "-m", "hello", "-q", "1"], capture_output=True, text=True, timeout=15)
+    finally:
+        b.stop()
+    assert done.returncode == 0, done.stderr
+    assert "thunder10" in b.log.read_text()

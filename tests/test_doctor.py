@@ -1,0 +1,187 @@
+"""`edison-agent doctor` against a real mosquitto: each broken setup is built for real and named."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+import yaml
+
+from agent import doctor, pki
+from conftest import ROOT, Broker, Certs, agent_config, free_port
+
+UTC = datetime.timezone.utc
+
+
+@pytest.fixture(autouse=True)
+def _no_passphrase_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDISON_AGENT_KEY_PASSWORD", raising=False)
+
+
+@pytest.fixture(scope="module")
+def bad(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, pki.Issued]:
+    """Broken device certificates from the same CA as the broker's, made with explicit dates."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "ca.crt").write_bytes(certs.ca.read_bytes())
+    (d / "ca.key").write_bytes((certs.dir / "ca.key").read_bytes())
+    (d / "ca.key").chmod(0o600)
+    d.chmod(0o700)
+    now = datetime.datetime.now(UTC)
+    return {
+        "expired": pki.issue_device(d, "old", not_before=now - datetime.timedelta(days=40), days=30),
+        "future": pki.issue_device(d, "young", not_before=now + datetime.timedelta(days=2), days=30),
+        "server_only": pki.issue_device(d, "serverish", _wrong_usage=True),
+        "encrypted": pki.issue_device(d, "locked", passphrase=b"secret passphrase"),
+    }
+
+
+def _run(tmp_path: Path, cfg: Dict[str, Any], max_tls: Optional[ssl.TLSVersion] = None) -> List[doctor.Check]:
+    path = tmp_path / "doctor.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return doctor.run_checks(path, _max_tls=max_tls)
+
+
+def _tls(**files: Any) -> Dict[str, Any]:
+    return {k: str(v) for k, v in files.items()}
+
+
+# Each case: how to break the setup, then (check name, words its PROBLEM line must hold).
+Case = Callable[[Certs, Dict[str, pki.Issued], Path], Dict[str, Any]]
+
+CASES: Dict[str, Any] = {
+    "broker signed by another CA than our ca_file": (
+        lambda c, b, t: _tls(ca_file=c.foreign_cert.parent / "ca.crt"),
+        "tls handshake", ["was not signed by the CA in mqtt.tls.ca_file"]),
+    "client certificate from another CA": (
+        lambda c, b, t: _tls(cert_file=c.foreign_cert, key_file=c.foreign_key),
+        # The alert or, when the close wins the race (TLS 1.3), the bare close: both name the cause.
+        "mqtt connect", [("does not trust our client certificate", "probably rejected the client certificate")]),
+    "expired client certificate": (
+        lambda c, b, t: _tls(cert_file=b["expired"].cert_file, key_file=b["expired"].key_file),
+        "client certificate dates", ["is expired: valid", "this board's clock reads"]),
+    "client certificate not yet valid": (
+        lambda c, b, t: _tls(cert_file=b["future"].cert_file, key_file=b["future"].key_file),
+        "client certificate dates", ["is not yet valid: valid", "this board's clock reads"]),
+    "key of another certificate": (
+        lambda c, b, t: _tls(cert_file=c.device_cert, key_file=c.monitor_key),
+        "key matches certificate", ["monitor.key is not the private key of", "thunder10.crt"]),
+    "client certificate without clientAuth": (
+        lambda c, b, t: _tls(cert_file=b["server_only"].cert_file, key_file=b["server_only"].key_file),
+        "client certificate usage", ["lacks extendedKeyUsage clientAuth", "serverAuth"]),
+    "encrypted key without passphrase": (
+        lambda c, b, t: _tls(cert_file=b["encrypted"].cert_file, key_file=b["encrypted"].key_file),
+        "key passphrase", ["locked.key is encrypted but no passphrase is configured"]),
+    "missing key file": (
+        lambda c, b, t: _tls(key_file=t / "nowhere.key"),
+        "key_file", ["mqtt.tls.key_file: file not found", "nowhere.key"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_broken_setup_is_named(case: str, certs: Certs, bad: Dict[str, pki.Issued], broker: Broker,
+                                    tmp_path: Path) -> None:
+    make, check, words = CASES[case]
+    checks = _run(tmp_path, agent_config(certs, broker.port, tls=make(certs, bad, tmp_path)))
+    problems = [c for c in checks if c.status == doctor.PROBLEM]
+    assert problems, "\n".join(c.line() for c in checks)
+    named = [c for c in problems if c.check == check]
+    assert named, "no problem in %r:\n%s" % (check, "\n".join(c.line() for c in checks))
+    line = named[0].line()
+    for w in words:
+        assert any(alternative in line for alternative in (w if isinstance(w, tuple) else (w,))), line
+    assert named[0].fix
+
+
+def test_san_mismatch_shows_the_sans_the_broker_has(certs: Certs, tmp_path: Path) -> None:
+    impostor = Broker(tmp_path, certs, certs.wrong_host_cert, certs.wrong_host_key)
+    impostor.start()
+    try:
+        checks = _run(tmp_path, agent_config(certs, impostor.port))
+    finally:
+        impostor.stop()
+    line = next(c for c in checks if c.check == "tls handshake").line()
+    assert "not valid for '127.0.0.1'" in line and "SANs DNS:iotgateway1" in line, line
+    assert "fix: set mqtt.host to a name in the certificate's SANs" in line
+
+
+def test_broker_requiring_tls_1_3_vs_a_client_capped_at_1_2(certs: Certs, tmp_path: Path) -> None:
+    # The cap stands in for an OpenSSL without TLS 1.3 (the Edison's stock image has 1.0.2).
+    strict = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key)
+    strict.conf.write_text(strict.conf.read_text().replace("tls_version tlsv1.2", "tls_version tlsv1.3"))
+    strict.start()
+    try:
+        checks = _run(tmp_path, agent_config(certs, strict.port), max_tls=ssl.TLSVersion.TLSv1_2)
+    finally:
+        strict.stop()
+    line = next(c for c in checks if c.check == "tls handshake").line()
+    assert line.startswith("PROBLEM") and "share no TLS version" in line, line
+
+
+def test_port_closed_names_the_address_tried(certs: Certs, tmp_path: Path) -> None:
+    port = free_port()
+    checks = _run(tmp_path, agent_config(certs, port))
+    line = next(c for c in checks if c.check == "tcp").line()
+    assert "connection refused by 127.0.0.1:%d" % port in line and "address tried: 127.0.0.1" in line, line
+    assert not any(c.check == "tls handshake" for c in checks)
+
+
+def test_dns_failure_names_the_host(certs: Certs, tmp_path: Path) -> None:
+    checks = _run(tmp_path, agent_config(certs, 8883, mqtt={"host": "no-such-host.invalid"}))
+    line = next(c for c in checks if c.check == "dns").line()
+    assert "DNS failure: cannot resolve 'no-such-host.invalid'" in line, line
+
+
+def test_world_readable_key_is_a_problem(certs: Certs, broker: Broker, tmp_path: Path) -> None:
+    key = tmp_path / "open.key"
+    shutil.copy(certs.device_key, key)
+    key.chmod(0o644)
+    checks = _run(tmp_path, agent_config(certs, broker.port, tls=_tls(key_file=key)))
+    line = next(c for c in checks if c.check == "key permissions").line()
+    assert "readable by every user (mode 0644)" in line and "chmod 600" in line, line
+
+
+def test_a_sound_setup_passes_every_check_and_exits_0_with_json(certs: Certs, broker: Broker,
+                                                                  tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, broker.port)))
+    done = subprocess.run([sys.executable, "-m", "agent", "doctor", "-c", str(path), "--json"], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    checks = json.loads(done.stdout)
+    assert {c["status"] for c in checks} <= {"ok"}, done.stdout
+    assert {"tcp", "tls handshake", "mqtt connect", "key matches certificate"} <= {c["check"] for c in checks}
+    assert all(set(c) == {"check", "status", "detail", "fix"} for c in checks)
+
+
+def test_a_problem_exits_1_with_one_line_per_check_and_no_traceback(certs: Certs, tmp_path: Path) -> None:
+    path = tmp_path / "closed.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, free_port())))
+    done = subprocess.run([sys.executable, "-m", "agent", "doctor", "-c", str(path)], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert any(line.startswith("PROBLEM  tcp: connection refused") for line in done.stdout.splitlines()), done.stdout
+
+
+def test_the_daemon_logs_days_left_at_start_and_warns_under_30(certs: Certs, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from agent import daemon
+
+    d = tmp_path / "soon"
+    d.mkdir(mode=0o700)
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(certs.dir / name, d / name)
+    soon = pki.issue_device(d, "soon", days=10)
+    with caplog.at_level("INFO", logger="agent.daemon"):
+        daemon._warn_about_dates(certs.device_cert)
+        daemon._warn_about_dates(soon.cert_file)
+    info, warning = caplog.records[-2:]
+    assert info.levelname == "INFO" and "expires in 729 days" in info.getMessage()
+    assert warning.levelname == "WARNING" and "soon.crt expires in 9 days" in warning.getMessage()
