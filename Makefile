@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto mosquitto-clients openssl python3-venv systemd pkg-config gcc libc6-dev
 UNITS := systemd/edison-agent.service
 
-.PHONY: demo test check system-deps venv verify-unit clean
+.PHONY: demo test check system-deps venv verify-unit clean bench bench-plot
 
 system-deps:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null \
@@ -44,3 +44,14 @@ check: venv
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Issue 7: the agent against bare paho, reconnect-per-reading and mosquitto_pub on a local
+# mutual-TLS mosquitto (the bench starts and stops it). ~4 minutes on 2 vCPUs; writes
+# bench/results.json. Needs mosquitto and mosquitto-clients (make system-deps).
+bench:
+	$(PY) bench/run.py
+
+# docs/performance.png from bench/results.json (installs matplotlib into the venv if missing).
+bench-plot:
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check matplotlib
+	$(PY) bench/plot.py bench/results.json docs/performance.png
