@@ -12,7 +12,7 @@ import yaml
 
 from agent import config, tls
 from agent.session import Session
-from conftest import PASSPHRASE, Broker, agent_config
+from conftest import PASSPHRASE, Broker, Certs, agent_config
 
 
 def test_encrypted_key_loads_with_its_passphrase_file(certs, broker, subscriber, run_agent, tmp_path):
@@ -170,3 +170,36 @@ def test_a_refused_connection_gives_the_journal_the_raw_tls_error_beside_the_pla
     assert "CERTIFICATE_VERIFY_FAILED" in record.TLS_ERROR
     assert record.BROKER == "127.0.0.1:%d" % broker.port
     assert "was not signed by the CA in mqtt.tls.ca_file" in record.getMessage()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_the_posts_whole_openssl_setup_works_with_the_agent(certs, tmp_path, run_agent):
+    """CA with -extensions v3_ca, RSA keys, `x509 -req` certificates without SANs (CN only), a
+    -des3 client key: step by step as the founding post does it, then the agent connects."""
+    d = tmp_path
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)  # noqa: E731
+    subject = "/C=IT/ST=Italy/L=Rome/O=LSaetta/OU=IT/CN="
+    run("req", "-new", "-x509", "-days", "730", "-extensions", "v3_ca", "-keyout", "ca.key", "-out", "ca.crt",
+        "-passout", "pass:authority", "-subj", subject + "Our CA")
+    # mosquitto cannot prompt for a passphrase: the broker's key is left unencrypted here.
+    run("genrsa", "-out", "server.key", "2048")
+    run("req", "-out", "server.csr", "-key", "server.key", "-new", "-subj", subject + "localhost")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-passin", "pass:authority",
+        "-CAcreateserial", "-out", "server.crt", "-days", "730")
+    run("genrsa", "-des3", "-passout", "pass:thunder", "-out", "client.key", "2048")
+    run("req", "-out", "client.csr", "-key", "client.key", "-passin", "pass:thunder", "-new",
+        "-subj", subject + "thunder10")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-passin", "pass:authority",
+        "-CAcreateserial", "-out", "client.crt", "-days", "730")
+    (d / "client.key").chmod(0o600)
+    post = Certs(**dict(vars(certs), ca=d / "ca.crt"))
+    broker = Broker(d, post, d / "server.crt", d / "server.key")
+    broker.start()
+    try:
+        cfg = agent_config(post, broker.port, mqtt={"host": "localhost"}, tls={
+            "ca_file": str(d / "ca.crt"), "cert_file": str(d / "client.crt"), "key_file": str(d / "client.key")})
+        agent = run_agent(cfg, env={"EDISON_AGENT_KEY_PASSWORD": "thunder"})
+        agent.wait_for("connected to localhost:%d" % broker.port)
+        assert agent.stop() == 0
+    finally:
+        broker.stop()
