@@ -29,7 +29,8 @@ DEVICE_KEYS = ("id",)
 MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls",
              "clean_session", "inflight")
 RECONNECT_KEYS = ("min_delay", "max_delay")
-TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname")
+TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname",
+            "session_resumption")
 
 
 class ConfigError(Exception):
@@ -56,6 +57,8 @@ class TLSConfig:
     key_password_source: Optional[str] = None
     min_version: str = "1.2"
     verify_hostname: bool = True
+    # Offer the last TLS session on reconnect: a resumed handshake skips the certificates.
+    session_resumption: bool = True
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
         r.problem("mqtt.tls.min_version", "%r is refused: TLS below 1.2 is broken and OpenSSL 3 will not "
                   "speak it; use \"1.2\" or \"1.3\" (and tls_version tlsv1.2 on the broker)" % min_version)
     verify_hostname = r.value(t, "verify_hostname", "mqtt.tls", bool, default=True)
+    session_resumption = r.value(t, "session_resumption", "mqtt.tls", bool, default=True)
     password, source = _key_password(r, t)
     if key_file is not None and key_file.is_file() and os.access(key_file, os.R_OK):
         _check_key_file(r, key_file, password)
@@ -262,7 +266,7 @@ def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
         return None
     return TLSConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file, key_password=password,
                      key_password_source=source, min_version=min_version or "1.2",
-                     verify_hostname=bool(verify_hostname))
+                     verify_hostname=bool(verify_hostname), session_resumption=bool(session_resumption))
 
 
 def _key_password(r: Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:

@@ -34,9 +34,12 @@ class ConnectionInfo:
     tls_version: Optional[str]
     cipher: Optional[str]
     nodelay: bool
+    resumed: bool = False
 
     def describe(self) -> str:
-        return "%s %s" % (self.tls_version, self.cipher) if self.tls_version else "plain MQTT"
+        if not self.tls_version:
+            return "plain MQTT"
+        return "%s %s%s" % (self.tls_version, self.cipher, ", resumed TLS session" if self.resumed else "")
 
 
 def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random) -> float:
@@ -99,7 +102,7 @@ class Session:
         nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         if isinstance(sock, ssl.SSLSocket):
             cipher = sock.cipher()
-            return ConnectionInfo(sock.version(), cipher[0] if cipher else None, nodelay)
+            return ConnectionInfo(sock.version(), cipher[0] if cipher else None, nodelay, bool(sock.session_reused))
         return ConnectionInfo(None, None, nodelay)
 
     def wait_connected(self, timeout: float) -> bool:
@@ -236,6 +239,10 @@ class Session:
 
     def _on_connected(self) -> None:
         cfg = self._config
+        sock = self._client.socket()
+        if isinstance(self._ssl_context, ClientContext) and isinstance(sock, ssl.SSLSocket) and cfg.tls is not None \
+                and cfg.tls.session_resumption:
+            self._ssl_context.remember_session(sock)
         info = self.connection_info()
         how = info.describe() if info else "?"
         if self._last_problem is not None:

@@ -24,16 +24,27 @@ class TLSSetupError(Exception):
 
 
 class ClientContext(ssl.SSLContext):
-    """The session's context. paho wraps its sockets itself and, when a handshake fails, leaves
-    the half-open TLS socket to the garbage collector; this keeps a hand on the last one so the
-    session can close it at once."""
+    """The session's context. paho wraps its sockets itself, so two things happen here:
+
+    - TLS session resumption: paho never passes `session=`; a reconnect that offers the saved
+      session skips the certificate exchange and its signatures (the expensive part on a
+      500 MHz Atom). The session saves it after CONNACK, when a TLS 1.3 ticket has arrived.
+    - When a handshake fails paho leaves the half-open socket to the garbage collector; this
+      keeps a hand on the last one so the session can close it at once.
+    """
 
     _last_socket: Optional[ssl.SSLSocket] = None
+    resume: Optional[ssl.SSLSession] = None
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.resume is not None and kwargs.get("session") is None:
+            kwargs["session"] = self.resume
         sock = super().wrap_socket(*args, **kwargs)
         self._last_socket = sock
         return sock
+
+    def remember_session(self, sock: ssl.SSLSocket) -> None:
+        self.resume = sock.session
 
     def discard_last_socket(self) -> None:
         sock, self._last_socket = self._last_socket, None

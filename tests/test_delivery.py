@@ -213,3 +213,34 @@ def test_a_corrupt_spool_is_moved_aside_and_the_agent_runs(certs, broker, subscr
     assert subscriber.telemetry()["readings"]
     assert agent.stop() == 0
     assert any(p.name.startswith("spool.db.corrupt-") for p in state.iterdir())
+
+
+def test_a_reconnect_resumes_the_tls_session(certs, broker, run_agent):
+    proxy = BlackHoleProxy(broker.port)
+    try:
+        agent = run_agent(agent_config(certs, proxy.port))
+        first = agent.wait_for("connected to 127.0.0.1:%d" % proxy.port)
+        assert "resumed" not in first
+        mark = len(agent.lines)
+        for s in proxy.sockets:  # the connection drops; the broker keeps its ticket keys
+            s.shutdown(socket.SHUT_RDWR)
+        again = agent.wait_for("connected to 127.0.0.1:%d again" % proxy.port, after=mark)
+        assert "resumed TLS session" in again
+        assert agent.stop() == 0
+    finally:
+        proxy.close()
+
+
+def test_session_resumption_can_be_turned_off(certs, broker, run_agent):
+    proxy = BlackHoleProxy(broker.port)
+    try:
+        agent = run_agent(agent_config(certs, proxy.port, tls={"session_resumption": False}))
+        agent.wait_for("connected to 127.0.0.1:%d" % proxy.port)
+        mark = len(agent.lines)
+        for s in proxy.sockets:
+            s.shutdown(socket.SHUT_RDWR)
+        again = agent.wait_for("connected to 127.0.0.1:%d again" % proxy.port, after=mark)
+        assert "resumed" not in again
+        assert agent.stop() == 0
+    finally:
+        proxy.close()
