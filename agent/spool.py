@@ -36,26 +36,34 @@ Guarantees:
 from __future__ import annotations
 
 import collections
-import fcntl
-import json
 import logging
 import math
-import os
 import sqlite3
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
-from agent.reading import GOOD, Reading, Sample
+from agent.reading import Reading, Sample
+from agent.spool_store import (
+    PAGE,
+    ROW_OVERHEAD,
+    Corrupt,
+    SeqFile,
+    SpoolBusy,
+    Store,
+    decode,
+    encode,
+    is_corrupt,
+    move_aside,
+)
 
 log = logging.getLogger(__name__)
 
-# SQLite's cost of a row beyond its record: rowid and lengths in the cell, cell pointer, page slack.
-ROW_OVERHEAD = 12
+__all__ = ["AGE", "CORRUPT", "FULL", "Spool", "SpoolBusy", "SpoolStats"]
+
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # In memory a reading costs several times its stored size: the bound without a file (~140,000 readings).
 MEMORY_MAX_BYTES = 8 * 1024 * 1024
@@ -71,15 +79,8 @@ _READAHEAD = 256
 # Before this (2017-07-14) a timestamp comes from a clock NTP has not set yet (the Edison has no
 # battery-backed clock by default): its age is unknown, so it is never dropped for age.
 _SANE_TS = 1_500_000_000.0
-_KEEP_CORRUPT = 3
 _EPISODE_QUIET = 60.0
-_PAGE = 4096
-_AUTO_VACUUM = "INCREMENTAL"
 _NO_LIMIT = sys.maxsize
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS readings (seq INTEGER PRIMARY KEY, data BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-)
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,6 @@ class SpoolStats:
                    self.dropped_age, self.dropped_corrupt, committed))
 
 
-class SpoolBusy(RuntimeError):
-    """Another process has this spool open: two agents must not share one seq."""
-
-
-class _Corrupt(Exception):
-    pass
-
-
 class _Entry:
     __slots__ = ("seq", "reading", "blob", "size", "born")
 
@@ -129,220 +122,6 @@ class _Entry:
         self.blob = blob
         self.size = size
         self.born = born  # time.monotonic() of the append: its commit is due commit_interval later
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
-
-
-def _encode(sample: Sample) -> bytes:
-    """[ts, sensor, value, unit, quality, error], defaults trimmed from the end."""
-    record: List[Any] = [sample.ts, sample.sensor, sample.value, sample.unit, sample.quality, sample.error]
-    if sample.error is None:
-        record.pop()
-        if sample.quality == GOOD:
-            record.pop()
-    return _ENCODER.encode(record).encode("utf-8")
-
-
-def _decode(seq: int, blob: bytes) -> Reading:
-    record = json.loads(blob)
-    if not isinstance(record, list) or not 4 <= len(record) <= 6:
-        raise ValueError("not a reading record")
-    ts, sensor, value, unit = record[:4]
-    quality = record[4] if len(record) > 4 else GOOD
-    error = record[5] if len(record) > 5 else None
-    if (not isinstance(ts, (int, float)) or not isinstance(sensor, str) or not isinstance(quality, str)
-            or not (value is None or isinstance(value, (int, float)))
-            or not (unit is None or isinstance(unit, str)) or not (error is None or isinstance(error, str))):
-        raise ValueError("not a reading record")
-    return Reading(seq=seq, ts=float(ts), sensor=sensor, value=value, unit=unit, quality=quality, error=error)
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    if isinstance(exc, _Corrupt):
-        return True
-    name = getattr(exc, "sqlite_errorname", None)
-    if name is not None:
-        return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or str(name).startswith("SQLITE_CORRUPT")
-    # Python < 3.11: corruption is a plain DatabaseError, not one of its subclasses.
-    return type(exc) is sqlite3.DatabaseError
-
-
-class _SeqFile:
-    """`<spool>.seq`: the seq reservation (a second copy, outside the database) and the process lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise SpoolBusy("%s is locked by another process: is another agent running with this spool?"
-                            % path) from None
-
-    def read(self) -> int:
-        raw = os.pread(self.fd, 64, 0)
-        try:
-            limit_hex, crc_hex = raw.split(b"\n", 1)[0].split(b" ")
-            if zlib.crc32(limit_hex) != int(crc_hex, 16):
-                return 0
-            return int(limit_hex, 16)
-        except ValueError:
-            return 0
-
-    def write(self, limit: int) -> None:
-        # Fixed size, in place: one block rewritten, no metadata change; a torn write fails the CRC.
-        digits = b"%016x" % limit
-        os.pwrite(self.fd, b"%s %08x\n" % (digits, zlib.crc32(digits)), 0)
-        os.fdatasync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)  # releases the lock
-
-
-class _Store:
-    """The SQLite file: a writer connection (committer only) and a reader (under the spool lock)."""
-
-    def __init__(self, path: Path, wal_pages: int) -> None:
-        self.path = path
-        self.writer: Optional[sqlite3.Connection] = None
-        self.reader: Optional[sqlite3.Connection] = None
-        try:
-            self.writer = self._connect()
-            w = self.writer
-            # page_size and auto_vacuum only take effect on a new file, before the first table.
-            w.execute("PRAGMA page_size=%d" % _PAGE)
-            w.execute("PRAGMA auto_vacuum=%s" % _AUTO_VACUUM)
-            mode = w.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise sqlite3.OperationalError("cannot use WAL mode on %s (got %r)" % (path, mode))
-            # FULL: the WAL is synced at each commit, so a commit survives a power cut.
-            w.execute("PRAGMA synchronous=FULL")
-            # Some builds (Debian's) zero freed pages: writes for nothing, the readings are not secret.
-            w.execute("PRAGMA secure_delete=OFF")
-            w.execute("PRAGMA wal_autocheckpoint=%d" % wal_pages)
-            w.execute("PRAGMA journal_size_limit=%d" % (wal_pages * _PAGE))
-            w.execute("PRAGMA cache_size=-1024")
-            for statement in _SCHEMA:
-                w.execute(statement)
-            columns = [row[1] for row in w.execute("PRAGMA table_info(readings)").fetchall()]
-            if columns != ["seq", "data"]:
-                raise _Corrupt("not a spool file (readings table has columns %s)" % columns)
-            self.reader = self._connect()
-            self.reader.execute("PRAGMA query_only=ON")
-            self.reader.execute("PRAGMA cache_size=-1024")
-        except BaseException:
-            self.close()
-            raise
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
-
-    def check(self) -> Tuple[int, int, int, int]:
-        """Verify the file; (count, sum of record sizes, highest seq, stored seq limit)."""
-        assert self.writer is not None
-        problems = self.writer.execute("PRAGMA quick_check(1)").fetchall()
-        if problems != [("ok",)]:
-            raise _Corrupt("integrity check: %s" % (problems[0][0] if problems else "no answer"))
-        count, size, hi = self.writer.execute(
-            "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(seq), 0) FROM readings").fetchone()
-        return int(count), int(size), int(hi), self.seq_limit()
-
-    def seq_limit(self) -> int:
-        assert self.writer is not None
-        row = self.writer.execute("SELECT value FROM meta WHERE key = 'seq_limit'").fetchone()
-        return int(row[0]) if row else 0
-
-    def load(self, after: int, upto: int, limit: int) -> List[Tuple[int, bytes]]:
-        assert self.reader is not None
-        rows = self.reader.execute("SELECT seq, data FROM readings WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                                   (after, upto, limit)).fetchall()
-        return [(int(seq), bytes(data)) for seq, data in rows]
-
-    def size_of(self, seq: int) -> Optional[int]:
-        assert self.reader is not None
-        row = self.reader.execute("SELECT length(data) FROM readings WHERE seq = ?", (seq,)).fetchone()
-        return int(row[0]) if row else None
-
-    def write(self, rows: List[Tuple[int, bytes]], deletes: List[int], limit: Optional[int]) -> None:
-        """One transaction, one fsync of the WAL (SQLite checkpoints on its own every wal_pages)."""
-        w = self.writer
-        assert w is not None
-        w.execute("BEGIN IMMEDIATE")
-        try:
-            if rows:
-                # OR REPLACE: a commit whose outcome was unknown (an I/O error) may be written again.
-                w.executemany("INSERT OR REPLACE INTO readings (seq, data) VALUES (?, ?)", rows)
-            if deletes:
-                w.executemany("DELETE FROM readings WHERE seq = ?", [(seq,) for seq in deletes])
-                self._shrink(w)
-            if limit is not None:
-                w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_limit', ?)", (limit,))
-            w.execute("COMMIT")
-        except BaseException:
-            if w.in_transaction:
-                try:
-                    w.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise
-
-    @staticmethod
-    def _shrink(w: sqlite3.Connection) -> None:
-        # FIFO churn reuses freed pages, so the file stays at its high-water mark without help.
-        # After a large backlog drained, give most of the free pages back (inside this transaction).
-        free = int(w.execute("PRAGMA freelist_count").fetchone()[0])
-        pages = int(w.execute("PRAGMA page_count").fetchone()[0])
-        if free >= 256 and free * 4 >= pages:
-            for _ in range(free - 64):
-                # Each execution frees one page (sqlite3 steps a PRAGMA once).
-                w.execute("PRAGMA incremental_vacuum(1)")
-
-    def file_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            try:
-                total += os.stat(str(self.path) + suffix).st_size
-            except OSError:
-                pass
-        return total
-
-    def close(self) -> None:
-        for conn in (self.reader, self.writer):
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-        self.reader = self.writer = None
-
-
-def _move_aside(path: Path, now: float) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    target = path.with_name("%s.corrupt-%s" % (path.name, stamp))
-    n = 1
-    while target.exists():
-        target = path.with_name("%s.corrupt-%s-%d" % (path.name, stamp, n))
-        n += 1
-    if path.exists():
-        os.replace(str(path), str(target))
-    for suffix in ("-wal", "-journal"):
-        if os.path.exists(str(path) + suffix):
-            os.replace(str(path) + suffix, str(target) + suffix)
-    try:
-        os.remove(str(path) + "-shm")
-    except FileNotFoundError:
-        pass
-    # A failing disk must not fill up with old spools: keep the newest few.
-    old = sorted(p for p in path.parent.glob(path.name + ".corrupt-*") if not p.name.endswith(("-wal", "-journal")))
-    for stale in old[:-_KEEP_CORRUPT]:
-        for suffix in ("", "-wal", "-journal"):
-            try:
-                os.remove(str(stale) + suffix)
-            except FileNotFoundError:
-                pass
-    return target
 
 
 class Spool:
@@ -374,7 +153,7 @@ class Spool:
         self.commit_interval = commit_interval
         self._clock = clock
         self._seq_block = seq_block
-        self._wal_pages = max(16, min(1024, max_bytes // 4 // _PAGE))
+        self._wal_pages = max(16, min(1024, max_bytes // 4 // PAGE))
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # depth fell: wait_empty
@@ -413,8 +192,8 @@ class Spool:
         self._paused = False
         self._wakeups = 0
 
-        self._seqfile: Optional[_SeqFile] = None
-        self._store: Optional[_Store] = None
+        self._seqfile: Optional[SeqFile] = None
+        self._store: Optional[Store] = None
         self._thread: Optional[threading.Thread] = None
         if self.path is not None:
             self._open(self.path)
@@ -423,7 +202,7 @@ class Spool:
 
     def append(self, sample: Sample) -> Reading:
         """Number the sample and keep it; never waits for the disk."""
-        blob = _encode(sample)
+        blob = encode(sample)
         now = self._clock()
         with self._lock:
             if self._closed:
@@ -590,7 +369,7 @@ class Spool:
     def _open(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._seqfile = _SeqFile(path.with_name(path.name + ".seq"))
+            self._seqfile = SeqFile(path.with_name(path.name + ".seq"))
         except OSError as exc:
             log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
                       path, exc.strerror or exc)
@@ -599,22 +378,22 @@ class Spool:
         floor = self._seqfile.read()
         try:
             try:
-                store = _Store(path, self._wal_pages)
+                store = Store(path, self._wal_pages)
                 try:
                     count, size, hi, limit = store.check()
                 except BaseException:
                     store.close()
                     raise
-            except (sqlite3.DatabaseError, _Corrupt) as exc:
-                if not _is_corrupt(exc):
+            except (sqlite3.DatabaseError, Corrupt) as exc:
+                if not is_corrupt(exc):
                     raise
                 floor = max(floor, self._salvage(path))
-                target = _move_aside(path, self._clock())
+                target = move_aside(path, self._clock())
                 log.error("spool file %s is corrupt (%s): moved aside to %s, starting a new one at seq %d",
                           path, exc, target.name, max(floor, 1))
-                store = _Store(path, self._wal_pages)
+                store = Store(path, self._wal_pages)
                 count, size, hi, limit = store.check()
-        except (sqlite3.Error, OSError, _Corrupt) as exc:
+        except (sqlite3.Error, OSError, Corrupt) as exc:
             log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
                       path, exc)
             self._next_seq = max(floor, 1)
@@ -769,7 +548,7 @@ class Spool:
                 self._paused = False
             return True
         self._failing += 1
-        if _is_corrupt(error) and not recovered:
+        if is_corrupt(error) and not recovered:
             self._recover(str(error))
             return self._commit(final, recovered=True) if self._store is not None else False
         if self._failing == 1:
@@ -787,9 +566,9 @@ class Spool:
                 self._store.close()
             target = self.path
             try:
-                target = _move_aside(self.path, self._clock())
-                self._store = _Store(self.path, self._wal_pages)
-            except (sqlite3.Error, OSError, _Corrupt) as exc:
+                target = move_aside(self.path, self._clock())
+                self._store = Store(self.path, self._wal_pages)
+            except (sqlite3.Error, OSError, Corrupt) as exc:
                 self._store = None
                 self._safe_seq = _NO_LIMIT
                 self.max_bytes = min(self.max_bytes, MEMORY_MAX_BYTES)
@@ -874,7 +653,7 @@ class Spool:
                 if seq in self._to_delete or seq in self._deleting:
                     continue
                 try:
-                    reading = _decode(seq, blob)
+                    reading = decode(seq, blob)
                 except (ValueError, TypeError) as exc:
                     self._drop_corrupt_row(seq, len(blob), exc)
                     continue
@@ -892,7 +671,7 @@ class Spool:
         return None
 
     def _read_failed(self, exc: sqlite3.Error) -> None:
-        if _is_corrupt(exc):
+        if is_corrupt(exc):
             if not self._broken:
                 self._broken = True
                 self._wake.notify()

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.reading import Reading, Sample
-from agent.spool import AGE, FULL, ROW_OVERHEAD, Spool, SpoolBusy, _encode, _Store
+from agent.spool import AGE, FULL, Spool, SpoolBusy
+from agent.spool_store import ROW_OVERHEAD, Store, encode
 from conftest import ROOT
 
 NOW = float(int(time.time()))  # the machine's clock: readings must not be old by the default max_age
@@ -38,7 +39,7 @@ def fixed(i: int) -> Sample:
 
 
 def size_of(s: Sample) -> int:
-    return len(_encode(s)) + ROW_OVERHEAD
+    return len(encode(s)) + ROW_OVERHEAD
 
 
 def seqs(readings: List[Reading]) -> List[int]:
@@ -439,19 +440,19 @@ def test_failing_commits_keep_readings_and_pause_publishing_only_past_the_reserv
         db: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO, logger="agent.spool")
     with Spool(db, commit_interval=0.05, seq_block=10) as spool:
-        works = _Store.write
+        works = Store.write
 
-        def disk_full(self: _Store, *args: Any) -> None:
+        def disk_full(self: Store, *args: Any) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
-        monkeypatch.setattr(_Store, "write", disk_full)
+        monkeypatch.setattr(Store, "write", disk_full)
         for i in range(30):
             spool.append(sample(i))
         assert seqs(spool.take(100)) == list(range(1, 11))  # reserved at open
         time.sleep(0.3)
         assert spool.take(100) == []  # 11 on: not reserved durably, so not published
         assert spool.depth == 30
-        monkeypatch.setattr(_Store, "write", works)
+        monkeypatch.setattr(Store, "write", works)
         deadline = time.monotonic() + 5
         got: List[Reading] = []
         while len(got) < 20:
