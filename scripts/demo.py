@@ -66,8 +66,9 @@ def wait_listening(port: int, proc: "subprocess.Popen[bytes]") -> None:
 
 def make_certificates() -> Path:
     certs = DEMO / "certs"
-    if certs.exists():
-        shutil.rmtree(certs)
+    for stale in (certs, DEMO / "state"):
+        if stale.exists():
+            shutil.rmtree(stale)
     print("== certificates (edison-agent pki) ==", flush=True)
     pki.init_ca(certs, name="edison-agent demo CA")
     pki.issue_broker(certs, "localhost", ips=["127.0.0.1"])
@@ -100,6 +101,8 @@ def write_configs(certs: Path, port: int) -> tuple[Path, Path]:
                  "tls": {"ca_file": "certs/ca.crt", "cert_file": "certs/thunder10.crt",
                          "key_file": "certs/thunder10.key", "min_version": "1.2"}},
         "board": "simulated",
+        # The demo's own spool, not the service's /var/lib/edison-agent.
+        "state_dir": "state",
         "sensors": [
             {"name": "temperature", "type": "analog", "pin": 0, "interval": 2, "scale": 0.4883,
              "offset": -50, "unit": "degC", "filter": {"median": 3}},

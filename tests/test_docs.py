@@ -53,5 +53,5 @@ def _sensor_examples():
 @pytest.mark.parametrize("example", _sensor_examples())
 def test_every_example_in_the_sensor_guide_is_a_valid_config(example, tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("mqtt: {host: localhost}\nboard: simulated\nsensors: %s\n" % example)
+    path.write_text("mqtt: {host: localhost}\nboard: simulated\nstate_dir: state\nsensors: %s\n" % example)
     config.load(path)

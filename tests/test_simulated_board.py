@@ -37,7 +37,7 @@ def test_every_board_attached_driver_has_an_example():
 def build(kind: str, options: Dict[str, Any], tmp_path: Path):
     sensor = dict(options, name="s", type=kind)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"mqtt": {"host": "localhost"}, "board": "simulated",
+    path.write_text(yaml.safe_dump({"mqtt": {"host": "localhost"}, "board": "simulated", "state_dir": "state",
                                            "sensors": [sensor]}))
     cfg = config.load(path).sensors[0]
     return DRIVERS[kind](cfg.name, cfg.options, SimulatedBoard())
