@@ -25,8 +25,9 @@ class NotifierLike(Protocol):
     def status(self, text: str) -> None: ...
 
 
-# The session thread comes round at least every 5 s (loop timeout, backoff steps, connect timeout).
-STALL_AFTER = 20.0
+# The session thread comes round at least every 15 s (loop timeout, backoff steps), plus up to
+# 5 s in connect(): 30 s of silence means it is stuck.
+STALL_AFTER = 30.0
 
 
 class Health:

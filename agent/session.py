@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-ALIVE_STEP = 5.0
+# The network thread comes round at least this often when idle (the watchdog's evidence);
+# more often only when keepalive asks for it.
+ALIVE_STEP = 15.0
 
 
 @dataclass(frozen=True)
