@@ -57,14 +57,18 @@ class _Worker(threading.Thread):
 
     def __init__(self, name: str) -> None:
         super().__init__(name="sensor-%s" % name, daemon=True)
-        self._jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
+        self._jobs: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Optional[Callable[[], None]]) -> None:
+        """A job to run; None ends the thread once the job under way (if any) returns."""
         self._jobs.put(job)
 
     def run(self) -> None:
         while True:
-            self._jobs.get()()
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
 
 
 class Sampler:
@@ -119,8 +123,11 @@ class Sampler:
             heapq.heappush(heap, (next_at, index))
 
     def close(self) -> None:
-        """Release what the drivers opened (interrupts, buses); a hung sensor is left alone."""
+        """Release what the drivers opened (interrupts, buses) and end the workers; a hung sensor's
+        worker ends when its read returns."""
         for slot in self._slots:
+            if slot.worker is not None:
+                slot.worker.submit(None)
             with slot.lock:
                 idle = slot.busy_since is None
             if slot.ready and idle:

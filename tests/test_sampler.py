@@ -248,4 +248,20 @@ def test_quick_reads_stay_on_the_schedules_thread_and_blocking_ones_get_a_worker
     time.sleep(0.3)
     stop.set()
     runner.join(5)
+    sampler.close()
     assert threads == {"adc": "schedule", "i2c": "sensor-i2c"}
+
+
+def test_closing_the_sampler_ends_its_worker_threads():
+    stop = threading.Event()
+    sampler = Sampler([(config("closing", 0.05), Quick())], lambda s: None)
+    runner = threading.Thread(target=sampler.run, args=(stop,))
+    runner.start()
+    time.sleep(0.2)
+    stop.set()
+    runner.join(5)
+    assert any(t.name == "sensor-closing" for t in threading.enumerate())
+    sampler.close()
+    time.sleep(0.2)
+    # A reload builds a new sampler: the old one's threads must not pile up.
+    assert not any(t.name == "sensor-closing" for t in threading.enumerate())
