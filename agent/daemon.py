@@ -146,11 +146,11 @@ class Agent:
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session
         session = Session(new.mqtt, ssl_context, on_io=self._pump)
-        with self.uplink.paused():
-            old_session.stop(timeout=min(5.0, new.shutdown_timeout))
-            # What the old session had in flight is sent again by the new one, in order.
-            self.spool.release_in_flight()
-            self._replace_uplink(new, session)
+        self.uplink.retire()
+        old_session.stop(timeout=min(5.0, new.shutdown_timeout))
+        # What the old session had in flight is sent again by the new one, in order.
+        self.spool.release_in_flight()
+        self._replace_uplink(new, session)
         self.session = self.health.session = session
         session.start()
 

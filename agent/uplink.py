@@ -6,11 +6,10 @@ carried it; handing it to paho is not delivery.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 from agent.config import BatchConfig
 from agent.reading import Reading, encode_telemetry
@@ -37,12 +36,13 @@ class Uplink:
         self._lock = threading.Lock()
         self._partial_since: Optional[float] = None
         self._timer: Optional[threading.Timer] = None
+        self._retired = False
         self.delivered = 0
 
     def pump(self) -> None:
         """Called after every new reading and after every network event; cheap when idle."""
         with self._lock:
-            while self._session.connected and self._spool.in_flight < self._window_readings:
+            while not self._retired and self._session.connected and self._spool.in_flight < self._window_readings:
                 if not self._batch_ready():
                     return
                 batch = self._spool.take(self._batch.max_readings)
@@ -54,11 +54,11 @@ class Uplink:
                     self._spool.release(batch)
                     return
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Nothing is handed to the session while this is held (the session is being replaced)."""
+    def retire(self) -> None:
+        """Hand nothing more to this session (it is being replaced). Not a lock held across the
+        session's stop: its network thread calls pump() and must not block on us while stopping."""
         with self._lock:
-            yield
+            self._retired = True
 
     def _batch_ready(self) -> bool:
         """A full batch, or a partial one that has waited max_delay (then a timer comes back for it)."""

@@ -200,6 +200,10 @@ def test_certificate_rotation_by_reload_reconnects_without_losing_a_reading(cert
             except AssertionError:
                 pass
         assert set(range(first, last + 1)) - seen == set()
+        # The old session went offline cleanly (its network thread never waited on the uplink)
+        # and left nothing stranded in flight.
+        assert "offline status not acknowledged" not in agent.output
+        assert "not yet acknowledged" not in agent.output
         # Two sessions, each with its own CONNECT: the second with the renewed certificate.
         assert broker.log.read_text().count("as thunder10 (") == 2
     finally:
