@@ -13,7 +13,7 @@ from agent.simulated.bme280 import SimulatedBME280
 from agent.simulated.htu21d import SimulatedHtu21d
 from agent.simulated.i2c import MraaI2c, RegisterChip, SimulatedChip
 from agent.simulated.sht31 import SimulatedSht31
-from agent.simulated.signals import Rate, Signal
+from agent.simulated.signals import Rate, Signal, room_temperature
 from agent.simulated.tmp102 import SimulatedTmp102
 
 # The part a driver asks for (Board.i2c's `chip`) -> its simulation, made from a seed.
@@ -43,7 +43,7 @@ def _linear_temperature(seed: int) -> Callable[[], float]:
 
 def _grove_thermistor(seed: int) -> Callable[[], float]:
     # The Grove divider gives raw/full = 1 / (1 + R/R0), with R/R0 = exp(B (1/T - 1/T25)).
-    room = Signal(seed=seed, mean=21.0, swing=2.0, noise=0.05, spike_chance=0.002, spike=3.0)
+    room = room_temperature(seed)
     return lambda: 1.0 / (1.0 + math.exp(4275.0 * (1.0 / (room() + 273.15) - 1.0 / 298.15)))
 
 

@@ -33,7 +33,7 @@ from agent.sensors.bme280 import (
     compensate_temperature,
 )
 from agent.simulated.i2c import RegisterChip
-from agent.simulated.signals import Signal
+from agent.simulated.signals import Signal, room_humidity, room_temperature
 
 # Temperature and pressure trimming from the BMP280 datasheet's worked example (section 3.12; the
 # BME280 shares that part of the die), humidity trimming as read from a real BME280.
@@ -127,10 +127,8 @@ class SimulatedBME280(RegisterChip):
 
     def __init__(self, seed: int, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
-        self._temperature = Signal(seed=seed, mean=21.0, swing=2.0, noise=0.03, spike_chance=0.002, spike=1.5,
-                                   clock=clock)
-        # Relative humidity falls as the room warms: its peak is at the temperature's trough.
-        self._humidity = Signal(seed=seed + 1, mean=45.0, swing=4.0, noise=0.2, peak_hour=3.0, clock=clock)
+        self._temperature = room_temperature(seed, clock)
+        self._humidity = room_humidity(seed + 1, clock)
         self._pressure = Signal(seed=seed + 2, mean=1013.25, swing=1.2, noise=0.02, peak_hour=10.0, clock=clock)
         # Conversions take real time (the wall clock above only sets the time of day).
         self.monotonic: Callable[[], float] = time.monotonic

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Tuple
 from agent.sensors.crc8 import HTU21D_INIT, crc8
 from agent.simulated.i2c import SimulatedChip
 from agent.simulated.sht31 import nack
-from agent.simulated.signals import Signal
+from agent.simulated.signals import room_humidity, room_temperature
 
 MEASURE_TEMPERATURE = frozenset({0xE3, 0xF3})  # hold / no hold master
 MEASURE_HUMIDITY = frozenset({0xE5, 0xF5})
@@ -31,10 +31,8 @@ STATUS_HUMIDITY = 0x02
 
 class SimulatedHtu21d(SimulatedChip):
     def __init__(self, seed: int, clock: Callable[[], float] = time.time) -> None:
-        self._temperature = Signal(seed=seed, mean=21.0, swing=2.0, noise=0.05, peak_hour=15.0,
-                                   spike_chance=0.002, spike=1.5, clock=clock)
-        self._humidity = Signal(seed=seed + 1, mean=45.0, swing=5.0, noise=0.3, peak_hour=4.0,
-                                spike_chance=0.002, spike=8.0, clock=clock)
+        self._temperature = room_temperature(seed, clock)
+        self._humidity = room_humidity(seed + 1, clock)
         self.user = USER_DEFAULT
         self._out = b""
 

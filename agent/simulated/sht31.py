@@ -15,7 +15,7 @@ from typing import Callable
 
 from agent.sensors.crc8 import SHT3X_INIT, crc8
 from agent.simulated.i2c import SimulatedChip
-from agent.simulated.signals import Signal
+from agent.simulated.signals import room_humidity, room_temperature
 
 # Single-shot commands, with and without clock stretching (Table 9): the simulation has the
 # data ready at once, so both kinds behave the same.
@@ -39,11 +39,8 @@ def nack() -> OSError:
 
 class SimulatedSht31(SimulatedChip):
     def __init__(self, seed: int, clock: Callable[[], float] = time.time) -> None:
-        # A room: about 21 degC, warmest mid-afternoon; humidity about 45 %RH, highest before dawn.
-        self._temperature = Signal(seed=seed, mean=21.0, swing=2.0, noise=0.05, peak_hour=15.0,
-                                   spike_chance=0.002, spike=1.5, clock=clock)
-        self._humidity = Signal(seed=seed + 1, mean=45.0, swing=5.0, noise=0.3, peak_hour=4.0,
-                                spike_chance=0.002, spike=8.0, clock=clock)
+        self._temperature = room_temperature(seed, clock)
+        self._humidity = room_humidity(seed + 1, clock)
         self.status = STATUS_AFTER_RESET
         self._out = b""
 

@@ -34,6 +34,18 @@ class Signal:
         return value
 
 
+def room_temperature(seed: int, clock: Clock = time.time) -> Signal:
+    """The one room every simulated thermometer is in: about 21 degC, warmest mid-afternoon."""
+    return Signal(seed=seed, mean=21.0, swing=2.0, noise=0.05, peak_hour=15.0, spike_chance=0.002, spike=1.5,
+                  clock=clock)
+
+
+def room_humidity(seed: int, clock: Clock = time.time) -> Signal:
+    """Its relative humidity: about 45 %RH, highest before dawn, when the room is coolest."""
+    return Signal(seed=seed, mean=45.0, swing=5.0, noise=0.3, peak_hour=4.0, spike_chance=0.002, spike=8.0,
+                  clock=clock)
+
+
 class Rate:
     """Events at `per_second` on average (Poisson), counted between two calls."""
 

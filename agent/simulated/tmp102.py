@@ -13,7 +13,7 @@ import time
 from typing import Callable, Dict, Optional
 
 from agent.simulated.i2c import SimulatedChip
-from agent.simulated.signals import Signal
+from agent.simulated.signals import room_temperature
 
 TEMPERATURE, CONFIGURATION, TLOW, THIGH = 0, 1, 2, 3
 
@@ -52,8 +52,7 @@ def degc_of(word: int, extended: bool) -> float:
 class SimulatedTmp102(SimulatedChip):
     def __init__(self, seed: int, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._signal = Signal(seed=seed, mean=21.0, swing=2.0, noise=0.03, spike_chance=0.002, spike=1.5,
-                              clock=clock)
+        self._signal = room_temperature(seed, clock)
         self.pointer = TEMPERATURE
         # Power-up values (datasheet): configuration 0x60A0, TLOW +75 degC, THIGH +80 degC;
         # the temperature register reads 0 degC until the first conversion.
