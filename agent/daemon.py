@@ -114,12 +114,16 @@ class Agent:
             ssl_context = tls.build_context(new.mqtt.tls) if new.mqtt.tls else None
             board = self.board if new.board == self.config.board else open_board(new.board)
         except config_module.ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload rejected, still running the previous config: %s", problem)
-            return self.notifier.ready(self.health.status_line())
+            problems = exc.problems
         except (tls.TLSSetupError, BoardUnavailable) as exc:
-            log.error("reload rejected, still running the previous config: %s: %s", self.config.path, exc)
-            return self.notifier.ready(self.health.status_line())
+            problems = ["%s: %s" % (self.config.path, exc)]
+        else:
+            problems = []
+        if problems:
+            for problem in problems:
+                log.error("reload rejected, still running the previous config: %s", problem)
+            self.notifier.ready(self.health.status_line())
+            return
         old, changed = self.config, []
         if new.sensors != old.sensors or board is not self.board:
             self.sampler.close()

@@ -31,7 +31,7 @@ from typing import Any, Dict, Mapping, Optional
 
 SYSLOG_IDENTIFIER = "edison-agent"
 # The structured fields modules attach with `extra=` (docs/operations.md shows how to query them).
-JOURNAL_FIELDS = ("SENSOR", "BROKER", "MQTT_RC", "TLS_ERROR", "SEQ")
+JOURNAL_FIELDS = ("SENSOR", "BROKER", "MQTT_RC", "TLS_ERROR")
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"  # the native protocol (systemd-python sends here)
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"  # the stream services' stdout/stderr are connected to

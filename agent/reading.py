@@ -10,7 +10,6 @@ from agent.sensors import Value
 
 GOOD = "good"
 OUT_OF_RANGE = "out_of_range"
-STALE = "stale"
 ERROR = "error"
 
 

@@ -37,6 +37,8 @@ class Uplink:
         self._partial_since: Optional[float] = None
         self._timer: Optional[threading.Timer] = None
         self._retired = False
+        # Set by drain(): partial batches leave at once, without waiting for max_delay.
+        self._flushing = False
         self.delivered = 0
 
     def pump(self) -> None:
@@ -66,7 +68,7 @@ class Uplink:
         unsent = self._spool.depth - self._spool.in_flight
         if unsent <= 0:
             return False
-        if size == 1 or delay <= 0 or unsent >= size:
+        if size == 1 or delay <= 0 or unsent >= size or self._flushing:
             return True
         now = self._monotonic()
         if self._partial_since is None:
@@ -91,6 +93,6 @@ class Uplink:
 
     def drain(self, timeout: float) -> bool:
         """Send partial batches now and wait until every reading is acknowledged; False on timeout."""
-        self._partial_since = -float("inf")
+        self._flushing = True
         self.pump()
         return self._spool.wait_empty(timeout)

@@ -244,3 +244,12 @@ def test_session_resumption_can_be_turned_off(certs, broker, run_agent):
         assert agent.stop() == 0
     finally:
         proxy.close()
+
+
+def test_a_stop_sends_a_partial_batch_at_once_rather_than_leaving_it(certs, broker, subscriber, run_agent):
+    agent = run_agent(agent_config(certs, broker.port, batch={"max_readings": 1000, "max_delay": 600}))
+    time.sleep(1.0)  # a few readings, far from a full batch and its deadline
+    assert agent.stop() == 0
+    readings = subscriber.telemetry(timeout=5)["readings"]
+    assert len(readings) >= 3
+    assert "not yet acknowledged" not in agent.output
