@@ -48,6 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import edison  # noqa: E402  (bench/edison.py, beside this file)
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
@@ -752,6 +753,9 @@ def table(results: Dict[str, Any]) -> str:
     if sp:
         lines += ["", "6. openssl speed / Python on this machine (us per operation)",
                   "   " + ", ".join("%s %.1f" % (k, v) for k, v in sp.items())]
+    if "edison_estimate" in results:
+        lines += ["", "7. Scaled estimate for the Intel Edison (method: bench/edison.py)",
+                  edison.describe(results["edison_estimate"])]
     return "\n".join(lines)
 
 
@@ -766,6 +770,8 @@ def main() -> int:
         raise SystemExit("bench: needs mosquitto and mosquitto_pub (apt-get install mosquitto mosquitto-clients)")
     parts = set(args.only.split(","))
     started = time.monotonic()
+    # A partial run (--only) replaces its own parts of an earlier results file and keeps the rest.
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     results: Dict[str, Any] = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="edison-bench-") as tmp:
         work = Path(tmp)
@@ -804,6 +810,10 @@ def main() -> int:
             sub.stop()
             broker.stop()
     results["runtime_s"] = time.monotonic() - started
+    for part, value in previous.items():
+        results.setdefault(part, value)
+    if "6" in parts:
+        results["edison_estimate"] = edison.estimate(results)
     print(table(results))
     print("\nruntime %.0f s; results in %s" % (results["runtime_s"], args.out))
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))
