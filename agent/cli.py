@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from agent import __version__, config, doctor, logging_setup, pki
+from agent import __version__, config, doctor, logging_setup, pki, status
 from agent.board import BoardUnavailable
 from agent.install import add_install_parsers
 from agent.spool import SpoolBusy
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check_config)
     pki.add_pki_parser(commands)
     doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
+    status.add_status_parser(commands)
     add_install_parsers(commands)
     return parser
 
@@ -116,6 +117,7 @@ def summary(cfg: config.AgentConfig) -> str:
         % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay),
         "  security   %s" % security,
         "  topics     %s (QoS %d); status %s" % (m.topic, m.qos, m.status_topic),
+        "  health     %s every %g s; file %s" % (m.health_topic, cfg.health.interval, cfg.health.file),
         "  board      %s" % cfg.board,
         "  sensors    %d" % len(cfg.sensors),
     ]

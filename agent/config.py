@@ -21,13 +21,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
 # The known keys of each section: anything else is reported as unknown.
-TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch")
+TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch",
+            "health")
 SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
 BATCH_KEYS = ("max_readings", "max_delay")
+HEALTH_KEYS = ("interval", "file")
+DEFAULT_RUNTIME_DIR = "/run/edison-agent"
 DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
 MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls",
-             "clean_session", "inflight")
+             "clean_session", "inflight", "health_topic")
 RECONNECT_KEYS = ("min_delay", "max_delay")
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname",
             "session_resumption")
@@ -77,6 +80,8 @@ class MQTTConfig:
     clean_session: bool = True
     # Messages published but not yet acknowledged, at most: bounds a backlog's burst.
     inflight: int = 20
+    # Retained health document (agent/health_report.py); "" only where a test builds this by hand.
+    health_topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,14 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    # Seconds between health documents (topic and file); rides on the sampler's tick.
+    interval: float = 60.0
+    # Written atomically for `edison-agent status`; see default_health_file().
+    file: Path = Path(DEFAULT_RUNTIME_DIR) / "health.json"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -106,6 +119,13 @@ class AgentConfig:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     spool: Optional[SpoolConfig] = None
     batch: BatchConfig = BatchConfig()
+    health: HealthConfig = HealthConfig()
+
+
+def default_health_file(environ: Mapping[str, str] = os.environ) -> Path:
+    """systemd's RuntimeDirectory= (given as $RUNTIME_DIRECTORY since systemd 240), else /run/edison-agent."""
+    runtime = (environ.get("RUNTIME_DIRECTORY") or "").split(":")[0]
+    return Path(runtime or DEFAULT_RUNTIME_DIR) / "health.json"
 
 
 def load(path: Path) -> AgentConfig:
@@ -153,11 +173,12 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     state_dir = _state_dir(r, top)
     spool = _spool(r, top.get("spool"), state_dir)
     batch = _batch(r, top.get("batch"))
-    if r.problems or mqtt is None or spool is None or batch is None:
+    health = _health(r, top.get("health"))
+    if r.problems or mqtt is None or spool is None or batch is None or health is None:
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
-                       spool=spool, batch=batch)
+                       spool=spool, batch=batch, health=health)
 
 
 def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
@@ -196,6 +217,24 @@ def _batch(r: Reader, raw: Any) -> Optional[BatchConfig]:
     return BatchConfig(max_readings=max_readings, max_delay=max_delay)
 
 
+def _health(r: Reader, raw: Any) -> Optional[HealthConfig]:
+    h = r.section(raw, "health", HEALTH_KEYS)
+    interval = r.value(h, "interval", "health", float, default=60.0, maximum=86400)
+    raw_file = r.value(h, "file", "health", str, default=None)
+    if interval is None:
+        return None
+    if interval <= 0:
+        r.problem("health.interval", "%s: must be above 0 (seconds between health documents; default 60)"
+                  % interval)
+    if not raw_file:
+        # Not checked: the default directory is made at start, and only root may make it.
+        return HealthConfig(interval=interval, file=default_health_file())
+    path = r.base_dir / os.path.expanduser(raw_file)
+    if path.is_dir():
+        r.problem("health.file", "%s is a directory: name the file, e.g. %s" % (path, path / "health.json"))
+    return HealthConfig(interval=interval, file=path)
+
+
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     if raw is None:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
@@ -208,6 +247,10 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     qos = r.value(m, "qos", "mqtt", int, default=1, choices=(0, 1))
     topic = _topic(r, m, "topic", "edison/{device_id}/telemetry", device_id)
     status_topic = _topic(r, m, "status_topic", "edison/{device_id}/status", device_id)
+    health_topic = _topic(r, m, "health_topic", "edison/{device_id}/health", device_id)
+    if health_topic is not None and health_topic in (topic, status_topic):
+        r.problem("mqtt.health_topic", "%r is also the %s: give the health document a topic of its own"
+                  % (health_topic, "telemetry topic" if health_topic == topic else "status topic"))
     rc = r.section(m.get("reconnect"), "mqtt.reconnect", RECONNECT_KEYS)
     min_delay = r.value(rc, "min_delay", "mqtt.reconnect", float, default=1.0, minimum=0.1, maximum=3600)
     max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
@@ -217,11 +260,12 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     clean_session = r.value(m, "clean_session", "mqtt", bool, default=True)
     inflight = r.value(m, "inflight", "mqtt", int, default=20, minimum=1, maximum=65535)
     if (host is None or port is None or client_id is None or keepalive is None or qos is None
-            or topic is None or status_topic is None or min_delay is None or max_delay is None):
+            or topic is None or status_topic is None or min_delay is None or max_delay is None
+            or health_topic is None):
         return None
     return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
                       status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls,
-                      clean_session=bool(clean_session), inflight=inflight or 20)
+                      clean_session=bool(clean_session), inflight=inflight or 20, health_topic=health_topic)
 
 
 def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:

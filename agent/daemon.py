@@ -14,7 +14,7 @@ from types import FrameType
 from typing import List, Optional, Tuple
 
 from agent import config as config_module
-from agent import tls
+from agent import health_report, tls
 from agent.board import Board, BoardUnavailable, open_board
 from agent.config import AgentConfig, MQTTConfig
 from agent.health import Health
@@ -51,6 +51,21 @@ class Agent:
         self.uplink = self._new_uplink(config, self.session)
         self.sampler = Sampler(_drivers(config.sensors, board), self._record)
         self.health = Health(self.session, self.spool, self.uplink, notifier)
+        self._init_health_report()
+
+    def _init_health_report(self) -> None:
+        self._started = time.monotonic()
+        self._config_digest = health_report.config_hash(self.config.path)
+        self._health_file = health_report.HealthFile(self.config.health.file)
+        self._next_health: Optional[float] = None
+        # The connect the health document was last published for, and whether it resumed TLS.
+        self._announced: Optional[float] = None
+        self._resumed: Optional[bool] = None
+        self._count_lock = threading.Lock()
+        self._health_lock = threading.Lock()
+        self.sampled = 0
+        # The last warning or error logged, for the document; daemon.run() attaches it.
+        self.errors = health_report.LastErrorHandler()
 
     def _new_uplink(self, config: AgentConfig, session: Session) -> Uplink:
         m = config.mqtt
@@ -58,16 +73,53 @@ class Agent:
 
     def _record(self, sample: Sample) -> None:
         self.spool.append(sample)
+        with self._count_lock:
+            self.sampled += 1
         self.uplink.pump()
 
     def _pump(self) -> None:
         self.uplink.pump()
+        # On the network thread, right after a new CONNACK: the document is small and the file
+        # lives on tmpfs, so publishing here does not hold the session up.
+        since = self.session.connected_since
+        if since is not None and since != self._announced and self.session.connected:
+            self._announced = since
+            info = self.session.connection_info()
+            self._resumed = info.resumed if info is not None and info.tls_version else None
+            self.publish_health()
+
+    def publish_health(self) -> None:
+        """Build the health document, publish it retained (QoS 1) if connected, and write health.file."""
+        # One at a time, so an older document built on another thread never lands after a newer one.
+        with self._health_lock:
+            report = self._health_report()
+            if self.session.connected:
+                self.session.publish(self.config.mqtt.health_topic, report.to_json().encode("utf-8"), qos=1,
+                                     retain=True)
+            self._health_file.write(report)
+
+    def _health_report(self, stopped: bool = False) -> health_report.HealthReport:
+        return health_report.gather(self.config, self.session, self.spool, sampled=self.sampled,
+                                    delivered=self.uplink.delivered, started=self._started,
+                                    config_digest=self._config_digest, resumed=self._resumed,
+                                    last_error=self.errors.last, stopped=stopped)
+
+    def _tick(self) -> None:
+        if self.notifier.enabled:
+            self.health.tick()
+        # Due on the tick nearest the schedule: a tick may come half a tick interval early.
+        now, interval = time.monotonic(), self.config.health.interval
+        if self._next_health is None or now >= self._next_health - self._tick_interval() / 2:
+            self._next_health = (self._next_health or now) + interval
+            if self._next_health < now:
+                self._next_health = now + interval
+            self.publish_health()
 
     def run(self) -> int:
         self.session.start()
         self.notifier.ready(self.health.status_line())
         while True:
-            self.sampler.run(self.stop_event, on_tick=self.health.tick, tick_interval=self._tick_interval())
+            self.sampler.run(self.stop_event, on_tick=self._tick, tick_interval=self._tick_interval())
             if self._stopping or not self._reload_requested:
                 break
             self._reload_requested = False
@@ -77,10 +129,11 @@ class Agent:
         self.sampler.close()
         return self.shutdown()
 
-    def _tick_interval(self) -> Optional[float]:
+    def _tick_interval(self) -> float:
+        interval = self.config.health.interval
         if self.notifier.watchdog_interval:
-            return min(self.notifier.watchdog_interval, STATUS_INTERVAL)
-        return STATUS_INTERVAL if self.notifier.enabled else None
+            return min(self.notifier.watchdog_interval, STATUS_INTERVAL, interval)
+        return min(STATUS_INTERVAL, interval) if self.notifier.enabled else interval
 
     def shutdown(self) -> int:
         deadline = time.monotonic() + self.config.shutdown_timeout
@@ -92,6 +145,7 @@ class Agent:
                 log.warning("stopping with %d readings not acknowledged, and the spool is in memory only: "
                             "they are lost", self.spool.depth)
         self.session.stop(max(0.5, deadline - time.monotonic()))
+        self._health_file.write(self._health_report(stopped=True))
         self.spool.close()
         log.info("stopped: %d readings delivered", self.uplink.delivered)
         return 0
@@ -143,9 +197,15 @@ class Agent:
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
             changed.append("log level")
+        if new.health != old.health:
+            self._health_file = health_report.HealthFile(new.health.file)
+            self._next_health = None
+            changed.append("health")
         self.config = new
+        self._config_digest = health_report.config_hash(new.path)
         log.info("reloaded %s: %s", new.path, ", ".join(changed) or "nothing changed")
         self.notifier.ready(self.health.status_line())
+        self.publish_health()
 
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session
@@ -196,7 +256,11 @@ def run(config: AgentConfig) -> int:
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     signal.signal(signal.SIGHUP, agent.request_reload)
-    return agent.run()
+    logging.getLogger("agent").addHandler(agent.errors)
+    try:
+        return agent.run()
+    finally:
+        logging.getLogger("agent").removeHandler(agent.errors)
 
 
 def _warn_about_dates(cert_file: Optional[Path]) -> None:

@@ -300,6 +300,7 @@ def agent_config(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[s
         "board": "simulated",
         "log_level": "info",
         "state_dir": str(d / "state"),
+        "health": {"file": str(d / "state" / "health.json")},
         "spool": {},
         "sensors": sensors,
     }

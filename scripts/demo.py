@@ -103,6 +103,8 @@ def write_configs(certs: Path, port: int) -> tuple[Path, Path]:
         "board": "simulated",
         # The demo's own spool, not the service's /var/lib/edison-agent.
         "state_dir": "state",
+        # ... and its own health file (`edison-agent status --file demo/state/health.json`).
+        "health": {"file": "state/health.json"},
         "sensors": [
             {"name": "temperature", "type": "analog", "pin": 0, "interval": 2, "scale": 0.4883,
              "offset": -50, "unit": "degC", "filter": {"median": 3}},

@@ -232,18 +232,22 @@ def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:
     tls: Dict[str, Any] = {"ca_file": str(certs.ca), "cert_file": str(certs.device_cert),
                            "key_file": str(certs.device_key)}
     tls.update(overrides.pop("tls", {}))
+    state_dir = certs.dir.parent / ("state-%d" % next(_STATE_DIRS))
     cfg: Dict[str, Any] = {
         "device": {"id": "thunder10"},
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 10,
                  "reconnect": {"min_delay": 0.2, "max_delay": 1.0}, "tls": tls},
         "board": "simulated",
         # Each test's own spool, never the system's /var/lib/edison-agent.
-        "state_dir": str(certs.dir.parent / ("state-%d" % next(_STATE_DIRS))),
+        "state_dir": str(state_dir),
+        # Never the system's /run/edison-agent either.
+        "health": {"file": str(state_dir / "health.json")},
         "sensors": [{"name": "temperature", "type": "analog", "pin": 0, "interval": 0.2,
                      "scale": 0.5, "offset": -50, "unit": "degC"}],
     }
     mqtt_overrides = overrides.pop("mqtt", {})
     cfg["mqtt"].update(mqtt_overrides)
+    cfg["health"].update(overrides.pop("health", {}))
     cfg.update(overrides)
     return cfg
 
