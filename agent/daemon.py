@@ -93,7 +93,9 @@ class Agent:
         # One at a time, so an older document built on another thread never lands after a newer one.
         with self._health_lock:
             report = self._health_report()
-            if self.session.connected:
+            # Judged from the document itself: a document built a moment before CONNACK says
+            # "disconnected" and must not become the retained one.
+            if report.connection.state == health_report.CONNECTED:
                 self.session.publish(self.config.mqtt.health_topic, report.to_json().encode("utf-8"), qos=1,
                                      retain=True)
             self._health_file.write(report)
