@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from agent import __version__, config, doctor, logging_setup, pki, status
+from agent import __version__, config, doctor, logging_setup, pki, status, targets
 from agent.board import BoardUnavailable
 from agent.install import add_install_parsers
 from agent.spool import SpoolBusy
@@ -97,6 +97,9 @@ def _check_config(args: argparse.Namespace) -> int:
             print("%s: %s" % (args.config, exc), file=sys.stderr)
             return EXIT_CONFIG
     print(summary(cfg))
+    # Warnings, not errors: a service's limits change, and some can be raised for an account.
+    for warning in targets.warnings_for(cfg):
+        print("warning: %s" % warning)
     return EXIT_OK
 
 
@@ -110,12 +113,17 @@ def summary(cfg: config.AgentConfig) -> str:
         key = ", key passphrase from %s" % t.key_password_source if t.key_password_source else ""
         hostname = "hostname verified" if t.verify_hostname else "hostname NOT verified"
         security = "TLS %s+, CA %s, %s%s, %s" % (t.min_version, t.ca_file, identity, key, hostname)
+        if t.server_name:
+            security += " as %r" % t.server_name
+        if t.alpn:
+            security += ", ALPN %s" % ",".join(t.alpn)
     lines = [
         "%s: valid" % cfg.path,
         "  device     %s" % cfg.device_id,
         "  broker     %s:%d as %r, keepalive %d s, reconnect %g-%g s"
         % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay),
         "  security   %s" % security,
+        "  protocol   %s" % _protocol_line(m),
         "  topics     %s (QoS %d); status %s" % (m.topic, m.qos, m.status_topic),
         "  health     %s every %g s; file %s" % (m.health_topic, cfg.health.interval, cfg.health.file),
         "  board      %s" % cfg.board,
@@ -125,3 +133,15 @@ def summary(cfg: config.AgentConfig) -> str:
         values = ", ".join("%s%s" % (c.name, " (%s)" % c.unit if c.unit else "") for c in s.channels)
         lines.append("    %-16s %-10s every %g s: %s" % (s.name, s.type, s.interval, values))
     return "\n".join(lines)
+
+
+def _protocol_line(m: config.MQTTConfig) -> str:
+    if m.protocol == "5":
+        text = "MQTT 5, session kept %s" % ("%d s after a disconnect" % m.session_expiry if m.session_expiry
+                                            else "only while connected")
+        text += ", telemetry expires after %d s" % m.message_expiry if m.message_expiry else ""
+    else:
+        text = "MQTT 3.1.1, %s" % ("clean session" if m.clean_session else "persistent session")
+    if m.username is not None:
+        text += ", user name %r" % m.username
+    return text + ("" if m.target == "generic" else ", target %s" % m.target)

@@ -30,10 +30,19 @@ DEFAULT_RUNTIME_DIR = "/run/edison-agent"
 DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
 MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls",
-             "clean_session", "inflight", "health_topic")
+             "clean_session", "inflight", "health_topic", "protocol", "session_expiry", "message_expiry", "username",
+             "target")
+PROTOCOLS = ("3.1.1", "5")
+TARGETS = ("generic", "aws-iot", "azure-iot-hub")
+USERNAME_FIELDS = ("device_id", "host")
+# MQTT 5 expiry intervals are four-byte integers; 0xFFFFFFFF means "never".
+MAX_EXPIRY = 0xFFFFFFFF
+# The only defaults a target changes: what the service itself prescribes (see agent/targets.py).
+AZURE_TOPIC = "devices/{device_id}/messages/events/"
+AZURE_USERNAME = "{host}/{device_id}/?api-version=2021-04-12"
 RECONNECT_KEYS = ("min_delay", "max_delay")
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname",
-            "session_resumption")
+            "session_resumption", "alpn", "server_name")
 
 
 class ConfigError(Exception):
@@ -62,6 +71,10 @@ class TLSConfig:
     verify_hostname: bool = True
     # Offer the last TLS session on reconnect: a resumed handshake skips the certificates.
     session_resumption: bool = True
+    # Protocols offered in the ClientHello's ALPN extension (AWS IoT Core on port 443: x-amzn-mqtt-ca).
+    alpn: Tuple[str, ...] = ()
+    # SNI and the name checked in the broker's certificate, when it is not mqtt.host.
+    server_name: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,14 @@ class MQTTConfig:
     inflight: int = 20
     # Retained health document (agent/health_report.py); "" only where a test builds this by hand.
     health_topic: str = ""
+    protocol: str = "3.1.1"
+    # MQTT 5: seconds the broker keeps the session after the connection ends (0: it ends with it).
+    session_expiry: int = 0
+    # MQTT 5: seconds a telemetry message may wait at the broker for a subscriber; None: forever.
+    message_expiry: Optional[int] = None
+    # Sent without a password (the client certificate authenticates); Azure IoT Hub requires one.
+    username: Optional[str] = None
+    target: str = "generic"
 
 
 @dataclass(frozen=True)
@@ -242,30 +263,89 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     m = r.section(raw, "mqtt", MQTT_KEYS)
     host = r.value(m, "host", "mqtt", str)
     port = r.value(m, "port", "mqtt", int, default=8883, minimum=1, maximum=65535)
+    target = r.value(m, "target", "mqtt", str, default="generic", choices=TARGETS)
     client_id = r.value(m, "client_id", "mqtt", str, default=device_id)
     keepalive = r.value(m, "keepalive", "mqtt", int, default=60, minimum=5, maximum=65535)
     qos = r.value(m, "qos", "mqtt", int, default=1, choices=(0, 1))
-    topic = _topic(r, m, "topic", "edison/{device_id}/telemetry", device_id)
-    status_topic = _topic(r, m, "status_topic", "edison/{device_id}/status", device_id)
-    health_topic = _topic(r, m, "health_topic", "edison/{device_id}/health", device_id)
+    azure = target == "azure-iot-hub"
+    topic = _topic(r, m, "topic", AZURE_TOPIC if azure else "edison/{device_id}/telemetry", device_id)
+    # IoT Hub takes nothing but its events topic; a property bag tells status and health apart there.
+    status_topic = _topic(r, m, "status_topic", AZURE_TOPIC + "kind=status" if azure else "edison/{device_id}/status",
+                          device_id)
+    health_topic = _topic(r, m, "health_topic", AZURE_TOPIC + "kind=health" if azure else "edison/{device_id}/health",
+                          device_id)
     if health_topic is not None and health_topic in (topic, status_topic):
         r.problem("mqtt.health_topic", "%r is also the %s: give the health document a topic of its own"
                   % (health_topic, "telemetry topic" if health_topic == topic else "status topic"))
+    username = _username(r, m, AZURE_USERNAME if azure else None, device_id, host or "")
     rc = r.section(m.get("reconnect"), "mqtt.reconnect", RECONNECT_KEYS)
     min_delay = r.value(rc, "min_delay", "mqtt.reconnect", float, default=1.0, minimum=0.1, maximum=3600)
     max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
     if min_delay is not None and max_delay is not None and max_delay < min_delay:
         r.problem("mqtt.reconnect.max_delay", "%s is below min_delay %s" % (max_delay, min_delay))
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
-    clean_session = r.value(m, "clean_session", "mqtt", bool, default=True)
     inflight = r.value(m, "inflight", "mqtt", int, default=20, minimum=1, maximum=65535)
+    protocol = _protocol(r, m)
+    clean_session = r.value(m, "clean_session", "mqtt", bool, default=True)
+    session_expiry = r.value(m, "session_expiry", "mqtt", int, default=0, minimum=0, maximum=MAX_EXPIRY)
+    message_expiry = r.value(m, "message_expiry", "mqtt", int, default=None, minimum=1, maximum=MAX_EXPIRY)
+    _version_specific_keys(r, m, protocol)
     if (host is None or port is None or client_id is None or keepalive is None or qos is None
             or topic is None or status_topic is None or min_delay is None or max_delay is None
             or health_topic is None):
         return None
     return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
                       status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls,
-                      clean_session=bool(clean_session), inflight=inflight or 20, health_topic=health_topic)
+                      clean_session=bool(clean_session), inflight=inflight or 20, protocol=protocol or "3.1.1",
+                      session_expiry=session_expiry or 0, message_expiry=message_expiry, username=username,
+                      target=target or "generic", health_topic=health_topic)
+
+
+def _protocol(r: Reader, m: Mapping[str, Any]) -> Optional[str]:
+    raw = m.get("protocol")
+    if raw is None:
+        return "3.1.1"
+    # `protocol: 5` is an integer to YAML, `protocol: 3.1.1` a string: both are meant.
+    text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
+    if text not in PROTOCOLS:
+        r.problem("mqtt.protocol", "%r is not an MQTT version this agent speaks: use \"3.1.1\" (the default, "
+                  "for any broker) or 5" % (raw,))
+        return None
+    return text
+
+
+def _version_specific_keys(r: Reader, m: Mapping[str, Any], protocol: Optional[str]) -> None:
+    """clean_session belongs to MQTT 3.1.1, the expiry intervals to MQTT 5: a key of the other version
+    would be silently ignored, and the session would not behave as the config reads."""
+    if protocol == "5" and "clean_session" in m:
+        r.problem("mqtt.clean_session", "MQTT 5 has no clean_session: use mqtt.session_expiry (seconds the "
+                  "broker keeps the session after a disconnect; 0, the default, ends it with the connection)")
+    if protocol == "3.1.1":
+        for key in ("session_expiry", "message_expiry"):
+            if key in m:
+                r.problem("mqtt." + key, "needs mqtt.protocol: 5 (MQTT 3.1.1 has no expiry intervals; "
+                          "there, mqtt.clean_session: false keeps the session)")
+
+
+def _username(r: Reader, m: Mapping[str, Any], default: Optional[str], device_id: str,
+              host: str) -> Optional[str]:
+    template = r.value(m, "username", "mqtt", str, default=default)
+    if template is None:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        r.problem("mqtt.username", "bad template %r: %s" % (template, exc))
+        return None
+    unknown = [f for f in fields if f not in USERNAME_FIELDS]
+    if unknown:
+        r.problem("mqtt.username", "unknown placeholder {%s} (known: {device_id}, {host})" % unknown[0])
+        return None
+    username = str(template).format(device_id=device_id, host=host)
+    if not username:
+        r.problem("mqtt.username", "is empty: remove the key to send no user name")
+        return None
+    return username
 
 
 def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:
@@ -303,6 +383,11 @@ def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
                   "speak it; use \"1.2\" or \"1.3\" (and tls_version tlsv1.2 on the broker)" % min_version)
     verify_hostname = r.value(t, "verify_hostname", "mqtt.tls", bool, default=True)
     session_resumption = r.value(t, "session_resumption", "mqtt.tls", bool, default=True)
+    alpn = _alpn(r, t)
+    server_name = r.value(t, "server_name", "mqtt.tls", str, default=None)
+    if server_name is not None and (not server_name or any(c.isspace() for c in server_name)):
+        r.problem("mqtt.tls.server_name", "%r is not a host name: give the name in the broker's certificate"
+                  % server_name)
     password, source = _key_password(r, t)
     if key_file is not None and key_file.is_file() and os.access(key_file, os.R_OK):
         _check_key_file(r, key_file, password)
@@ -310,7 +395,24 @@ def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
         return None
     return TLSConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file, key_password=password,
                      key_password_source=source, min_version=min_version or "1.2",
-                     verify_hostname=bool(verify_hostname), session_resumption=bool(session_resumption))
+                     verify_hostname=bool(verify_hostname), session_resumption=bool(session_resumption),
+                     alpn=alpn, server_name=server_name or None)
+
+
+def _alpn(r: Reader, t: Mapping[str, Any]) -> Tuple[str, ...]:
+    raw = t.get("alpn")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) and p for p in raw):
+        r.problem("mqtt.tls.alpn", "expected a list of protocol names like [x-amzn-mqtt-ca], got %s %r"
+                  % (kind_of(raw), raw))
+        return ()
+    # RFC 7301: each name is 1-255 bytes.
+    for name in raw:
+        if len(name.encode("utf-8")) > 255:
+            r.problem("mqtt.tls.alpn", "%r is longer than the 255 bytes ALPN allows" % name)
+            return ()
+    return tuple(raw)
 
 
 def _key_password(r: Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:

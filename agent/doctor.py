@@ -59,6 +59,10 @@ class Target:
     password_source: Optional[str] = None
     min_version: str = "1.2"
     verify_hostname: bool = True
+    protocol: str = "3.1.1"
+    username: Optional[str] = None
+    alpn: Tuple[str, ...] = ()
+    server_name: Optional[str] = None
 
 
 def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
@@ -89,8 +93,9 @@ def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
 
 
 def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
+    loaded: Optional[config_module.AgentConfig] = None
     try:
-        config_module.load(path)
+        loaded = config_module.load(path)
         checks.append(Check("config", OK, "%s is valid" % path))
     except config_module.ConfigError as exc:
         # TLS file problems get their own checks below, with the fix.
@@ -121,6 +126,13 @@ def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
         target.password_file = _path(base, t.get("key_password_file"))
         target.min_version = str(t.get("min_version") or "1.2")
         target.verify_hostname = t.get("verify_hostname", True) is not False
+        alpn = t.get("alpn")
+        target.alpn = tuple(str(a) for a in alpn) if isinstance(alpn, list) else ()
+        target.server_name = str(t["server_name"]) if t.get("server_name") else None
+    target.protocol = "5" if str(mqtt.get("protocol")) == "5" else "3.1.1"
+    if loaded is not None:
+        # The user name may come from a template or a target's default: the loader's reading is the one sent.
+        target.username = loaded.mqtt.username
     return target
 
 
@@ -391,7 +403,7 @@ def _tls_config(t: Target) -> TLSConfig:
     assert t.ca_file is not None
     return TLSConfig(ca_file=t.ca_file, cert_file=t.cert_file, key_file=t.key_file, key_password=t.password,
                      key_password_source=t.password_source, min_version=t.min_version,
-                     verify_hostname=t.verify_hostname)
+                     verify_hostname=t.verify_hostname, alpn=t.alpn, server_name=t.server_name)
 
 
 def _handshake(t: Target, raw: socket.socket, checks: List[Check],
@@ -422,10 +434,18 @@ def _handshake(t: Target, raw: socket.socket, checks: List[Check],
                             "not speak TLS" % (exc.strerror or exc), "check the broker's log"))
         return None
     cipher = sock.cipher()
-    checks.append(Check("tls handshake", OK, "%s %s, broker certificate verified against %s%s"
+    checks.append(Check("tls handshake", OK, "%s %s, broker certificate verified against %s%s%s"
                         % (sock.version(), cipher[0] if cipher else "?", t.ca_file,
-                           "" if t.verify_hostname else " (hostname NOT checked)")))
+                           "" if t.verify_hostname else " (hostname NOT checked)", _alpn_outcome(t, sock))))
     return sock
+
+
+def _alpn_outcome(t: Target, sock: ssl.SSLSocket) -> str:
+    if not t.alpn:
+        return ""
+    chosen = sock.selected_alpn_protocol()
+    # A broker that ignores ALPN still completes the handshake: say so, it matters on port 443.
+    return ", ALPN %s" % chosen if chosen else ", ALPN offered (%s) but none agreed" % ", ".join(t.alpn)
 
 
 def _verify_fix(exc: ssl.SSLCertVerificationError) -> str:
@@ -485,30 +505,93 @@ def _cert_dates(cert: Any) -> Tuple[datetime.datetime, datetime.datetime]:
     return cert.not_valid_before.replace(tzinfo=UTC), cert.not_valid_after.replace(tzinfo=UTC)
 
 
-def _connect_packet(client_id: str, keepalive: int) -> bytes:
-    cid = client_id.encode("utf-8")
-    body = b"\x00\x04MQTT\x04\x02" + keepalive.to_bytes(2, "big") + len(cid).to_bytes(2, "big") + cid
-    length, size = b"", len(body)
+def _varint(size: int) -> bytes:
+    out = b""
     while True:
         byte, size = size % 128, size // 128
-        length += bytes([byte | (0x80 if size else 0)])
+        out += bytes([byte | (0x80 if size else 0)])
         if not size:
+            return out
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _connect_packet(client_id: str, keepalive: int, protocol: str = "3.1.1",
+                    username: Optional[str] = None) -> bytes:
+    """CONNECT with a clean session/start and no Last Will; MQTT 5's with no properties."""
+    flags = 0x02 | (0x80 if username is not None else 0)
+    v5 = protocol == "5"
+    body = (b"\x00\x04MQTT" + bytes([5 if v5 else 4, flags]) + keepalive.to_bytes(2, "big")
+            + (b"\x00" if v5 else b"") + _string(client_id) + (_string(username) if username is not None else b""))
+    return b"\x10" + _varint(len(body)) + body
+
+
+# CONNACK property identifiers and how long their values are (MQTT 5, section 3.2.2.3):
+# -1 a UTF-8 string or binary data, -2 a string pair, else a fixed size in bytes.
+_CONNACK_PROPERTIES = {0x11: 4, 0x12: -1, 0x13: 2, 0x15: -1, 0x16: -1, 0x1A: -1, 0x1C: -1, 0x1F: -1,
+                       0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1}
+REASON_STRING = 0x1F
+
+
+def _reason_string(properties: bytes) -> Optional[str]:
+    """The ReasonString among a CONNACK's properties; None if absent or the block is not understood."""
+    i = 0
+    while i < len(properties):
+        ident = properties[i]
+        size = _CONNACK_PROPERTIES.get(ident)
+        i += 1
+        if size is None:
+            return None
+        if size > 0:
+            i += size
+            continue
+        for _ in range(-size):
+            length = int.from_bytes(properties[i:i + 2], "big")
+            if ident == REASON_STRING:
+                return properties[i + 2:i + 2 + length].decode("utf-8", errors="replace")
+            i += 2 + length
+    return None
+
+
+def _read_packet(sock: socket.socket) -> bytes:
+    """One MQTT packet (its fixed header included), or what arrived before the connection closed."""
+    data = b""
+
+    def more(count: int) -> bool:
+        nonlocal data
+        want = len(data) + count
+        while len(data) < want:
+            chunk = sock.recv(want - len(data))
+            if not chunk:
+                return False
+            data += chunk
+        return True
+
+    if not more(1):
+        return data
+    remaining, shift = 0, 0
+    while True:
+        if not more(1):
+            return data
+        remaining |= (data[-1] & 0x7F) << shift
+        shift += 7
+        if not data[-1] & 0x80 or shift > 21:
             break
-    return b"\x10" + length + body
+    more(remaining)
+    return data
 
 
 def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
     closed = tls.REJECTED_AFTER_HANDSHAKE if t.tls_on else "broker closed the connection before CONNACK"
     fix = "check the broker's log: does its cafile hold the CA that signed %s?" % t.cert_file
-    reply = b""
+    v5 = t.protocol == "5"
     try:
         sock.settimeout(TIMEOUT)
-        sock.sendall(_connect_packet(t.client_id, t.keepalive))
-        while len(reply) < 4:
-            chunk = sock.recv(4 - len(reply))
-            if not chunk:
-                break
-            reply += chunk
+        sock.sendall(_connect_packet(t.client_id, t.keepalive, t.protocol, t.username))
+        reply = _read_packet(sock)
     except socket.timeout:
         checks.append(Check("mqtt connect", PROBLEM, "no CONNACK within %g s" % TIMEOUT,
                             "is this port an MQTT listener? check the broker's log"))
@@ -526,15 +609,32 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
         checks.append(Check("mqtt connect", PROBLEM, "the broker answered CONNECT with packet type 0x%02x, "
                             "not CONNACK" % reply[0], "is this port an MQTT listener?"))
         return
-    if reply[3] != 0:
-        checks.append(Check("mqtt connect", PROBLEM, tls.describe_connack(reply[3]),
-                            "check the broker's ACL/policy for client id %r" % t.client_id))
+    header = 1 + next((i for i, b in enumerate(reply[1:5], 1) if not b & 0x80), 1)
+    code = reply[header + 1]
+    reason: Optional[str] = None
+    if v5:
+        # After the flags and the reason code: the properties' length, then the properties.
+        rest = reply[header + 2:]
+        length_bytes = 1 + next((i for i, b in enumerate(rest[:4]) if not b & 0x80), 0)
+        reason = _reason_string(rest[length_bytes:])
+    if code != 0:
+        if v5:
+            detail = "broker refused the connection (MQTT 5 CONNACK %s)" % tls.describe_reason_code(code, reason)
+            if code == 0x84:
+                fix = "set mqtt.protocol: \"3.1.1\" (the broker speaks MQTT 3.1.1 only)"
+            else:
+                fix = "check the broker's ACL/policy for client id %r" % t.client_id
+            checks.append(Check("mqtt connect", PROBLEM, detail, fix))
+        else:
+            checks.append(Check("mqtt connect", PROBLEM, tls.describe_connack(code),
+                                "check the broker's ACL/policy for client id %r" % t.client_id))
         return
     try:
         sock.sendall(b"\xe0\x00")  # DISCONNECT: no Last Will
     except OSError:
         pass
-    checks.append(Check("mqtt connect", OK, "CONNACK accepted client id %r" % t.client_id))
+    checks.append(Check("mqtt connect", OK, "CONNACK accepted client id %r%s" % (
+        t.client_id, " (MQTT 5, %s)" % tls.describe_reason_code(code, reason) if v5 else "")))
 
 
 # --- command line -----------------------------------------------------------------------

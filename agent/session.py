@@ -14,13 +14,22 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.config import MQTTConfig
-from agent.tls import CLIENT_CERT_REFUSALS, REJECTED_AFTER_HANDSHAKE, ClientContext, describe_alert, describe_failure
+from agent.tls import (
+    CLIENT_CERT_REFUSALS,
+    REJECTED_AFTER_HANDSHAKE,
+    ClientContext,
+    describe_alert,
+    describe_failure,
+    describe_reason_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,9 @@ OFFLINE = b"offline"
 # The network thread comes round at least this often when idle (the watchdog's evidence);
 # more often only when keepalive asks for it.
 ALIVE_STEP = 15.0
+# MQTT 5 ContentType of what we publish: consumers (and cloud rules engines) need not sniff.
+JSON = "application/json"
+TEXT = "text/plain"
 
 
 @dataclass(frozen=True)
@@ -37,11 +49,22 @@ class ConnectionInfo:
     cipher: Optional[str]
     nodelay: bool
     resumed: bool = False
+    # The ALPN protocol the broker chose (None: none offered or none agreed).
+    alpn: Optional[str] = None
+    protocol: str = "3.1.1"
+    # CONNACK's session-present flag: the broker had kept this client's session.
+    session_present: bool = False
 
     def describe(self) -> str:
         if not self.tls_version:
-            return "plain MQTT"
-        return "%s %s%s" % (self.tls_version, self.cipher, ", resumed TLS session" if self.resumed else "")
+            text = "plain MQTT"
+        else:
+            text = "%s %s%s" % (self.tls_version, self.cipher, ", resumed TLS session" if self.resumed else "")
+        if self.alpn:
+            text += ", ALPN %s" % self.alpn
+        if self.protocol == "5":
+            text += ", MQTT 5, %s" % ("session present" if self.session_present else "new session")
+        return text
 
 
 def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random) -> float:
@@ -58,14 +81,26 @@ class Session:
         self._rng = rng or random.Random()
         # Every line about this session carries BROKER= in the journal.
         self._log = logging.LoggerAdapter(log, {"BROKER": "%s:%d" % (config.host, config.port)})
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
-                                   clean_session=config.clean_session, protocol=mqtt.MQTTv311)
+        self._v5 = config.protocol == "5"
+        self._property_cache: Dict[Tuple[int, str, bool], Properties] = {}
+        if self._v5:
+            # MQTT 5 has clean_start and a session expiry instead of clean_session (paho refuses both).
+            self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                                       protocol=mqtt.MQTTv5)
+        else:
+            self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                                       clean_session=config.clean_session, protocol=mqtt.MQTTv311)
         self._ssl_context = ssl_context
         if ssl_context is not None:
             self._client.tls_set_context(ssl_context)
-        self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True)
+        if config.username is not None:
+            # No password: the client certificate is the credential (Azure IoT Hub's X.509 devices).
+            self._client.username_pw_set(config.username, None)
+        self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True,
+                              properties=self._properties(PacketTypes.WILLMESSAGE, TEXT, expires=False))
         self._client.max_inflight_messages_set(config.inflight)
         self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
         self._client.on_publish = self._handle_publish
         self._client.on_log = self._handle_log
         self._client.on_socket_open = _set_nodelay
@@ -86,6 +121,9 @@ class Session:
         self._refusal: Optional[str] = None
         self._socket_error: Optional[str] = None
         self._last_problem: Optional[str] = None
+        self._session_present = False
+        # Set at the first CONNACK: later connects of this process ask the broker to resume the session.
+        self._had_connack = False
         self.connected_since: Optional[float] = None
         self.disconnected_since: Optional[float] = time.time()
         self.reconnects = 0
@@ -104,8 +142,10 @@ class Session:
         nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         if isinstance(sock, ssl.SSLSocket):
             cipher = sock.cipher()
-            return ConnectionInfo(sock.version(), cipher[0] if cipher else None, nodelay, bool(sock.session_reused))
-        return ConnectionInfo(None, None, nodelay)
+            return ConnectionInfo(sock.version(), cipher[0] if cipher else None, nodelay, bool(sock.session_reused),
+                                  sock.selected_alpn_protocol(), self._config.protocol, self._session_present)
+        return ConnectionInfo(None, None, nodelay, protocol=self._config.protocol,
+                              session_present=self._session_present)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -126,9 +166,13 @@ class Session:
         self._thread.join(timeout + 1.0)
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
-                on_ack: Optional[Callable[[], None]] = None) -> bool:
-        """False if paho did not take the message; `on_ack` runs on PUBACK (QoS 1) or when sent (QoS 0)."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+                on_ack: Optional[Callable[[], None]] = None, content_type: str = JSON) -> bool:
+        """False if paho did not take the message; `on_ack` runs on PUBACK (QoS 1) or when sent (QoS 0).
+
+        On MQTT 5 the message carries `content_type` and, unless it is the retained status,
+        mqtt.message_expiry."""
+        properties = self._properties(PacketTypes.PUBLISH, content_type, expires=not retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         # QoS 1 messages stay in paho's store even when the connection is down (NO_CONN):
         # paho sends them again after the next CONNACK, so they are taken.
         taken = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
@@ -144,15 +188,50 @@ class Session:
                 on_ack()
         return taken
 
+    def _properties(self, packet_type: int, content_type: str, expires: bool) -> Optional[Properties]:
+        if not self._v5:
+            return None
+        # The same few combinations every time: built once, not per reading (paho only reads them).
+        key = (packet_type, content_type, expires)
+        properties = self._property_cache.get(key)
+        if properties is None:
+            properties = Properties(packet_type)  # type: ignore[no-untyped-call]
+            properties.ContentType = content_type
+            if expires and self._config.message_expiry is not None:
+                properties.MessageExpiryInterval = self._config.message_expiry
+            self._property_cache[key] = properties
+        return properties
+
+    def _connect_options(self) -> Dict[str, Any]:
+        """clean_start and the session expiry for MQTT 5's CONNECT; nothing for 3.1.1.
+
+        paho's MQTT_CLEAN_START_FIRST_ONLY counts from each connect() call, and every attempt
+        is one: we keep the count ourselves. A clean start only on this process's first connect,
+        so with a session expiry the broker keeps queued messages across our reconnects."""
+        if not self._v5:
+            return {}
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._config.session_expiry
+        clean_start = self._config.session_expiry == 0 or not self._had_connack
+        return {"clean_start": clean_start, "properties": properties}
+
     # -- paho callbacks (network thread) --------------------------------------------------
 
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                         properties: Any) -> None:
         if reason_code.is_failure:
-            self._refusal = "broker refused the connection: %s" % reason_code
+            if self._v5:
+                # The refusal ends with the code's name: the journal's MQTT_RC field is taken from there.
+                self._refusal = "broker refused the connection (%s): %s" % (
+                    describe_reason_code(reason_code.value, _reason_string(properties)), reason_code)
+            else:
+                self._refusal = "broker refused the connection: %s" % reason_code
             return
         self._refusal = None
-        client.publish(self._config.status_topic, ONLINE, qos=1, retain=True)
+        self._had_connack = True
+        self._session_present = bool(getattr(flags, "session_present", False))
+        client.publish(self._config.status_topic, ONLINE, qos=1, retain=True,
+                       properties=self._properties(PacketTypes.PUBLISH, TEXT, expires=False))
         self.connected_since = time.time()
         self.disconnected_since = None
         self._connected.set()
@@ -166,6 +245,19 @@ class Session:
                 self._early_acks.add(mid)
         if callback is not None:
             callback()
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                           properties: Any) -> None:
+        # Only MQTT 5 brokers say why they end a connection: a DISCONNECT packet with a reason code.
+        if not getattr(flags, "is_disconnect_packet_from_server", False):
+            return
+        why = "broker sent DISCONNECT (%s): %s" % (
+            describe_reason_code(reason_code.value, _reason_string(properties)), reason_code)
+        # The "connection lost" line that follows says this too.
+        self._socket_error = why
+        # The module logger, not the adapter: an adapter replaces `extra` with its own.
+        log.warning("%s:%d: %s", self._config.host, self._config.port, why,
+                    extra=dict(self._log.extra or {}, MQTT_RC=str(reason_code)))
 
     def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
         if level == mqtt.MQTT_LOG_ERR and "socket" in text:
@@ -195,7 +287,7 @@ class Session:
         cfg = self._config
         self._forget_last_attempt()
         try:
-            self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive)
+            self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, **self._connect_options())
         except (OSError, ValueError) as exc:
             if isinstance(self._ssl_context, ClientContext):
                 self._ssl_context.discard_last_socket()
@@ -280,7 +372,7 @@ class Session:
             if self._connected.is_set() and not self._offline_published:
                 self._offline_published = True
                 self.publish(self._config.status_topic, OFFLINE, qos=1, retain=True,
-                             on_ack=self._offline_acked.set)
+                             on_ack=self._offline_acked.set, content_type=TEXT)
             return self._offline_published
 
     def _go_offline(self) -> None:
@@ -295,6 +387,11 @@ class Session:
         # One more pass writes the DISCONNECT packet out.
         self._client.loop(timeout=0.1)
         self._log.info("disconnected from %s:%d", self._config.host, self._config.port)
+
+
+def _reason_string(properties: Any) -> Optional[str]:
+    text = getattr(properties, "ReasonString", None)
+    return str(text) if text else None
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -31,14 +31,20 @@ class ClientContext(ssl.SSLContext):
       500 MHz Atom). The session saves it after CONNACK, when a TLS 1.3 ticket has arrived.
     - When a handshake fails paho leaves the half-open socket to the garbage collector; this
       keeps a hand on the last one so the session can close it at once.
+    - paho sends its host as the SNI and checks the certificate against it; `server_name`
+      (mqtt.tls.server_name) replaces it for both, for a broker reached by an address or
+      through a port-forward.
     """
 
     _last_socket: Optional[ssl.SSLSocket] = None
     resume: Optional[ssl.SSLSession] = None
+    server_name: Optional[str] = None
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         if self.resume is not None and kwargs.get("session") is None:
             kwargs["session"] = self.resume
+        if self.server_name is not None:
+            kwargs["server_hostname"] = self.server_name
         sock = super().wrap_socket(*args, **kwargs)
         self._last_socket = sock
         return sock
@@ -85,6 +91,9 @@ def build_context(cfg: TLSConfig) -> ssl.SSLContext:
                     "its host name, so any holder of a certificate from this CA can impersonate it")
     if cfg.cert_file is not None and cfg.key_file is not None:
         _load_client_certificate(ctx, cfg)
+    if cfg.alpn:
+        ctx.set_alpn_protocols(list(cfg.alpn))
+    ctx.server_name = cfg.server_name
     return ctx
 
 
@@ -185,6 +194,48 @@ def describe_connack(return_code: int) -> str:
     """A refused CONNACK in plain words."""
     return "broker refused the connection (CONNACK %d): %s" % (
         return_code, _CONNACK.get(return_code, "reserved return code"))
+
+
+# MQTT 5 reason codes a broker gives in CONNACK or DISCONNECT (section 2.4), in plain words.
+_REASON_CODES = {
+    0x00: "success",
+    0x04: "the broker asked us to send our Last Will",
+    0x80: "unspecified error",
+    0x81: "malformed packet: the broker could not parse what we sent",
+    0x82: "protocol error",
+    0x83: "implementation-specific error: see the broker's log",
+    0x84: "unsupported protocol version: the broker does not speak MQTT 5; set mqtt.protocol: \"3.1.1\"",
+    0x85: "client identifier not valid: the broker does not accept mqtt.client_id",
+    0x86: "bad user name or password (mqtt.username)",
+    0x87: "not authorized: the broker's ACL or policy does not allow this certificate/client id",
+    0x88: "server unavailable",
+    0x89: "server busy: try again later",
+    0x8A: "banned: this client is banned by the broker's administrator",
+    0x8B: "the server is shutting down",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout: the broker heard nothing for 1.5 x mqtt.keepalive",
+    0x8E: "session taken over: another client connected with the same client id",
+    0x90: "topic name invalid: the broker does not accept mqtt.topic or mqtt.status_topic",
+    0x93: "receive maximum exceeded: lower mqtt.inflight",
+    0x95: "packet too large: lower batch.max_readings",
+    0x96: "message rate too high",
+    0x97: "quota exceeded",
+    0x98: "administrative action: an administrator disconnected this client",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported by this broker",
+    0x9B: "QoS not supported by this broker: lower mqtt.qos",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9F: "connection rate exceeded: too many connects; the backoff will slow them",
+}
+
+
+def describe_reason_code(code: int, reason_string: Optional[str] = None) -> str:
+    """An MQTT 5 reason code as `reason code 135 (0x87), <meaning>[, broker says '...']`."""
+    text = "reason code %d (0x%02X), %s" % (code, code, _REASON_CODES.get(code, "see the MQTT 5 specification"))
+    if reason_string:
+        text += ", broker says %r" % reason_string
+    return text
 
 
 def describe_failure(exc: BaseException, host: str, port: Optional[int] = None) -> str:
