@@ -14,7 +14,7 @@ from types import FrameType
 from typing import List, Optional, Tuple
 
 from agent import config as config_module
-from agent import health_report, tls
+from agent import health_report, targets, tls
 from agent.board import Board, BoardUnavailable, open_board
 from agent.config import AgentConfig, MQTTConfig
 from agent.health import Health
@@ -252,6 +252,9 @@ def run(config: AgentConfig) -> int:
     else:
         ssl_context = tls.build_context(cfg.tls)
         _warn_about_dates(cfg.tls.cert_file)
+    # What check-config would have said: the journal should show it too, since most people skip it.
+    for warning in targets.warnings_for(config):
+        log.warning("%s: %s", config.path, warning)
     board = open_board(config.board)
     log.info("device %s on %s with %d sensors", config.device_id, board.name, len(config.sensors))
     agent = Agent(config, ssl_context, board, Notifier.from_environment())

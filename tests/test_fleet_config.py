@@ -11,6 +11,7 @@ import pytest
 
 from agent import cli, config, pki, targets
 from agent.tls import build_context
+from conftest import agent_config
 
 BASE = """\
 device: {id: thunder10}
@@ -235,3 +236,11 @@ def test_azure_warnings_for_a_config_made_for_mosquitto(config_dir, capsys):
     assert "warning: mqtt.username 'thunder10': IoT Hub expects '{host}/{device_id}/?api-version=2021-04-12'" in out
     assert "warning: mqtt.protocol 5: IoT Hub speaks MQTT 3.1.1" in out
     assert "warning: mqtt.port 443: IoT Hub serves MQTT on 443 only over WebSockets" in out
+
+
+def test_the_running_agent_logs_the_targets_warnings_at_start(certs, broker, run_agent):
+    cfg = agent_config(certs, broker.port, mqtt={"target": "aws-iot", "client_id": "not-the-thing-name"})
+    agent = run_agent(cfg)
+    agent.wait_for(r"WARNING.*mqtt\.client_id 'not-the-thing-name' is not device\.id 'thunder10'")
+    # A warning, not a refusal: the agent goes on to connect.
+    agent.wait_for("connected to 127.0.0.1")
