@@ -116,6 +116,7 @@ def summary(cfg: config.AgentConfig) -> str:
         % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay),
         "  security   %s" % security,
         "  topics     %s (QoS %d); status %s" % (m.topic, m.qos, m.status_topic),
+        "  commands   %s" % _commands_summary(cfg.commands),
         "  board      %s" % cfg.board,
         "  sensors    %d" % len(cfg.sensors),
     ]
@@ -123,3 +124,10 @@ def summary(cfg: config.AgentConfig) -> str:
         values = ", ".join("%s%s" % (c.name, " (%s)" % c.unit if c.unit else "") for c in s.channels)
         lines.append("    %-16s %-10s every %g s: %s" % (s.name, s.type, s.interval, values))
     return "\n".join(lines)
+
+
+def _commands_summary(c: config.CommandsConfig) -> str:
+    if not c.enabled:
+        return "off"
+    return "on %s/+, replies on %s/<id>; %g a second (burst %d); set-interval %g-%g s" % (
+        c.topic, c.reply_topic, c.rate, c.burst, c.min_interval, c.max_interval)

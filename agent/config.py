@@ -21,9 +21,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
 # The known keys of each section: anything else is reported as unknown.
-TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch")
+TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch",
+            "commands")
 SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
 BATCH_KEYS = ("max_readings", "max_delay")
+COMMANDS_KEYS = ("enabled", "topic", "reply_topic", "rate", "burst", "min_interval", "max_interval")
 DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
 MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls",
@@ -95,6 +97,21 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    enabled: bool = False
+    # Resolved topics (the {device_id} filled in): the agent subscribes to `<topic>/+`
+    # and answers on `<reply_topic>/<id>`.
+    topic: str = "edison/{device_id}/cmd"
+    reply_topic: str = "edison/{device_id}/reply"
+    # A token bucket: `rate` commands per second sustained, `burst` at once.
+    rate: float = 5.0
+    burst: int = 20
+    # The bounds of set-interval, in seconds.
+    min_interval: float = 1.0
+    max_interval: float = 86400.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -106,6 +123,7 @@ class AgentConfig:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     spool: Optional[SpoolConfig] = None
     batch: BatchConfig = BatchConfig()
+    commands: CommandsConfig = CommandsConfig()
 
 
 def load(path: Path) -> AgentConfig:
@@ -153,11 +171,12 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     state_dir = _state_dir(r, top)
     spool = _spool(r, top.get("spool"), state_dir)
     batch = _batch(r, top.get("batch"))
-    if r.problems or mqtt is None or spool is None or batch is None:
+    commands = _commands(r, top.get("commands"), device_id or "")
+    if r.problems or mqtt is None or spool is None or batch is None or commands is None:
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
-                       spool=spool, batch=batch)
+                       spool=spool, batch=batch, commands=commands)
 
 
 def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
@@ -196,6 +215,29 @@ def _batch(r: Reader, raw: Any) -> Optional[BatchConfig]:
     return BatchConfig(max_readings=max_readings, max_delay=max_delay)
 
 
+def _commands(r: Reader, raw: Any, device_id: str) -> Optional[CommandsConfig]:
+    c = r.section(raw, "commands", COMMANDS_KEYS)
+    enabled = r.value(c, "enabled", "commands", bool, default=False)
+    topic = _topic(r, c, "topic", CommandsConfig.topic, device_id, section="commands")
+    reply_topic = _topic(r, c, "reply_topic", CommandsConfig.reply_topic, device_id, section="commands")
+    rate = r.value(c, "rate", "commands", float, default=CommandsConfig.rate, minimum=0.01, maximum=1000)
+    burst = r.value(c, "burst", "commands", int, default=CommandsConfig.burst, minimum=1, maximum=10000)
+    min_interval = r.value(c, "min_interval", "commands", float, default=CommandsConfig.min_interval,
+                           minimum=0.01, maximum=86400)
+    max_interval = r.value(c, "max_interval", "commands", float, default=CommandsConfig.max_interval,
+                           minimum=0.01, maximum=86400)
+    if min_interval is not None and max_interval is not None and max_interval < min_interval:
+        r.problem("commands.max_interval", "%s is below min_interval %s" % (max_interval, min_interval))
+    if topic is not None and reply_topic is not None and topic == reply_topic:
+        r.problem("commands.reply_topic", "%r is also commands.topic: replies would be read back as commands; "
+                  "use e.g. \"edison/{device_id}/reply\"" % reply_topic)
+    if (enabled is None or topic is None or reply_topic is None or rate is None or burst is None
+            or min_interval is None or max_interval is None):
+        return None
+    return CommandsConfig(enabled=bool(enabled), topic=topic, reply_topic=reply_topic, rate=rate, burst=burst,
+                          min_interval=min_interval, max_interval=max_interval)
+
+
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     if raw is None:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
@@ -224,22 +266,23 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                       clean_session=bool(clean_session), inflight=inflight or 20)
 
 
-def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:
-    template = r.value(m, key, "mqtt", str, default=default)
+def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str,
+           section: str = "mqtt") -> Optional[str]:
+    template = r.value(m, key, section, str, default=default)
     if template is None:
         return None
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        r.problem("mqtt." + key, "bad template %r: %s" % (template, exc))
+        r.problem(section + "." + key, "bad template %r: %s" % (template, exc))
         return None
     unknown = [f for f in fields if f not in TOPIC_FIELDS]
     if unknown:
-        r.problem("mqtt." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
+        r.problem(section + "." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
         return None
     topic = str(template).format(device_id=device_id)
     if "+" in topic or "#" in topic or not topic:
-        r.problem("mqtt." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
+        r.problem(section + "." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
         return None
     return topic
 
