@@ -126,6 +126,7 @@ def summary(cfg: config.AgentConfig) -> str:
         "  protocol   %s" % _protocol_line(m),
         "  topics     %s (QoS %d); status %s" % (m.topic, m.qos, m.status_topic),
         "  health     %s every %g s; file %s" % (m.health_topic, cfg.health.interval, cfg.health.file),
+        "  commands   %s" % _commands_summary(cfg.commands),
         "  board      %s" % cfg.board,
         "  sensors    %d" % len(cfg.sensors),
     ]
@@ -145,3 +146,10 @@ def _protocol_line(m: config.MQTTConfig) -> str:
     if m.username is not None:
         text += ", user name %r" % m.username
     return text + ("" if m.target == "generic" else ", target %s" % m.target)
+
+
+def _commands_summary(c: config.CommandsConfig) -> str:
+    if not c.enabled:
+        return "off"
+    return "on %s/+, replies on %s/<id>; %g a second (burst %d); set-interval %g-%g s" % (
+        c.topic, c.reply_topic, c.rate, c.burst, c.min_interval, c.max_interval)

@@ -22,10 +22,11 @@ TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
 # The known keys of each section: anything else is reported as unknown.
 TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch",
-            "health")
+            "health", "commands")
 SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
 BATCH_KEYS = ("max_readings", "max_delay")
 HEALTH_KEYS = ("interval", "file")
+COMMANDS_KEYS = ("enabled", "topic", "reply_topic", "rate", "burst", "min_interval", "max_interval")
 DEFAULT_RUNTIME_DIR = "/run/edison-agent"
 DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
@@ -129,6 +130,21 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    enabled: bool = False
+    # Resolved topics (the {device_id} filled in): the agent subscribes to `<topic>/+`
+    # and answers on `<reply_topic>/<id>`.
+    topic: str = "edison/{device_id}/cmd"
+    reply_topic: str = "edison/{device_id}/reply"
+    # A token bucket: `rate` commands per second sustained, `burst` at once.
+    rate: float = 5.0
+    burst: int = 20
+    # The bounds of set-interval, in seconds.
+    min_interval: float = 1.0
+    max_interval: float = 86400.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -141,6 +157,7 @@ class AgentConfig:
     spool: Optional[SpoolConfig] = None
     batch: BatchConfig = BatchConfig()
     health: HealthConfig = HealthConfig()
+    commands: CommandsConfig = CommandsConfig()
 
 
 def default_health_file(environ: Mapping[str, str] = os.environ) -> Path:
@@ -195,11 +212,12 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     spool = _spool(r, top.get("spool"), state_dir)
     batch = _batch(r, top.get("batch"))
     health = _health(r, top.get("health"))
-    if r.problems or mqtt is None or spool is None or batch is None or health is None:
+    commands = _commands(r, top.get("commands"), device_id or "")
+    if r.problems or mqtt is None or spool is None or batch is None or health is None or commands is None:
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
-                       spool=spool, batch=batch, health=health)
+                       spool=spool, batch=batch, health=health, commands=commands)
 
 
 def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
@@ -254,6 +272,29 @@ def _health(r: Reader, raw: Any) -> Optional[HealthConfig]:
     if path.is_dir():
         r.problem("health.file", "%s is a directory: name the file, e.g. %s" % (path, path / "health.json"))
     return HealthConfig(interval=interval, file=path)
+
+
+def _commands(r: Reader, raw: Any, device_id: str) -> Optional[CommandsConfig]:
+    c = r.section(raw, "commands", COMMANDS_KEYS)
+    enabled = r.value(c, "enabled", "commands", bool, default=False)
+    topic = _topic(r, c, "topic", CommandsConfig.topic, device_id, section="commands")
+    reply_topic = _topic(r, c, "reply_topic", CommandsConfig.reply_topic, device_id, section="commands")
+    rate = r.value(c, "rate", "commands", float, default=CommandsConfig.rate, minimum=0.01, maximum=1000)
+    burst = r.value(c, "burst", "commands", int, default=CommandsConfig.burst, minimum=1, maximum=10000)
+    min_interval = r.value(c, "min_interval", "commands", float, default=CommandsConfig.min_interval,
+                           minimum=0.01, maximum=86400)
+    max_interval = r.value(c, "max_interval", "commands", float, default=CommandsConfig.max_interval,
+                           minimum=0.01, maximum=86400)
+    if min_interval is not None and max_interval is not None and max_interval < min_interval:
+        r.problem("commands.max_interval", "%s is below min_interval %s" % (max_interval, min_interval))
+    if topic is not None and reply_topic is not None and topic == reply_topic:
+        r.problem("commands.reply_topic", "%r is also commands.topic: replies would be read back as commands; "
+                  "use e.g. \"edison/{device_id}/reply\"" % reply_topic)
+    if (enabled is None or topic is None or reply_topic is None or rate is None or burst is None
+            or min_interval is None or max_interval is None):
+        return None
+    return CommandsConfig(enabled=bool(enabled), topic=topic, reply_topic=reply_topic, rate=rate, burst=burst,
+                          min_interval=min_interval, max_interval=max_interval)
 
 
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
@@ -348,22 +389,23 @@ def _username(r: Reader, m: Mapping[str, Any], default: Optional[str], device_id
     return username
 
 
-def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str) -> Optional[str]:
-    template = r.value(m, key, "mqtt", str, default=default)
+def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: str,
+           section: str = "mqtt") -> Optional[str]:
+    template = r.value(m, key, section, str, default=default)
     if template is None:
         return None
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        r.problem("mqtt." + key, "bad template %r: %s" % (template, exc))
+        r.problem(section + "." + key, "bad template %r: %s" % (template, exc))
         return None
     unknown = [f for f in fields if f not in TOPIC_FIELDS]
     if unknown:
-        r.problem("mqtt." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
+        r.problem(section + "." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
         return None
     topic = str(template).format(device_id=device_id)
     if "+" in topic or "#" in topic or not topic:
-        r.problem("mqtt." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
+        r.problem(section + "." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
         return None
     return topic
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -11,16 +12,17 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from agent import config as config_module
-from agent import health_report, targets, tls
+from agent import health_report, overlay, targets, tls
 from agent.board import Board, BoardUnavailable, open_board
+from agent.commands import Commands
 from agent.config import AgentConfig, MQTTConfig
 from agent.health import Health
 from agent.notify import Notifier
 from agent.reading import Sample
-from agent.sampler import Sampler
+from agent.sampler import Alarm, Sampler
 from agent.sensor_config import SensorConfig
 from agent.sensors import DRIVERS, Sensor
 from agent.session import Session
@@ -41,7 +43,8 @@ class Agent:
         self.config = config
         self.board = board
         self.notifier = notifier
-        self.stop_event = threading.Event()
+        # An Alarm, not a plain Event: a command ringing it wakes the schedule without stopping it.
+        self.stop_event = Alarm()
         self._stopping = False
         self._reload_requested = False
         self._tls_fingerprint = _fingerprint(config.mqtt)
@@ -49,9 +52,19 @@ class Agent:
         self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval) if sc else Spool()
         self.session = Session(config.mqtt, ssl_context, on_io=self._pump)
         self.uplink = self._new_uplink(config, self.session)
-        self.sampler = Sampler(_drivers(config.sensors, board), self._record)
+        # Intervals set by command: the persisted ones are in the overlay file too; all of them
+        # outlive a reload, only the overlay's outlive a restart.
+        self._overlay_path = overlay.path_in(config.state_dir)
+        self._intervals_lock = threading.Lock()
+        self._command_intervals: Dict[str, float] = {}
+        self._sensors = self._effective_sensors(config)
+        self.sampler = Sampler(_drivers(self._sensors, board), self._record)
         self.health = Health(self.session, self.spool, self.uplink, notifier)
         self._init_health_report()
+        self.commands: Optional[Commands] = None
+        if config.commands.enabled:
+            self.commands = Commands(config.commands, self, self._reply)
+            self._subscribe_commands(self.session)
 
     def _init_health_report(self) -> None:
         self._started = time.monotonic()
@@ -118,6 +131,8 @@ class Agent:
             self.publish_health()
 
     def run(self) -> int:
+        if self.commands is not None:
+            self.commands.start()
         self.session.start()
         self.notifier.ready(self.health.status_line())
         while True:
@@ -146,6 +161,8 @@ class Agent:
             else:
                 log.warning("stopping with %d readings not acknowledged, and the spool is in memory only: "
                             "they are lost", self.spool.depth)
+        if self.commands is not None:
+            self.commands.stop()
         self.session.stop(max(0.5, deadline - time.monotonic()))
         self._health_file.write(self._health_report(stopped=True))
         self.spool.close()
@@ -158,9 +175,43 @@ class Agent:
         self.stop_event.set()
 
     def request_reload(self, signum: int, frame: Optional[FrameType]) -> None:
-        log.info("SIGHUP received: reloading %s", self.config.path)
+        self.schedule_reload("SIGHUP received")
+
+    def schedule_reload(self, why: str) -> None:
+        """Reload on the main thread as soon as it comes round (from a signal or a command)."""
+        log.info("%s: reloading %s", why, self.config.path)
         self._reload_requested = True
         self.stop_event.set()
+
+    # -- what commands act on (the command worker's thread) -------------------------------
+
+    def request_read(self, sensor: Optional[str]) -> List[str]:
+        return self.sampler.request_read(sensor)
+
+    def set_interval(self, sensor: str, seconds: float, persist: bool) -> None:
+        self.sampler.set_interval(sensor, seconds)
+        with self._intervals_lock:
+            self._command_intervals[sensor] = seconds
+            self._sensors = tuple(_with_interval(s, seconds) if s.name == sensor else s for s in self._sensors)
+            if persist:
+                saved = overlay.load(self._overlay_path)
+                saved[sensor] = seconds
+                overlay.save(self._overlay_path, saved)
+        log.info("sensor %s: interval set to %g s by command%s", sensor, seconds,
+                 ", saved in %s" % self._overlay_path if persist else " (until restart)")
+
+    def _reply(self, topic: str, payload: bytes, correlation: Optional[bytes]) -> bool:
+        return self.session.reply(topic, payload, correlation)
+
+    def _subscribe_commands(self, session: Session) -> None:
+        if self.commands is not None:
+            session.subscribe(self.commands.subscription, 1, self.commands.on_message)
+
+    def _effective_sensors(self, config: AgentConfig) -> Tuple[SensorConfig, ...]:
+        """The config's sensors with the overlay's intervals, then those set by command since the start."""
+        sensors = overlay.apply(config.sensors, overlay.load(self._overlay_path), str(self._overlay_path))
+        with self._intervals_lock:
+            return overlay.apply(sensors, self._command_intervals, "a set-interval command")
 
     def reload(self) -> None:
         """Apply a new config; an invalid one is rejected with its errors and the running one stays."""
@@ -181,9 +232,11 @@ class Agent:
             self.notifier.ready(self.health.status_line())
             return
         old, changed = self.config, []
-        if new.sensors != old.sensors or board is not self.board:
+        sensors = self._effective_sensors(new)
+        if sensors != self._sensors or board is not self.board:
             self.sampler.close()
-            self.sampler = Sampler(_drivers(new.sensors, board), self._record)
+            self.sampler = Sampler(_drivers(sensors, board), self._record)
+            self._sensors = sensors
             self.board = board
             changed.append("sensors")
         fingerprint = _fingerprint(new.mqtt)
@@ -194,8 +247,8 @@ class Agent:
         elif (new.device_id, new.batch) != (old.device_id, old.batch):
             self._replace_uplink(new, self.session)
             changed.append("batching")
-        if new.spool != old.spool or new.state_dir != old.state_dir:
-            log.warning("spool and state_dir changes take effect at the next restart")
+        if new.spool != old.spool or new.state_dir != old.state_dir or new.commands != old.commands:
+            log.warning("spool, state_dir and commands changes take effect at the next restart")
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
             changed.append("log level")
@@ -218,12 +271,17 @@ class Agent:
         self.spool.release_in_flight()
         self._replace_uplink(new, session)
         self.session = self.health.session = session
+        self._subscribe_commands(session)
         session.start()
 
     def _replace_uplink(self, new: AgentConfig, session: Session) -> None:
         delivered = self.uplink.delivered
         self.uplink = self.health.uplink = self._new_uplink(new, session)
         self.uplink.delivered = delivered
+
+
+def _with_interval(sensor: SensorConfig, seconds: float) -> SensorConfig:
+    return dataclasses.replace(sensor, interval=seconds)
 
 
 def _fingerprint(mqtt: MQTTConfig) -> str:

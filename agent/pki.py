@@ -148,6 +148,49 @@ def issue_device(directory: Path, name: str, days: int = 730, force: bool = Fals
                        usage, days, force, passphrase, not_before, key_type, ca_passphrase)
 
 
+def issue_operator(directory: Path, name: str = "operator", days: int = 730, force: bool = False,
+                   passphrase: bytes | None = None, key_type: str = DEFAULT_KEY_TYPE,
+                   ca_passphrase: bytes | None = None) -> Issued:
+    """Issue DIR/<name>.crt/.key for a person or tool that sends commands to devices.
+
+    A client certificate like a device's: what makes it an operator's is its CN (the MQTT
+    username, with use_identity_as_username) appearing as a `user` in the broker's ACL
+    (`pki acl --operator NAME`). So an operator name must not also be a device's."""
+    return issue_device(directory, name, days=days, force=force, passphrase=passphrase, key_type=key_type,
+                        ca_passphrase=ca_passphrase)
+
+
+def mosquitto_acl(operators: Sequence[str] = ("operator",), prefix: str = "edison") -> str:
+    """An acl_file for mosquitto: each device under its own prefix, commands from operators only."""
+    for name in operators:
+        _check_name(name, "operator name")
+    if not prefix or any(c in prefix for c in "+# %"):
+        raise PkiError(f"--prefix {prefix!r}: a topic level without '+', '#', '%' or spaces")
+    lines = [
+        "# Mosquitto ACL for edison-agent: acl_file in mosquitto.conf. The TLS listener needs",
+        "# use_identity_as_username true, so a client's username is its certificate's CN, which",
+        "# no client can choose. A topic not granted below is denied; a denied publish is dropped",
+        "# silently by the broker (the publisher still gets its PUBACK).",
+        "",
+        "# Every certificate (%u is its CN): publish only under its own prefix, read its own",
+        f"# commands. Not {prefix}/%u/#: that would let a device write commands, to itself at least.",
+        f"pattern write {prefix}/%u/telemetry",
+        f"pattern write {prefix}/%u/status",
+        f"pattern write {prefix}/%u/health",
+        f"pattern write {prefix}/%u/reply/#",
+        f"pattern read {prefix}/%u/cmd/#",
+    ]
+    for name in operators:
+        lines += [
+            "",
+            f"# Operator {name}: commands to every device, and everything devices publish.",
+            f"user {name}",
+            f"topic write {prefix}/+/cmd/#",
+            f"topic read {prefix}/#",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def write_p12(issued: Issued, ca_file: Path, passphrase: bytes | None) -> Path:
     """DIR/<name>.p12: key, certificate and CA in one PKCS#12 bundle (what Java keystores import)."""
     from cryptography.hazmat.primitives import serialization as ser
@@ -511,9 +554,20 @@ def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     renew_cmd.add_argument("name", metavar="NAME", help="the certificate's file name without .crt")
     renew_cmd.add_argument("--passphrase-file", type=Path, metavar="FILE",
                            help="encrypt the new key with the first line of FILE")
+    operator = commands.add_parser("issue-operator", help="client certificate for an operator (sends commands)")
+    operator.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
+    operator.add_argument("name", metavar="NAME", nargs="?", default="operator",
+                          help="CN and MQTT username, granted in the ACL (default: operator)")
+    operator.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                          help="encrypt the key with the first line of FILE (mosquitto_pub will then prompt)")
+    acl = commands.add_parser("acl", help="print a mosquitto acl_file: devices under their own prefix, "
+                              "commands from operators only")
+    acl.add_argument("--operator", action="append", metavar="NAME",
+                     help="an operator's CN (repeatable; default: operator)")
+    acl.add_argument("--prefix", default="edison", help="the first topic level (default: edison)")
     listing = commands.add_parser("list", help="certificates in DIR: subject, SANs, expiry, issuer")
     listing.add_argument("directory", metavar="DIR", type=Path)
-    for parser, days in ((init, 3650), (broker, 730), (device, 730), (renew_cmd, None)):
+    for parser, days in ((init, 3650), (broker, 730), (device, 730), (operator, 730), (renew_cmd, None)):
         parser.add_argument("--days", type=int, default=days,
                             help=f"validity in days (default: {days or 'as before'})")
         parser.add_argument("--key-type", choices=KEY_TYPES, default=DEFAULT_KEY_TYPE,
@@ -557,6 +611,13 @@ def _run(args: argparse.Namespace) -> None:
         if args.p12:
             print(f"wrote {write_p12(issued, args.directory / CA_CERT, passphrase)} (mode 0600"
                   f"{', encrypted' if passphrase else ', NOT encrypted: Java keytool wants a passphrase'})")
+    elif command == "issue-operator":
+        issued = issue_operator(args.directory, args.name, days=args.days, force=args.force,
+                                passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
+        _report(issued, encrypted=passphrase is not None)
+        print(f"grant it in the broker's ACL: edison-agent pki acl --operator {args.name}")
+    elif command == "acl":
+        print(mosquitto_acl(args.operator or ["operator"], args.prefix), end="")
     elif command == "renew":
         issued = renew(args.directory, args.name, days=args.days, key_type=args.key_type,
                        passphrase=passphrase, ca_passphrase=ca_passphrase)

@@ -8,6 +8,7 @@ next tick makes that tick a skip, and past `timeout` a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -16,7 +17,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from agent.board import BoardError
 from agent.processing import Pipeline
@@ -71,6 +72,52 @@ class _Worker(threading.Thread):
             job()
 
 
+class UnknownSensor(KeyError):
+    """A request named no configured sensor."""
+
+
+class Alarm:
+    """The schedule's stop flag, which can also be rung: ringing wakes the schedule early (to take
+    a request from another thread) without stopping it. threading.Event's interface otherwise."""
+
+    def __init__(self) -> None:
+        # Re-entrant: set() runs in a signal handler, on the very thread that may be holding it.
+        self._cond = threading.Condition(threading.RLock())
+        self._set = False
+        self._rung = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._cond:
+            self._set = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._set = False
+
+    def ring(self) -> None:
+        with self._cond:
+            self._rung = True
+            self._cond.notify_all()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        with self._cond:
+            if not self._set and not self._rung:
+                self._cond.wait(timeout)
+            self._rung = False
+            return self._set
+
+
+@dataclass(frozen=True)
+class _Request:
+    # A read of one slot (all when index is None), or, with `interval`, a new interval for one.
+    index: Optional[int]
+    interval: Optional[float] = None
+
+
 class Sampler:
     def __init__(self, sensors: List[Tuple[SensorConfig, Sensor]], sink: Sink,
                  monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
@@ -81,10 +128,56 @@ class Sampler:
         self._monotonic = monotonic
         self._wall = wall
         self._threaded = threaded
+        # Requests from other threads (commands); only the schedule's thread touches its heap.
+        self._requests: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+        self._alarm: Optional[Alarm] = None
 
-    def run(self, stop: threading.Event, on_tick: Optional[Callable[[], None]] = None,
+    def request_read(self, name: Optional[str]) -> List[str]:
+        """Read sensor `name` (all when None) as soon as possible, outside its schedule; thread-safe.
+        Returns the names to be read; raises UnknownSensor."""
+        index = None if name is None else self._index(name)
+        self._request(_Request(index))
+        return [slot.config.name for i, slot in enumerate(self._slots) if index is None or i == index]
+
+    def set_interval(self, name: str, seconds: float) -> None:
+        """Sample `name` every `seconds` from now on (until the sampler is rebuilt); thread-safe."""
+        self._request(_Request(self._index(name), float(seconds)))
+
+    def _index(self, name: str) -> int:
+        for i, slot in enumerate(self._slots):
+            if slot.config.name == name:
+                return i
+        raise UnknownSensor(name)
+
+    def _request(self, request: _Request) -> None:
+        self._requests.put(request)
+        alarm = self._alarm
+        if alarm is not None:
+            alarm.ring()
+
+    def _take_requests(self, heap: List[Tuple[float, int]]) -> None:
+        while not self._requests.empty():
+            request = self._requests.get_nowait()
+            index, seconds = request.index, request.interval
+            if seconds is None:
+                # A read outside the schedule; like any tick, a skip if a read is under way.
+                for i, slot in enumerate(self._slots):
+                    if index is None or i == index:
+                        self._tick(slot)
+            elif index is not None:
+                slot = self._slots[index]
+                slot.config = dataclasses.replace(slot.config, interval=seconds)
+                # The new pace starts now if that is sooner than the reading already due.
+                due = self._monotonic() + seconds
+                heap[:] = [(min(at, due), i) if i == index else (at, i) for at, i in heap]
+                heapq.heapify(heap)
+
+    def run(self, stop: Union[threading.Event, Alarm], on_tick: Optional[Callable[[], None]] = None,
             tick_interval: Optional[float] = None) -> None:
-        """Sample until `stop`; `on_tick` runs on this thread at least every `tick_interval` seconds."""
+        """Sample until `stop`; `on_tick` runs on this thread at least every `tick_interval` seconds.
+
+        With an Alarm as `stop`, requests from other threads wake the schedule at once."""
+        self._alarm = stop if isinstance(stop, Alarm) else None
         start = self._monotonic()
         ticking = on_tick is not None and bool(tick_interval)
         next_tick = start if ticking else float("inf")
@@ -92,6 +185,7 @@ class Sampler:
         heap = [(start + slot.config.phase, i) for i, slot in enumerate(self._slots)]
         heapq.heapify(heap)
         while not stop.is_set():
+            self._take_requests(heap)
             now = self._monotonic()
             # A tick half an interval early rides on a sensor's wake-up instead of costing its own.
             sensor_due = bool(heap) and heap[0][0] <= now

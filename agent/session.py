@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -41,6 +41,10 @@ ALIVE_STEP = 15.0
 # MQTT 5 ContentType of what we publish: consumers (and cloud rules engines) need not sniff.
 JSON = "application/json"
 TEXT = "text/plain"
+
+# (topic, payload, properties): properties are paho's MQTT 5 properties, or None on 3.1.1.
+# Runs on the network thread: it must hand the message on, never block.
+OnMessage = Callable[[str, bytes, Any], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class Session:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_publish = self._handle_publish
         self._client.on_log = self._handle_log
+        self._client.on_subscribe = self._handle_subscribe
         self._client.on_socket_open = _set_nodelay
         # With a write-registration hook set, publish() from the sampler thread only queues
         # the packet and wakes our select(); paho would otherwise write to the TLS socket
@@ -118,6 +123,11 @@ class Session:
         self._acks_lock = threading.Lock()
         self._acks: Dict[int, Callable[[], None]] = {}
         self._early_acks: Set[int] = set()
+        self._subs_lock = threading.Lock()
+        self._subscriptions: Dict[str, Tuple[int, OnMessage]] = {}
+        self._pending_subs: Dict[int, List[str]] = {}
+        # "subscribed to" is said once per session object, not at every reconnect.
+        self._announced: Set[str] = set()
         self._refusal: Optional[str] = None
         self._socket_error: Optional[str] = None
         self._last_problem: Optional[str] = None
@@ -215,6 +225,36 @@ class Session:
         clean_start = self._config.session_expiry == 0 or not self._had_connack
         return {"clean_start": clean_start, "properties": properties}
 
+    def subscribe(self, topic_filter: str, qos: int, on_message: OnMessage) -> None:
+        """Deliver messages matching `topic_filter` to `on_message`, now and after every reconnect.
+
+        With a clean session the broker forgets subscriptions at each disconnect, so they are
+        made again after every CONNACK."""
+        def deliver(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            on_message(msg.topic, bytes(msg.payload), getattr(msg, "properties", None))
+
+        # Outside our lock: paho holds its callback lock while it runs on_connect, which takes ours.
+        self._client.message_callback_add(topic_filter, deliver)
+        with self._subs_lock:
+            self._subscriptions[topic_filter] = (qos, on_message)
+            if self._connected.is_set():
+                self._send_subscribe(self._client, topic_filter, qos)
+
+    def reply(self, topic: str, payload: bytes, correlation: Optional[bytes] = None) -> bool:
+        """A QoS 1, not retained answer to a request; `correlation` is the request's MQTT 5
+        CorrelationData, echoed back (only a v5 request can carry one)."""
+        properties = None
+        if correlation is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation
+        info = self._client.publish(topic, payload, qos=1, retain=False, properties=properties)
+        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+    def _send_subscribe(self, client: mqtt.Client, topic_filter: str, qos: int) -> None:
+        rc, mid = client.subscribe(topic_filter, qos)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subs[mid] = [topic_filter]
+
     # -- paho callbacks (network thread) --------------------------------------------------
 
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -234,7 +274,11 @@ class Session:
                        properties=self._properties(PacketTypes.PUBLISH, TEXT, expires=False))
         self.connected_since = time.time()
         self.disconnected_since = None
-        self._connected.set()
+        # Under the lock subscribe() takes: a filter added meanwhile is sent by one side or the other.
+        with self._subs_lock:
+            for topic_filter, (qos, _) in self._subscriptions.items():
+                self._send_subscribe(client, topic_filter, qos)
+            self._connected.set()
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                         properties: Any) -> None:
@@ -258,6 +302,19 @@ class Session:
         # The module logger, not the adapter: an adapter replaces `extra` with its own.
         log.warning("%s:%d: %s", self._config.host, self._config.port, why,
                     extra=dict(self._log.extra or {}, MQTT_RC=str(reason_code)))
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                          properties: Any) -> None:
+        with self._subs_lock:
+            filters = self._pending_subs.pop(mid, [])
+        for topic_filter, code in zip(filters, reason_codes):
+            if code.is_failure:
+                # Nothing will arrive on it: the broker's ACL is the usual reason.
+                self._log.error("the broker refused the subscription to %s (%s): check its ACL "
+                                "(edison-agent pki acl)", topic_filter, code)
+            elif topic_filter not in self._announced:
+                self._announced.add(topic_filter)
+                self._log.info("subscribed to %s", topic_filter)
 
     def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
         if level == mqtt.MQTT_LOG_ERR and "socket" in text:

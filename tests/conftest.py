@@ -120,7 +120,7 @@ class Broker:
     """A real mosquitto on 127.0.0.1 requiring client certificates; restartable on the same port."""
 
     def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls: bool = True,
-                 persistent: bool = False) -> None:
+                 persistent: bool = False, acl_file: Optional[Path] = None) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
@@ -137,6 +137,8 @@ class Broker:
             "persistence_location %s/" % workdir,
             "log_dest file %s" % self.log,
             "log_type all",
+            # With the listener's use_identity_as_username, ACL usernames are certificate CNs.
+            *(["acl_file %s" % acl_file] if acl_file is not None else []),
             listener,
             "",
         ]))

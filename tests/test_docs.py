@@ -16,8 +16,9 @@ SENSORS_DOC = (ROOT / "docs" / "sensors.md").read_text()
 DOCUMENTED = set(re.findall(r"^\| `([a-z_.]+)` \|", DOC, flags=re.MULTILINE))
 
 KEYS = (
-    [k for k in config.TOP_KEYS if k not in ("device", "mqtt", "sensors", "spool", "batch")]
+    [k for k in config.TOP_KEYS if k not in ("device", "mqtt", "sensors", "spool", "batch", "commands")]
     + ["spool.%s" % k for k in config.SPOOL_KEYS]
+    + ["commands.%s" % k for k in config.COMMANDS_KEYS]
     + ["batch.%s" % k for k in config.BATCH_KEYS]
     + ["device.%s" % k for k in config.DEVICE_KEYS]
     + ["mqtt.%s" % k for k in config.MQTT_KEYS if k != "reconnect"]
