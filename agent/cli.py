@@ -120,8 +120,9 @@ def summary(cfg: config.AgentConfig) -> str:
     lines = [
         "%s: valid" % cfg.path,
         "  device     %s" % cfg.device_id,
-        "  broker     %s:%d as %r, keepalive %d s, reconnect %g-%g s"
-        % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay),
+        "  broker     %s:%d as %r, keepalive %d s, reconnect %g-%g s (first after a drop spread over %g s)"
+        % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay,
+           m.reconnect.spread),
         "  security   %s" % security,
         "  protocol   %s" % _protocol_line(m),
         "  topics     %s (QoS %d); status %s" % (m.topic, m.qos, m.status_topic),

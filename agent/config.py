@@ -41,7 +41,7 @@ MAX_EXPIRY = 0xFFFFFFFF
 # The only defaults a target changes: what the service itself prescribes (see agent/targets.py).
 AZURE_TOPIC = "devices/{device_id}/messages/events/"
 AZURE_USERNAME = "{host}/{device_id}/?api-version=2021-04-12"
-RECONNECT_KEYS = ("min_delay", "max_delay")
+RECONNECT_KEYS = ("min_delay", "max_delay", "spread")
 TLS_KEYS = ("ca_file", "cert_file", "key_file", "key_password_file", "min_version", "verify_hostname",
             "session_resumption", "alpn", "server_name")
 
@@ -58,6 +58,9 @@ class ConfigError(Exception):
 class ReconnectConfig:
     min_delay: float = 1.0
     max_delay: float = 120.0
+    # The window the first attempt after a lost connection is drawn from: a broker restart drops
+    # the whole fleet in one instant, and 100 boards spread over 15 s keep any one second under 20%.
+    spread: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,8 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
     if min_delay is not None and max_delay is not None and max_delay < min_delay:
         r.problem("mqtt.reconnect.max_delay", "%s is below min_delay %s" % (max_delay, min_delay))
+    spread = r.value(rc, "spread", "mqtt.reconnect", float, default=ReconnectConfig.spread, minimum=0.0,
+                     maximum=86400)
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
     inflight = r.value(m, "inflight", "mqtt", int, default=20, minimum=1, maximum=65535)
     protocol = _protocol(r, m)
@@ -332,11 +337,11 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     message_expiry = r.value(m, "message_expiry", "mqtt", int, default=None, minimum=1, maximum=MAX_EXPIRY)
     _version_specific_keys(r, m, protocol)
     if (host is None or port is None or client_id is None or keepalive is None or qos is None
-            or topic is None or status_topic is None or min_delay is None or max_delay is None
+            or topic is None or status_topic is None or min_delay is None or max_delay is None or spread is None
             or health_topic is None):
         return None
     return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
-                      status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay), tls=tls,
+                      status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay, spread), tls=tls,
                       clean_session=bool(clean_session), inflight=inflight or 20, protocol=protocol or "3.1.1",
                       session_expiry=session_expiry or 0, message_expiry=message_expiry, username=username,
                       target=target or "generic", health_topic=health_topic)

@@ -71,9 +71,19 @@ class ConnectionInfo:
         return text
 
 
-def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random) -> float:
-    """Full jitter between min_delay and an exponential cap, so a fleet does not reconnect in step."""
-    cap = min(max_delay, min_delay * (2 ** min(attempt, 30)))
+def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random,
+                  spread: Optional[float] = None) -> float:
+    """Full jitter between min_delay and an exponential cap, so a fleet does not reconnect in step.
+
+    `spread` is for the first attempt after an established connection was lost. A broker restart
+    drops every board in the same instant, and a cap of 2 x min_delay would bring them all back
+    within one second; that attempt is drawn from a window `spread` seconds wide instead (never
+    beyond max_delay).
+    """
+    if spread is not None:
+        cap = min(max_delay, min_delay + spread)
+    else:
+        cap = min(max_delay, min_delay * (2 ** min(attempt, 30)))
     return rng.uniform(min_delay, max(min_delay, cap))
 
 
@@ -325,13 +335,14 @@ class Session:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            if self._connect_once():
+            lost = self._connect_once()
+            if lost:
                 attempt = 0
             attempt += 1
             if self._stop.is_set():
                 break
-            delay = backoff_delay(attempt, self._config.reconnect.min_delay,
-                                  self._config.reconnect.max_delay, self._rng)
+            rc = self._config.reconnect
+            delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng, spread=rc.spread if lost else None)
             self._log.debug("next connection attempt in %.1f s", delay)
             # In steps, so the watchdog sees this thread alive through a long backoff.
             deadline = time.monotonic() + delay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import importlib
@@ -176,14 +177,14 @@ def broker(tmp_path: Path, certs: Certs) -> Iterator[Broker]:
 class Subscriber:
     """mosquitto_sub, an MQTT client independent of ours, watching everything under edison/."""
 
-    def __init__(self, broker: Broker, certs: Certs, session: Optional[str] = None) -> None:
+    def __init__(self, broker: Broker, certs: Certs, session: Optional[str] = None, topic: str = "edison/#") -> None:
         self.messages: "queue.Queue[tuple[str, str]]" = queue.Queue()
         # With a session name the broker keeps the subscription, and queues for it, while we are away.
         persistent = ["-c", "-i", session] if session else []
         self.proc = subprocess.Popen(
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(certs.ca),
              "--cert", str(certs.monitor_cert), "--key", str(certs.monitor_key), "-q", "1", "-v",
-             "-t", "edison/#", *persistent], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             "-t", topic, *persistent], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -237,8 +238,10 @@ def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:
     state_dir = certs.dir.parent / ("state-%d" % next(_STATE_DIRS))
     cfg: Dict[str, Any] = {
         "device": {"id": "thunder10"},
+        # A spread of 0.2 s keeps the first attempt after a lost connection at 0.2-0.4 s, as before
+        # the spread existed: a test that restarts its broker is one board, not a fleet.
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 10,
-                 "reconnect": {"min_delay": 0.2, "max_delay": 1.0}, "tls": tls},
+                 "reconnect": {"min_delay": 0.2, "max_delay": 1.0, "spread": 0.2}, "tls": tls},
         "board": "simulated",
         # Each test's own spool, never the system's /var/lib/edison-agent.
         "state_dir": str(state_dir),
@@ -257,7 +260,7 @@ def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:
 class AgentProcess:
     """`python -m agent run` as a user would start it, with its log lines collected."""
 
-    def __init__(self, config_path: Path, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, config_path: Path, env: Optional[Dict[str, str]] = None, own_group: bool = False) -> None:
         full_env = dict(os.environ)
         full_env.pop("EDISON_AGENT_KEY_PASSWORD", None)
         full_env.update(env or {})
@@ -266,7 +269,9 @@ class AgentProcess:
         self._cond = threading.Condition()
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config_path)],
                                      cwd=str(ROOT), env=full_env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=own_group)
+        self._own_group = own_group
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -301,9 +306,13 @@ class AgentProcess:
                 self._cond.wait(min(remaining, 0.2))
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self._own_group:
+            # The whole group, even after its leader exited: nothing the agent started may outlive a test.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        elif self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
         self._reader.join(5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
+from typing import List
 
+import pytest
+
+from agent import config
 from agent.session import backoff_delay
-from conftest import Broker, Subscriber, agent_config
+from conftest import ROOT, Broker, Subscriber, agent_config
 
 
 def test_broker_restart_mid_run_reconnects_and_publishing_resumes(certs, broker, subscriber, run_agent):
@@ -82,3 +88,59 @@ def test_no_reading_is_lost_across_a_broker_restart(certs, tmp_path, run_agent):
     finally:
         watcher.close()
         broker.stop()
+
+
+def busiest_second(delays: List[float]) -> int:
+    ordered = sorted(delays)
+    return max(sum(1 for d in ordered if t <= d < t + 1.0) for t in ordered)
+
+
+def test_after_a_lost_connection_a_fleet_comes_back_spread_over_the_window_not_in_one_second():
+    rng = random.Random(11)
+    # A broker restart drops 100 boards in the same instant: each draws its first attempt.
+    spread = [backoff_delay(1, 1.0, 120.0, rng, spread=15.0) for _ in range(100)]
+    doubling = [backoff_delay(1, 1.0, 120.0, rng) for _ in range(100)]
+
+    assert all(1.0 <= d <= 16.0 for d in spread)
+    assert max(spread) - min(spread) > 12  # the whole window is used
+    assert busiest_second(spread) <= 20
+    # What the exponential backoff alone does with its first attempt: everyone within one second.
+    assert busiest_second(doubling) == 100
+
+
+def test_the_spread_window_is_uniform_over_min_delay_to_min_delay_plus_spread():
+    rng = random.Random(3)
+    delays = [backoff_delay(1, 2.0, 120.0, rng, spread=10.0) for _ in range(10_000)]
+    per_second = [sum(1 for d in delays if 2.0 + k <= d < 3.0 + k) for k in range(10)]
+    assert all(900 <= n <= 1100 for n in per_second), per_second
+
+
+def test_the_spread_never_waits_beyond_max_delay_and_zero_means_min_delay():
+    rng = random.Random(5)
+    assert max(backoff_delay(1, 0.2, 1.0, rng, spread=15.0) for _ in range(500)) <= 1.0
+    assert {backoff_delay(1, 1.0, 120.0, rng, spread=0.0) for _ in range(20)} == {1.0}
+
+
+def test_later_attempts_keep_the_exponential_backoff():
+    # The spread applies to the first attempt only; the session passes None for the others.
+    first, second = random.Random(9), random.Random(9)
+    assert [backoff_delay(a, 1.0, 120.0, first) for a in range(2, 8)] == \
+        [backoff_delay(a, 1.0, 120.0, second, spread=None) for a in range(2, 8)]
+
+
+def test_the_spread_defaults_to_15_s_and_a_negative_one_is_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: {host: localhost}\nboard: simulated\nstate_dir: state\nsensors: []\n")
+    assert config.load(path).mqtt.reconnect.spread == 15.0
+    path.write_text("mqtt: {host: localhost, reconnect: {spread: 2.5}}\nboard: simulated\nstate_dir: state\n"
+                    "sensors: []\n")
+    assert config.load(path).mqtt.reconnect.spread == 2.5
+    path.write_text("mqtt: {host: localhost, reconnect: {spread: -1}}\nboard: simulated\nstate_dir: state\n"
+                    "sensors: []\n")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    assert caught.value.problems == ["%s: mqtt.reconnect.spread: -1 is below the minimum 0.0" % path]
+    result = subprocess.run([sys.executable, "-m", "agent", "check-config", "-c", str(path)], cwd=str(ROOT),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["%s: mqtt.reconnect.spread: -1 is below the minimum 0.0" % path]
