@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from agent import __version__, config, doctor, logging_setup, pki, status, targets
+from agent import __version__, config, doctor, logging_setup, pki_cli, status, targets
 from agent.board import BoardUnavailable
 from agent.install import add_install_parsers
 from agent.spool import SpoolBusy
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and show what it means")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
     check.set_defaults(func=_check_config)
-    pki.add_pki_parser(commands)
+    pki_cli.add_pki_parser(commands)
     doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
     status.add_status_parser(commands)
     add_install_parsers(commands)

@@ -425,8 +425,9 @@ def _handshake(t: Target, raw: socket.socket, checks: List[Check],
                             _verify_fix(exc)))
         return None
     except ssl.SSLError as exc:
-        checks.append(Check("tls handshake", PROBLEM, tls.describe_failure(exc, t.host, t.port),
-                            "see docs/troubleshooting.md (raw error: %s)" % exc))
+        detail = tls.describe_failure(exc, t.host, t.port)
+        checks.append(Check("tls handshake", PROBLEM, detail,
+                            _refusal_fix(t, detail) or "see docs/troubleshooting.md (raw error: %s)" % exc))
         return None
     except OSError as exc:
         checks.append(Check("tls handshake", PROBLEM, "the broker closed the connection during the TLS "
@@ -584,10 +585,51 @@ def _read_packet(sock: socket.socket) -> bytes:
     return data
 
 
+_REVOKED = tls.describe_alert("certificate revoked")
+
+
+def _refusal_fix(t: Target, detail: str) -> str:
+    if detail == _REVOKED:
+        return ("issue this device a new certificate ('edison-agent pki issue-device --force DIR %s', or "
+                "'pki renew DIR %s') and install it as %s; the revoked one stays refused"
+                % (t.client_id, t.client_id, t.cert_file))
+    return ""
+
+
+def _refusal_under_tls12(t: Target) -> Optional[str]:
+    """Why the broker refused us, asked again over TLS 1.2, or None.
+
+    Under TLS 1.3 a broker judges the client certificate after the client's handshake has
+    returned; its alert races our CONNECT, and when the broker closes with the CONNECT unread
+    the reset can discard the alert. Under TLS 1.2 the alert ends the handshake itself."""
+    assert t.host is not None
+    try:
+        ctx = tls.build_context(_tls_config(t))
+    except tls.TLSSetupError:
+        return None
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with socket.create_connection((t.host, t.port), timeout=TIMEOUT) as raw, \
+                ctx.wrap_socket(raw, server_hostname=t.host):
+            return None
+    except ssl.SSLError as exc:
+        # Only a verdict on our certificate: a broker requiring TLS 1.3 answers this probe with
+        # "protocol version", which says nothing about the close being explained.
+        verdict = tls.describe_alert(str(exc))
+        return verdict if verdict in tls.CLIENT_CERT_REFUSALS else None
+    except OSError:
+        return None
+
+
+def _why_closed(t: Target, tls13: bool, closed: str) -> str:
+    return (_refusal_under_tls12(t) if tls13 else None) or closed
+
+
 def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
     closed = tls.REJECTED_AFTER_HANDSHAKE if t.tls_on else "broker closed the connection before CONNACK"
     fix = "check the broker's log: does its cafile hold the CA that signed %s?" % t.cert_file
     v5 = t.protocol == "5"
+    tls13 = isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3"
     try:
         sock.settimeout(TIMEOUT)
         sock.sendall(_connect_packet(t.client_id, t.keepalive, t.protocol, t.username))
@@ -597,13 +639,18 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
                             "is this port an MQTT listener? check the broker's log"))
         return
     except ssl.SSLError as exc:
-        checks.append(Check("mqtt connect", PROBLEM, tls.describe_alert(str(exc)) or closed, fix))
+        detail = tls.describe_alert(str(exc)) or _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _refusal_fix(t, detail) or fix))
         return
     except OSError as exc:
-        checks.append(Check("mqtt connect", PROBLEM, "%s (%s)" % (closed, exc.strerror or exc), fix))
+        detail = _why_closed(t, tls13, closed)
+        if detail == closed:
+            detail = "%s (%s)" % (closed, exc.strerror or exc)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _refusal_fix(t, detail) or fix))
         return
     if len(reply) < 4:
-        checks.append(Check("mqtt connect", PROBLEM, closed, fix))
+        detail = _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _refusal_fix(t, detail) or fix))
         return
     if reply[0] != 0x20:
         checks.append(Check("mqtt connect", PROBLEM, "the broker answered CONNECT with packet type 0x%02x, "

@@ -2,16 +2,15 @@
 
 Three commands replace the openssl recipe: ``pki init-ca``, ``pki issue-broker`` and
 ``pki issue-device``. ``cryptography`` is imported only when a command runs, so the agent
-itself installs and imports on the board without it.
+itself installs and imports on the board without it. The command line is agent.pki_cli; many
+devices at once, agent.provision; revocation (the CRL), agent.revocation.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import re
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -105,7 +104,7 @@ def issue_broker(directory: Path, hostname: str, ips: Sequence[str] = (), days: 
         # Clients match an address against IP SANs only; as a DNS SAN it matches nothing.
         sans.append(x509.IPAddress(host_ip))
     else:
-        _check_name(hostname, "hostname")
+        check_name(hostname, "hostname")
         sans.append(x509.DNSName(hostname))
     for text in ips:
         ip = _parse_ip(text)
@@ -130,22 +129,24 @@ def issue_broker(directory: Path, hostname: str, ips: Sequence[str] = (), days: 
 def issue_device(directory: Path, name: str, days: int = 730, force: bool = False,
                  passphrase: bytes | None = None, not_before: datetime | None = None,
                  ca_directory: Path | None = None, key_type: str = DEFAULT_KEY_TYPE,
-                 ca_passphrase: bytes | None = None, _wrong_usage: bool = False) -> Issued:
+                 ca_passphrase: bytes | None = None, files: Issued | None = None,
+                 _wrong_usage: bool = False) -> Issued:
     """Issue DIR/<name>.crt/.key, a client certificate for one device.
 
+    `files` writes the pair under other names instead (a provisioning bundle's certs/client.*).
     `_wrong_usage` (tests only) makes it a serverAuth-only certificate, which brokers refuse."""
     _require_crypto()
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    _check_name(name, "device name")
+    check_name(name, "device name")
     if passphrase is not None and not passphrase:
         raise PkiError("the passphrase is empty; give a non-empty one or none at all")
     directory = Path(directory)
     ca_dir = Path(ca_directory) if ca_directory is not None else directory
     usage = ExtendedKeyUsageOID.SERVER_AUTH if _wrong_usage else ExtendedKeyUsageOID.CLIENT_AUTH
     return _issue_leaf(directory, ca_dir, name, [x509.DNSName(name)],
-                       usage, days, force, passphrase, not_before, key_type, ca_passphrase)
+                       usage, days, force, passphrase, not_before, key_type, ca_passphrase, files)
 
 
 def issue_operator(directory: Path, name: str = "operator", days: int = 730, force: bool = False,
@@ -163,7 +164,7 @@ def issue_operator(directory: Path, name: str = "operator", days: int = 730, for
 def mosquitto_acl(operators: Sequence[str] = ("operator",), prefix: str = "edison") -> str:
     """An acl_file for mosquitto: each device under its own prefix, commands from operators only."""
     for name in operators:
-        _check_name(name, "operator name")
+        check_name(name, "operator name")
     if not prefix or any(c in prefix for c in "+# %"):
         raise PkiError(f"--prefix {prefix!r}: a topic level without '+', '#', '%' or spaces")
     lines = [
@@ -197,13 +198,13 @@ def write_p12(issued: Issued, ca_file: Path, passphrase: bytes | None) -> Path:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 
     key = load_pem_private_key(issued.key_file.read_bytes(), password=passphrase)
-    cert, ca = _load_cert(issued.cert_file), _load_cert(ca_file)
+    cert, ca = load_cert(issued.cert_file), load_cert(ca_file)
     encryption: ser.KeySerializationEncryption = (
         ser.BestAvailableEncryption(passphrase) if passphrase else ser.NoEncryption())
     data = pkcs12.serialize_key_and_certificates(
         issued.cert_file.stem.encode(), key, cert, [ca], encryption)  # type: ignore[arg-type]
     path = issued.cert_file.with_suffix(".p12")
-    _write_file(path, data, 0o600, True)
+    write_file(path, data, 0o600, True)
     return path
 
 
@@ -213,6 +214,7 @@ class Listed:
     info: CertInfo
     days_left: int
     usage: str
+    serial: int
 
 
 def list_certificates(directory: Path) -> list[Listed]:
@@ -228,14 +230,14 @@ def list_certificates(directory: Path) -> list[Listed]:
     found = []
     for path in sorted(directory.glob("*.crt")):
         info = load_certificate_info(path)
-        cert = _load_cert(path)
+        cert = load_cert(path)
         try:
             ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         except x509.ExtensionNotFound:
             ekus = set()
         usage = ("CA" if info.is_ca else "broker" if ExtendedKeyUsageOID.SERVER_AUTH in ekus
                  else "device" if ExtendedKeyUsageOID.CLIENT_AUTH in ekus else "any")
-        found.append(Listed(path, info, (info.not_after - now).days, usage))
+        found.append(Listed(path, info, (info.not_after - now).days, usage, cert.serial_number))
     return found
 
 
@@ -250,7 +252,7 @@ def renew(directory: Path, name: str, days: int | None = None, key_type: str = D
     path = directory / f"{name}.crt"
     if not path.exists():
         raise PkiError(f"{path}: no such certificate; 'edison-agent pki list {directory}' shows them")
-    cert = _load_cert(path)
+    cert = load_cert(path)
     info = load_certificate_info(path)
     if info.is_ca:
         raise PkiError(f"{path}: is the CA; make a new one with 'pki init-ca --force' and re-issue everything")
@@ -278,7 +280,7 @@ def load_certificate_info(path: Path) -> CertInfo:
     _require_crypto()
     from cryptography import x509
 
-    cert = _load_cert(Path(path))
+    cert = load_cert(Path(path))
     sans: list[str] = []
     try:
         alt_names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -300,15 +302,16 @@ def load_certificate_info(path: Path) -> CertInfo:
 def _issue_leaf(directory: Path, ca_dir: Path, cn: str, sans: list[x509.GeneralName],
                 eku: x509.ObjectIdentifier, days: int, force: bool,
                 passphrase: bytes | None, not_before: datetime | None,
-                key_type: str = DEFAULT_KEY_TYPE, ca_passphrase: bytes | None = None) -> Issued:
+                key_type: str = DEFAULT_KEY_TYPE, ca_passphrase: bytes | None = None,
+                files: Issued | None = None) -> Issued:
     from cryptography import x509
 
     if cn.lower() == "ca":
         raise PkiError(f"{directory / CA_CERT}: the name 'ca' would replace the CA; pick another")
-    issued = Issued(directory / f"{cn}.crt", directory / f"{cn}.key")
+    issued = files or Issued(directory / f"{cn}.crt", directory / f"{cn}.key")
     start, end = _validity(not_before, days)
     _check_key_type(key_type)
-    ca = _load_ca(ca_dir, ca_passphrase)
+    ca = load_ca(ca_dir, ca_passphrase)
     _prepare(issued, force)
     # ECDHE needs only digital_signature; key_agreement is an EC key's other use, key_encipherment
     # an RSA key's (TLS 1.2 RSA key exchange).
@@ -410,7 +413,7 @@ def _parse_ip(text: str) -> IPAddr | None:
         return None
 
 
-def _check_name(name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
     if not _NAME_RE.match(name) or ".." in name:
         raise PkiError(f"{what} {name!r}: use letters, digits, '.', '-' and '_' only "
                        "(it becomes the certificate's CN and its file name)")
@@ -432,7 +435,7 @@ def _prepare(issued: Issued, force: bool) -> None:
                        f"belong there: run 'chmod 700 {directory}' or choose another directory")
 
 
-def _load_ca(ca_dir: Path, passphrase: bytes | None = None) -> tuple[x509.Certificate, IssuerKey]:
+def load_ca(ca_dir: Path, passphrase: bytes | None = None) -> tuple[x509.Certificate, IssuerKey]:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -441,16 +444,19 @@ def _load_ca(ca_dir: Path, passphrase: bytes | None = None) -> tuple[x509.Certif
         raise PkiError(f"{cert_file}: no CA here; run 'edison-agent pki init-ca {ca_dir}' first")
     if not key_file.exists():
         raise PkiError(f"{key_file}: the CA's private key is missing; put it next to {CA_CERT}")
-    cert = _load_cert(cert_file)
+    cert = load_cert(cert_file)
     try:
-        key = load_pem_private_key(key_file.read_bytes(), password=passphrase)
+        key_pem = key_file.read_bytes()
+        key = load_pem_private_key(key_pem, password=passphrase)
     except TypeError:  # an encrypted key without a password, or a password for a plain key
         if passphrase is not None:
             raise PkiError(f"{key_file}: the CA key is not encrypted; drop --ca-passphrase-file") from None
         raise PkiError(f"{key_file}: the CA key is passphrase-protected; give --ca-passphrase-file "
                        "FILE (its first line)") from None
     except ValueError as exc:
-        if passphrase is not None and "password" in str(exc).lower():
+        # About 1 wrong passphrase in 400 decrypts to valid padding and then fails as "could not
+        # deserialize": for an encrypted key that too means the passphrase is wrong.
+        if passphrase is not None and ("password" in str(exc).lower() or b"ENCRYPTED" in key_pem[:64]):
             raise PkiError(f"{key_file}: wrong CA passphrase (--ca-passphrase-file)") from None
         raise PkiError(f"{key_file}: not a PEM private key ({exc})") from None
     except OSError as exc:
@@ -464,7 +470,7 @@ def _load_ca(ca_dir: Path, passphrase: bytes | None = None) -> tuple[x509.Certif
     return cert, key
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+def load_cert(path: Path) -> x509.Certificate:
     from cryptography import x509
 
     try:
@@ -497,11 +503,11 @@ def _write_pair(issued: Issued, cert: x509.Certificate, key: IssuerKey,
     if passphrase:
         encryption = ser.BestAvailableEncryption(passphrase)
     key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, encryption)
-    _write_file(issued.key_file, key_pem, 0o600, force)
-    _write_file(issued.cert_file, cert.public_bytes(ser.Encoding.PEM), 0o644, force)
+    write_file(issued.key_file, key_pem, 0o600, force)
+    write_file(issued.cert_file, cert.public_bytes(ser.Encoding.PEM), 0o644, force)
 
 
-def _write_file(path: Path, data: bytes, mode: int, force: bool) -> None:
+def write_file(path: Path, data: bytes, mode: int, force: bool) -> None:
     # O_EXCL refuses an existing file and never follows a planted symlink. With force, a
     # fresh file is renamed over the old one, so even a replaced key is 0600 from birth.
     target = path.with_name(f".{path.name}.tmp") if force else path
@@ -523,138 +529,12 @@ def _write_file(path: Path, data: bytes, mode: int, force: bool) -> None:
         os.replace(target, path)
 
 
-# --- command line -------------------------------------------------------------------
-
-
-def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pki = subparsers.add_parser("pki", help="make a CA, broker and device certificates")
-    pki.set_defaults(func=run_pki)
-    commands = pki.add_subparsers(dest="pki_command", metavar="COMMAND", required=True)
-    init = commands.add_parser("init-ca", help="create DIR/ca.crt and DIR/ca.key")
-    init.add_argument("directory", metavar="DIR", type=Path)
-    init.add_argument("--name", default="edison-agent CA", help="the CA's common name")
-    init.add_argument("--passphrase-file", type=Path, metavar="FILE",
-                      help="encrypt the CA key with the first line of FILE")
-    broker = commands.add_parser("issue-broker", help="server certificate for the broker")
-    broker.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
-    broker.add_argument("hostname", metavar="HOSTNAME", help="the name devices connect to")
-    broker.add_argument("--ip", action="append", default=[], metavar="ADDR",
-                        help="also valid for this IP address (repeatable)")
-    device = commands.add_parser("issue-device", help="client certificate for one device")
-    device.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
-    device.add_argument("name", metavar="NAME", help="device name: CN and MQTT username")
-    device.add_argument("--passphrase-file", type=Path, metavar="FILE",
-                        help="encrypt the key with the first line of FILE")
-    device.add_argument("--p12", action="store_true",
-                        help="also write NAME.p12 (PKCS#12: key, certificate and CA, for Java keystores)")
-    broker.add_argument("--group", metavar="GROUP",
-                        help="make the key readable by GROUP (mode 0640), e.g. mosquitto")
-    renew_cmd = commands.add_parser("renew", help="new key and certificate for DIR/NAME.crt")
-    renew_cmd.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key, NAME.crt")
-    renew_cmd.add_argument("name", metavar="NAME", help="the certificate's file name without .crt")
-    renew_cmd.add_argument("--passphrase-file", type=Path, metavar="FILE",
-                           help="encrypt the new key with the first line of FILE")
-    operator = commands.add_parser("issue-operator", help="client certificate for an operator (sends commands)")
-    operator.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
-    operator.add_argument("name", metavar="NAME", nargs="?", default="operator",
-                          help="CN and MQTT username, granted in the ACL (default: operator)")
-    operator.add_argument("--passphrase-file", type=Path, metavar="FILE",
-                          help="encrypt the key with the first line of FILE (mosquitto_pub will then prompt)")
-    acl = commands.add_parser("acl", help="print a mosquitto acl_file: devices under their own prefix, "
-                              "commands from operators only")
-    acl.add_argument("--operator", action="append", metavar="NAME",
-                     help="an operator's CN (repeatable; default: operator)")
-    acl.add_argument("--prefix", default="edison", help="the first topic level (default: edison)")
-    listing = commands.add_parser("list", help="certificates in DIR: subject, SANs, expiry, issuer")
-    listing.add_argument("directory", metavar="DIR", type=Path)
-    for parser, days in ((init, 3650), (broker, 730), (device, 730), (operator, 730), (renew_cmd, None)):
-        parser.add_argument("--days", type=int, default=days,
-                            help=f"validity in days (default: {days or 'as before'})")
-        parser.add_argument("--key-type", choices=KEY_TYPES, default=DEFAULT_KEY_TYPE,
-                            help=f"default: {DEFAULT_KEY_TYPE}")
-        if parser is not init:
-            parser.add_argument("--ca-passphrase-file", type=Path, metavar="FILE",
-                                help="the CA key's passphrase (first line of FILE)")
-        if parser is not renew_cmd:
-            parser.add_argument("--force", action="store_true", help="replace existing files")
-
-
-def run_pki(args: argparse.Namespace) -> int:
-    try:
-        _run(args)
-    except PkiError as exc:
-        print(f"edison-agent pki: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _run(args: argparse.Namespace) -> None:
-    command = args.pki_command
-    passphrase = ca_passphrase = None
-    if getattr(args, "passphrase_file", None) is not None:
-        passphrase = _read_passphrase(args.passphrase_file)
-    if getattr(args, "ca_passphrase_file", None) is not None:
-        ca_passphrase = _read_passphrase(args.ca_passphrase_file)
-    if command == "init-ca":
-        _report(init_ca(args.directory, name=args.name, days=args.days, force=args.force,
-                        key_type=args.key_type, passphrase=passphrase), encrypted=passphrase is not None)
-    elif command == "issue-broker":
-        issued = issue_broker(args.directory, args.hostname, ips=args.ip, days=args.days,
-                              force=args.force, key_type=args.key_type, ca_passphrase=ca_passphrase,
-                              group=args.group)
-        _report(issued, group=args.group)
-        print(_mosquitto_listener(args.directory / CA_CERT, issued))
-    elif command == "issue-device":
-        issued = issue_device(args.directory, args.name, days=args.days, force=args.force,
-                              passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
-        _report(issued, encrypted=passphrase is not None)
-        if args.p12:
-            print(f"wrote {write_p12(issued, args.directory / CA_CERT, passphrase)} (mode 0600"
-                  f"{', encrypted' if passphrase else ', NOT encrypted: Java keytool wants a passphrase'})")
-    elif command == "issue-operator":
-        issued = issue_operator(args.directory, args.name, days=args.days, force=args.force,
-                                passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
-        _report(issued, encrypted=passphrase is not None)
-        print(f"grant it in the broker's ACL: edison-agent pki acl --operator {args.name}")
-    elif command == "acl":
-        print(mosquitto_acl(args.operator or ["operator"], args.prefix), end="")
-    elif command == "renew":
-        issued = renew(args.directory, args.name, days=args.days, key_type=args.key_type,
-                       passphrase=passphrase, ca_passphrase=ca_passphrase)
-        _report(issued, encrypted=passphrase is not None)
-    elif command == "list":
-        for item in list_certificates(args.directory):
-            i = item.info
-            state = "EXPIRED" if item.days_left < 0 else f"{item.days_left} days left"
-            print(f"{item.file.name}: {item.usage} CN={i.subject_cn}, SANs {', '.join(i.sans) or 'none'}, "
-                  f"expires {i.not_after:%Y-%m-%d} ({state}), issued by CN={i.issuer_cn}")
-    else:
-        raise PkiError(f"unknown pki command {command!r}")
-
-
-def _read_passphrase(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PkiError(f"{path}: cannot read the passphrase file: {exc.strerror}") from None
-    # An editor on Windows ends the line with CRLF; neither byte is part of the passphrase.
-    line = data.split(b"\n", 1)[0].rstrip(b"\r")
-    if not line:
-        raise PkiError(f"{path}: the first line is empty; put the passphrase on it")
-    return line
-
-
-def _report(issued: Issued, encrypted: bool = False, group: str | None = None) -> None:
-    info = load_certificate_info(issued.cert_file)
-    print(f"wrote {issued.cert_file} (expires {info.not_after:%Y-%m-%d})")
-    mode = f"0640, group {group}" if group else "0600"
-    print(f"wrote {issued.key_file} (mode {mode}{', encrypted' if encrypted else ''})")
-
-
 def mosquitto_listener(ca_file: Path, cert_file: Path, key_file: Path, port: int = 8883,
-                       address: str | None = None) -> str:
-    """The mosquitto.conf listener block for a broker certificate from this tool."""
-    return "\n".join([
+                       address: str | None = None, crlfile: Path | None = None) -> str:
+    """The mosquitto.conf listener block for a broker certificate from this tool.
+
+    With `crlfile` (DIR/crl.pem from 'pki revoke' or 'pki crl') the broker refuses revoked devices."""
+    lines = [
         f"listener {port}" + (f" {address}" if address else ""),
         f"cafile {ca_file.resolve()}",
         f"certfile {cert_file.resolve()}",
@@ -664,14 +544,7 @@ def mosquitto_listener(ca_file: Path, cert_file: Path, key_file: Path, port: int
         "tls_version tlsv1.2",
         # Nagle plus delayed ACKs adds ~40 ms to every TLS handshake otherwise.
         "set_tcp_nodelay true",
-    ])
-
-
-def _mosquitto_listener(ca_file: Path, issued: Issued) -> str:
-    return "\n".join([
-        "",
-        "# for mosquitto.conf. mosquitto 2 reads these files as the mosquitto user, after",
-        "# dropping root: that user must be able to read the key and enter its 0700",
-        "# directory, or copy the three files somewhere it can and change the paths.",
-        mosquitto_listener(ca_file, issued.cert_file, issued.key_file),
-    ])
+    ]
+    if crlfile is not None:
+        lines.append(f"crlfile {crlfile.resolve()}")
+    return "\n".join(lines)

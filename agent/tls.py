@@ -153,7 +153,12 @@ _ALERTS = {
                             "set mqtt.tls.cert_file and mqtt.tls.key_file",
     "unknown ca": "the broker does not trust our client certificate: it was signed by a CA "
                   "the broker's cafile does not hold",
-    "certificate expired": "the broker rejected our client certificate as expired (or the clock is wrong)",
+    # A broker whose crlfile is past its nextUpdate sends this alert for every device.
+    "certificate expired": "the broker rejected our client certificate as expired (or the clock is wrong, or "
+                           "the broker's CRL is past its nextUpdate: 'edison-agent pki crl DIR')",
+    # OpenSSL's alert 44, sent by a broker with a crlfile that lists our serial.
+    "certificate revoked": "the broker says this device's certificate is revoked (it is on the CA's revocation "
+                           "list): issue a new one ('edison-agent pki issue-device --force DIR NAME') and install it",
     "bad certificate": "the broker rejected our client certificate",
     "certificate unknown": "the broker rejected our client certificate",
     "handshake failure": "the broker refused the TLS handshake (no common TLS version or cipher, or "
@@ -170,13 +175,14 @@ _ALERTS = {
 
 # What the broker's alerts say about our own certificate (as opposed to the TLS setup).
 CLIENT_CERT_REFUSALS = frozenset(_ALERTS[a] for a in ("certificate required", "unknown ca", "certificate expired",
-                                                       "bad certificate", "certificate unknown"))
+                                                       "certificate revoked", "bad certificate",
+                                                       "certificate unknown"))
 
 
 # What the broker's side says when it closes the connection right after the handshake: with TLS 1.3
 # a refused client certificate shows up only as this close (session.py has the same words).
 REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
-                            "client certificate (unknown CA or none sent)")
+                            "client certificate (unknown CA, revoked, or none sent)")
 
 # MQTT 3.1.1 CONNACK return codes (section 3.2.2.3).
 _CONNACK = {

@@ -121,12 +121,14 @@ class Broker:
     """A real mosquitto on 127.0.0.1 requiring client certificates; restartable on the same port."""
 
     def __init__(self, workdir: Path, certs: Certs, cert: Path, key: Path, tls: bool = True,
-                 persistent: bool = False, acl_file: Optional[Path] = None) -> None:
+                 persistent: bool = False, acl_file: Optional[Path] = None,
+                 crlfile: Optional[Path] = None) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
-        listener = (pki.mosquitto_listener(certs.ca, cert, key, port=self.port, address="127.0.0.1") if tls
+        listener = (pki.mosquitto_listener(certs.ca, cert, key, port=self.port, address="127.0.0.1",
+                                           crlfile=crlfile) if tls
                     else "listener %d 127.0.0.1\nallow_anonymous true" % self.port)
         self.conf.write_text("\n".join([
             # Started as root, mosquitto would switch to the mosquitto user before reading its key.

@@ -25,12 +25,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from agent.pki import (
     Issued,
     PkiError,
-    add_pki_parser,
     init_ca,
     issue_broker,
     issue_device,
     load_certificate_info,
 )
+from agent.pki_cli import add_pki_parser
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
