@@ -8,8 +8,9 @@ import queue
 import signal
 import ssl
 import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -48,12 +49,21 @@ class Subscriber5:
         assert subscribed.wait(15), "the MQTT 5 subscriber did not subscribe"
 
     def next(self, topic: str, payload: Optional[bytes] = None, timeout: float = 20.0) -> mqtt.MQTTMessage:
+        # A deadline for the whole wait: telemetry on other topics keeps arriving meanwhile.
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.next_of({topic}, max(0.0, deadline - time.monotonic()))
+            if payload is None or msg.payload == payload:
+                return msg
+
+    def next_of(self, topics: Set[str], timeout: float = 20.0) -> mqtt.MQTTMessage:
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                msg = self.messages.get(timeout=timeout)
+                msg = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError("no message on %s within %.0f s" % (topic, timeout)) from None
-            if msg.topic == topic and (payload is None or msg.payload == payload):
+                raise AssertionError("no message on %s within %.0f s" % (sorted(topics), timeout)) from None
+            if msg.topic in topics:
                 return msg
 
     def close(self) -> None:
@@ -196,3 +206,24 @@ def test_doctor_reads_a_reason_string_among_the_connack_properties():
     properties = b"\x21\x00\x0a" + b"\x1f" + len(b"quota used up").to_bytes(2, "big") + b"quota used up"
     assert doctor._reason_string(properties) == "quota used up"
     assert doctor._reason_string(b"\x21\x00\x0a") is None
+
+
+def test_a_v5_command_is_answered_on_its_response_topic_with_its_correlation_data(certs, broker, subscriber5,
+                                                                                   run_agent):
+    cfg = agent_config(certs, broker.port, mqtt={"protocol": 5}, commands={"enabled": True})
+    agent = run_agent(cfg)
+    agent.wait_for(r"subscribed to edison/thunder10/cmd/\+", timeout=30)
+    request = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    request.ResponseTopic = "edison/console/answers"
+    request.CorrelationData = b"\x00req-42"
+    subscriber5.client.publish("edison/thunder10/cmd/ping", json.dumps({"id": "p5"}), qos=1, properties=request)
+    wanted = {"edison/console/answers", "edison/thunder10/reply/p5"}
+    seen = {}
+    while not wanted <= set(seen):
+        msg = subscriber5.next_of(wanted)
+        seen[msg.topic] = msg
+    answer = seen["edison/console/answers"]
+    assert json.loads(answer.payload)["id"] == "p5" and json.loads(answer.payload)["ok"] is True
+    assert answer.properties.CorrelationData == b"\x00req-42"
+    # The usual reply topic gets its copy too, for operators that do not speak MQTT 5.
+    assert json.loads(seen["edison/thunder10/reply/p5"].payload)["ok"] is True
