@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto mosquitto-clients openssl python3-venv systemd pkg-config gcc libc6-dev
 UNITS := systemd/edison-agent.service
 
-.PHONY: demo test check system-deps venv verify-unit clean bench bench-plot
+.PHONY: demo test check system-deps venv verify-unit clean bench bench-plot bench-peers
 
 system-deps:
 	@if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null \
@@ -55,3 +55,27 @@ bench:
 bench-plot:
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check matplotlib
 	$(PY) bench/plot.py bench/results.json docs/performance.png
+
+# Issue 7: the agent, flyte/mqtt-io 2.7 and collectd 5.12 through W1 (200 sensors at 1 s) and
+# idle, interleaved, on the bench's mutual-TLS mosquitto. ~5 minutes on 2 vCPUs; writes
+# bench/peers.json and the peers' configs to bench/peers-configs/. Not part of `make test`.
+# mqtt-io gets a venv of its own (its dependencies are not the agent's); paho-mqtt is pinned
+# to the agent's version so the two Python daemons differ in themselves, not in paho.
+# collectd-core's mqtt plugin needs libmosquitto1, which the package only suggests; the
+# package's collectd.service does not start without /etc/collectd/collectd.conf, which
+# collectd-core does not install.
+PEERS_VENV := bench/.peers-venv
+
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --disable-pip-version-check 'mqtt-io==2.7.0' 'paho-mqtt==2.2.0'
+	touch $@
+
+bench-peers: system-deps venv $(PEERS_VENV)/.installed
+	@if ! command -v collectd >/dev/null || [ ! -e /usr/lib/collectd/mqtt.so ] \
+	    || ldd /usr/lib/collectd/mqtt.so | grep -q 'not found'; then \
+	  echo "installing collectd-core libmosquitto1 with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends collectd-core libmosquitto1; \
+	fi
+	$(PY) bench/peers.py

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -344,18 +344,36 @@ class AgentProc:
         return None
 
 
+def wait_quiet(count: Callable[[], int], quiet: float = 0.25, timeout: float = 2.0) -> None:
+    """Until no reading has arrived for `quiet` s, at most `timeout` s: a window that starts and
+    ends between two once-a-second bursts holds whole bursts, in its CPU and in its count."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        n = count()
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
 def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[str, Any]],
-                  warm: float, window: float) -> Dict[str, Any]:
+                  warm: float, window: float, between_bursts: bool = False) -> Dict[str, Any]:
     cfg = agent_config(env, sensors, batch)
     a = AgentProc(cfg)
     try:
         a.wait_connected()
         time.sleep(warm)
+        if between_bursts:
+            wait_quiet(lambda: env.sub.snapshot()[0])
         r0, m0, b0 = env.sub.snapshot()
-        cpu0, t0, s0 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid)
+        cpu0, t0, s0, ns0 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid), proc_sched_ns(a.pid)
         time.sleep(window)
+        if between_bursts:
+            wait_quiet(lambda: env.sub.snapshot()[0])
         r1, m1, b1 = env.sub.snapshot()
-        cpu1, t1, s1 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid)
+        cpu1, t1, s1, ns1 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid), proc_sched_ns(a.pid)
         threads = len(os.listdir("/proc/%d/task" % a.pid))
         hwm = proc_status(a.pid, "VmHWM")
     finally:
@@ -364,6 +382,8 @@ def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[
     return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "acked": readings, "messages": m1 - m0,
             "bytes_per_msg": (b1 - b0) / max(1, m1 - m0), "us_per_reading": 1e6 * (cpu1 - cpu0) / max(1, readings),
             "delivered_total_from_log": delivered, "threads": threads, "vmhwm_kib": hwm,
+            # schedstat: ns resolution, live threads only (a cross-check on the 10 ms ticks)
+            "sched_cpu_s": (ns1 - ns0) / 1e9,
             "wakeups": sum(s1.values()) - sum(s0.get(t, 0) for t in s1),
             "wakeups_per_reading_by_thread": thread_deltas(a.pid, s0, s1, max(1, readings))}
 
