@@ -60,7 +60,7 @@ class CertInfo:
     is_ca: bool
 
 
-def _require_crypto() -> None:
+def require_crypto() -> None:
     try:
         import cryptography  # noqa: F401
     except ImportError:
@@ -73,7 +73,7 @@ def init_ca(directory: Path, name: str = "edison-agent CA", days: int = 3650,
             force: bool = False, key_type: str = DEFAULT_KEY_TYPE,
             passphrase: bytes | None = None) -> Issued:
     """Create a self-signed CA in DIR/ca.crt and DIR/ca.key."""
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
 
     directory = Path(directory)
@@ -94,7 +94,7 @@ def issue_broker(directory: Path, hostname: str, ips: Sequence[str] = (), days: 
                  key_type: str = DEFAULT_KEY_TYPE, ca_passphrase: bytes | None = None,
                  group: str | None = None) -> Issued:
     """Issue DIR/<hostname>.crt/.key for the broker, signed by DIR's CA."""
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -135,7 +135,7 @@ def issue_device(directory: Path, name: str, days: int = 730, force: bool = Fals
 
     `files` writes the pair under other names instead (a provisioning bundle's certs/client.*).
     `_wrong_usage` (tests only) makes it a serverAuth-only certificate, which brokers refuse."""
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -219,7 +219,7 @@ class Listed:
 
 def list_certificates(directory: Path) -> list[Listed]:
     """Every certificate in DIR, with the days it has left and what it is for."""
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -244,7 +244,7 @@ def list_certificates(directory: Path) -> list[Listed]:
 def renew(directory: Path, name: str, days: int | None = None, key_type: str = DEFAULT_KEY_TYPE,
           passphrase: bytes | None = None, ca_passphrase: bytes | None = None) -> Issued:
     """A new key and certificate for DIR/<name>.crt: same name, SANs and use; a fresh validity."""
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -277,7 +277,7 @@ def _cert_dates(cert: x509.Certificate) -> tuple[datetime, datetime]:
 
 
 def load_certificate_info(path: Path) -> CertInfo:
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
 
     cert = load_cert(Path(path))
@@ -424,15 +424,19 @@ def _prepare(issued: Issued, force: bool) -> None:
     for path in (issued.cert_file, issued.key_file):
         if not force and os.path.lexists(path):
             raise PkiError(f"{path}: already exists; use --force to replace it")
-    directory = issued.cert_file.parent
+    private_directory(issued.cert_file.parent, "private keys do not belong there")
+
+
+def private_directory(directory: Path, why: str) -> None:
+    """Make `directory` (0700) if it is missing; refuse one every user can read."""
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise PkiError(f"{directory}: cannot create the directory: {exc.strerror}") from None
     mode = directory.stat().st_mode & 0o777
     if mode & 0o004:
-        raise PkiError(f"{directory}: readable by every user (mode {mode:04o}); private keys do not "
-                       f"belong there: run 'chmod 700 {directory}' or choose another directory")
+        raise PkiError(f"{directory}: readable by every user (mode {mode:04o}); {why}: "
+                       f"run 'chmod 700 {directory}' or choose another directory")
 
 
 def load_ca(ca_dir: Path, passphrase: bytes | None = None) -> tuple[x509.Certificate, IssuerKey]:

@@ -40,6 +40,7 @@ from agent.pki import (
     issue_device,
     load_ca,
     load_certificate_info,
+    private_directory,
     write_file,
 )
 
@@ -214,24 +215,13 @@ def issue_devices(pki_dir: Path, outdir: Path, csv_path: Path, template: Path | 
     if problems:
         raise ProvisionError(problems)
     load_ca(pki_dir, ca_passphrase)  # a missing CA or a wrong passphrase stops us before any write
-    _prepare_outdir(outdir)
+    private_directory(outdir, "the bundles hold private keys")
     bundles = []
     for device in devices:
         bundle = _issue_one(pki_dir, outdir, device, tree, host, port, days, key_type, force, ca_passphrase)
         out(f"{bundle.status} {bundle.name}: {bundle.detail}")
         bundles.append(bundle)
     return bundles
-
-
-def _prepare_outdir(outdir: Path) -> None:
-    try:
-        outdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PkiError(f"{outdir}: cannot create the directory: {exc.strerror}") from None
-    mode = outdir.stat().st_mode & 0o777
-    if mode & 0o004:
-        raise PkiError(f"{outdir}: readable by every user (mode {mode:04o}); the bundles hold private keys: "
-                       f"run 'chmod 700 {outdir}' or choose another directory")
 
 
 def _issue_one(pki_dir: Path, outdir: Path, device: DeviceRow, tree: dict[str, Any], host: str | None,

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.pki import CA_CERT, UTC, PkiError, check_name, load_ca, load_cert, write_file
+from agent.pki import CA_CERT, UTC, PkiError, check_name, load_ca, load_cert, require_crypto, write_file
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -51,7 +51,7 @@ class Revocation:
 def revoke(directory: Path, name: str, reason: str = "unspecified", days: int = CRL_DAYS,
            ca_passphrase: bytes | None = None) -> Revocation:
     """Add DIR/<name>.crt's serial to DIR/crl.pem (made if missing); a second time changes nothing."""
-    _require_crypto()
+    require_crypto()
     from cryptography import x509
 
     directory = Path(directory)
@@ -90,7 +90,7 @@ def revoke(directory: Path, name: str, reason: str = "unspecified", days: int = 
 def refresh(directory: Path, days: int = CRL_DAYS, ca_passphrase: bytes | None = None) -> Crl:
     """Re-sign DIR/crl.pem with the same entries, the next number and a new nextUpdate; makes an
     empty one if there is none (a broker with `crlfile` needs one before anything is revoked)."""
-    _require_crypto()
+    require_crypto()
     directory = Path(directory)
     ca_cert, ca_key = load_ca(directory, ca_passphrase)
     existing = _load_crl(directory, ca_cert)
@@ -101,21 +101,12 @@ def refresh(directory: Path, days: int = CRL_DAYS, ca_passphrase: bytes | None =
 
 def read_crl(directory: Path) -> Crl | None:
     """DIR/crl.pem, checked against DIR's CA certificate; None if there is none yet."""
-    _require_crypto()
+    require_crypto()
     directory = Path(directory)
     if not (directory / CRL_FILE).exists():
         return None
     crl = _load_crl(directory, load_cert(directory / CA_CERT))
     return _describe(directory / CRL_FILE, crl) if crl is not None else None
-
-
-def _require_crypto() -> None:
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        raise PkiError(
-            "the pki commands need the 'cryptography' package: pip install 'edison-agent[pki]'"
-        ) from None
 
 
 def _load_crl(directory: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
