@@ -136,7 +136,14 @@ class Agent:
         self.session.start()
         self.notifier.ready(self.health.status_line())
         while True:
-            self.sampler.run(self.stop_event, on_tick=self._tick, tick_interval=self._tick_interval())
+            # The sampler's publishes are written just before it sleeps (Session.defer_writes).
+            session = self.session
+            session.defer_writes(True)
+            try:
+                self.sampler.run(self.stop_event, on_tick=self._tick, tick_interval=self._tick_interval(),
+                                 before_sleep=session.flush)
+            finally:
+                session.defer_writes(False)
             if self._stopping or not self._reload_requested:
                 break
             self._reload_requested = False

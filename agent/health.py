@@ -1,8 +1,8 @@
 """Is the agent working? The evidence for systemd's watchdog, and the one-line status.
 
 The watchdog is petted from the sampler's loop, so a stuck main thread stops the pings by
-itself; before petting, the other long-lived thread (the MQTT session's) must have shown
-progress recently. A live-looking zombie gets restarted instead.
+itself; before petting, the other long-lived thread (the MQTT session's) must be asleep with a
+deadline ahead or have been busy only briefly. A live-looking zombie gets restarted instead.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 class NotifierLike(Protocol):
     """What Health needs of agent.notify.Notifier."""
 
-    def watchdog(self) -> None: ...
+    def watchdog(self, status: Optional[str] = None) -> None: ...
 
     def status(self, text: str) -> None: ...
 
 
-# The session thread comes round at least every 15 s (loop timeout, backoff steps), plus up to
-# 5 s in connect(): 30 s of silence means it is stuck.
+# Session.last_alive is "now" while its thread sleeps with a deadline ahead; busy (connect() takes
+# up to ~5 s) or asleep past its deadline, it stands still: 30 s behind means stuck.
 STALL_AFTER = 30.0
 
 
@@ -57,10 +57,10 @@ class Health:
             if self._withheld != problems[0]:
                 log.error("not petting the watchdog: %s", "; ".join(problems))
                 self._withheld = problems[0]
+            self._notifier.status(self.status_line())
         else:
             self._withheld = None
-            self._notifier.watchdog()
-        self._notifier.status(self.status_line())
+            self._notifier.watchdog(self.status_line())
 
     def status_line(self) -> str:
         s = self.session

@@ -71,16 +71,23 @@ class Notifier:
 
     def status(self, text: str) -> None:
         """The line `systemctl status` shows; nothing is sent when it has not changed."""
+        changed = self._changed_status(text)
+        if changed is not None:
+            self._send("STATUS=%s" % changed)
+
+    def watchdog(self, status: Optional[str] = None) -> None:
+        """The keep-alive ping: call every `watchdog_interval` seconds while all is well. A
+        status line given with it goes in the same datagram (if it changed): one send, not two."""
+        changed = self._changed_status(status) if status is not None else None
+        self._send("WATCHDOG=1" if changed is None else "WATCHDOG=1\nSTATUS=%s" % changed)
+
+    def _changed_status(self, text: str) -> Optional[str]:
         text = _one_line(text)
         with self._lock:
             if text == self._last_status:
-                return
+                return None
             self._last_status = text
-        self._send("STATUS=%s" % text)
-
-    def watchdog(self) -> None:
-        """The keep-alive ping: call every `watchdog_interval` seconds while all is well."""
-        self._send("WATCHDOG=1")
+        return text
 
     def stopping(self, status: str) -> None:
         """Shutdown has begun (SIGTERM): STOPPING=1 with the status line."""

@@ -173,8 +173,9 @@ class Sampler:
                 heapq.heapify(heap)
 
     def run(self, stop: Union[threading.Event, Alarm], on_tick: Optional[Callable[[], None]] = None,
-            tick_interval: Optional[float] = None) -> None:
-        """Sample until `stop`; `on_tick` runs on this thread at least every `tick_interval` seconds.
+            tick_interval: Optional[float] = None, before_sleep: Callable[[], None] = lambda: None) -> None:
+        """Sample until `stop`; `on_tick` runs on this thread at least every `tick_interval` seconds,
+        `before_sleep` each time it is about to wait.
 
         With an Alarm as `stop`, requests from other threads wake the schedule at once."""
         self._alarm = stop if isinstance(stop, Alarm) else None
@@ -195,10 +196,12 @@ class Sampler:
             wake = min(heap[0][0] if heap else float("inf"), next_tick)
             if wake == float("inf"):
                 # No sensors and no ticks: the agent holds its session until told to stop.
+                before_sleep()
                 stop.wait()
                 break
             delay = wake - now
             if delay > 0:
+                before_sleep()
                 stop.wait(delay)
                 continue
             if not heap or heap[0][0] > now:

@@ -1,14 +1,17 @@
 """The one MQTT session: the only module that touches paho.
 
-One network thread owns the socket: it connects, runs paho's loop, reconnects with
-exponential backoff and full jitter, and on stop publishes the offline status before
-a clean DISCONNECT (which, by design, does not fire the Last Will).
+One network thread runs the connection: it connects, drives paho's loop on its own select()
+(asleep until the next real deadline: keepalive, or a wake-up), reconnects with exponential
+backoff and full jitter, and on stop publishes the offline status before a clean DISCONNECT
+(which, by design, does not fire the Last Will). paho is used on the socket by one thread at a
+time (_io_lock): a publish from another thread writes its packet itself when it can.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
@@ -35,8 +38,8 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-# The network thread comes round at least this often when idle (the watchdog's evidence);
-# more often only when keepalive asks for it.
+# Only if paho (a future 2.x) no longer has the keepalive timestamps we read: then the network
+# thread looks at keepalive at a fixed step, as paho's own loop() does.
 ALIVE_STEP = 15.0
 # MQTT 5 ContentType of what we publish: consumers (and cloud rules engines) need not sniff.
 JSON = "application/json"
@@ -45,6 +48,11 @@ TEXT = "text/plain"
 # (topic, payload, properties): properties are paho's MQTT 5 properties, or None on 3.1.1.
 # Runs on the network thread: it must hand the message on, never block.
 OnMessage = Callable[[str, bytes, Any], None]
+
+# A select() that returns a hair before paho's keepalive is due would just go round again.
+_LATE = 0.005
+# A publishing thread writes its packet itself only after this long without one (see _write_now).
+_QUIET = 0.5
 
 
 @dataclass(frozen=True)
@@ -119,10 +127,10 @@ class Session:
         self._client.on_log = self._handle_log
         self._client.on_subscribe = self._handle_subscribe
         self._client.on_socket_open = _set_nodelay
-        # With a write-registration hook set, publish() from the sampler thread only queues
-        # the packet and wakes our select(); paho would otherwise write to the TLS socket
-        # from that thread while the network thread reads it.
-        self._client.on_socket_register_write = lambda client, userdata, sock: None
+        # With a write-registration hook set, paho's publish() only queues the packet and calls
+        # the hook; without one it would write to the TLS socket from the publishing thread
+        # even while the network thread reads it. The hook writes under _io_lock instead.
+        self._client.on_socket_register_write = self._write_from_other_thread
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._stop_deadline = 0.0
@@ -147,8 +155,32 @@ class Session:
         self.connected_since: Optional[float] = None
         self.disconnected_since: Optional[float] = time.time()
         self.reconnects = 0
-        # Monotonic time the network thread last came round its loop: the watchdog's evidence.
-        self.last_alive = time.monotonic()
+        # The watchdog's evidence: (the deadline of the wait the network thread is in, None
+        # while it works; when it last started work), monotonic. One tuple, replaced whole, so
+        # the main thread never reads half of it.
+        self._alive: Tuple[Optional[float], float] = (None, time.monotonic())
+        # Our select()'s wake-up: a byte from a thread that queued a packet, or from stop().
+        self._wake_r: Optional[socket.socket] = None
+        self._wake_w: Optional[socket.socket] = None
+        self._wake_sent = False
+        # Held by whichever thread runs paho on the socket (read, write, keepalive, connect):
+        # an SSL object must not be used by two threads at once. Never held across select().
+        self._io_lock = threading.Lock()
+        # The thread whose publishes wait for its flush() (the sampler's), and whether one does.
+        self._deferring: Optional[int] = None
+        self._flush_due = False
+        self._last_handoff = 0.0
+
+    @property
+    def last_alive(self) -> float:
+        """When the network thread last showed progress (monotonic): the watchdog's evidence.
+
+        Blocked in select() or a backoff with a deadline still ahead is progress: that is now.
+        Busy, it is when the work began; still blocked past the deadline, the deadline. So the
+        thread needs no timed wake-up of its own to look alive.
+        """
+        until, since = self._alive
+        return since if until is None else min(time.monotonic(), until)
 
     @property
     def connected(self) -> bool:
@@ -180,10 +212,25 @@ class Session:
         """Publish offline, disconnect, and wait for the network thread, all within `timeout`."""
         self._stop_deadline = time.monotonic() + timeout
         self._stop.set()
-        # Publishing from this thread also wakes the network thread out of its select(),
-        # so a stop does not wait for the loop's one-second timeout.
         self._publish_offline()
+        self.flush()
+        # Connected or not, the network thread may be asleep in select() until a keepalive.
+        self._wake()
         self._thread.join(timeout + 1.0)
+
+    def defer_writes(self, on: bool) -> None:
+        """While on, packets this thread publishes are written by its flush(), which it calls
+        right before it sleeps: the PUBACK then finds it asleep, and the network thread does not
+        wake into a GIL held by the publisher (one wake-up per reading, not two). Off, flushes."""
+        self._deferring = threading.get_ident() if on else None
+        if not on:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the packets deferred by this thread's publishes (see defer_writes); cheap when none."""
+        if self._flush_due:
+            self._flush_due = False
+            self._write_now()
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
                 on_ack: Optional[Callable[[], None]] = None, content_type: str = JSON) -> bool:
@@ -333,8 +380,19 @@ class Session:
     # -- the network thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        try:
+            self._reconnect_loop()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _reconnect_loop(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            self._working()
             lost = self._connect_once()
             if lost:
                 attempt = 0
@@ -344,18 +402,17 @@ class Session:
             rc = self._config.reconnect
             delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng, spread=rc.spread if lost else None)
             self._log.debug("next connection attempt in %.1f s", delay)
-            # In steps, so the watchdog sees this thread alive through a long backoff.
-            deadline = time.monotonic() + delay
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                self.last_alive = time.monotonic()
-                self._stop.wait(min(ALIVE_STEP, deadline - time.monotonic()))
+            # One wait however long: waiting for a deadline ahead is what the watchdog checks.
+            self._alive = (time.monotonic() + delay, self._alive[1])
+            self._stop.wait(delay)
 
     def _connect_once(self) -> bool:
         """One connection's life; True if it reached CONNACK."""
         cfg = self._config
         self._forget_last_attempt()
         try:
-            self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, **self._connect_options())
+            with self._io_lock:
+                self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, **self._connect_options())
         except (OSError, ValueError) as exc:
             if isinstance(self._ssl_context, ClientContext):
                 self._ssl_context.discard_last_socket()
@@ -365,10 +422,8 @@ class Session:
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         was_connected = False
         while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            # Idle, the thread only needs to wake for keepalive: a quarter of it keeps a ping
-            # well inside the broker's 1.5 x keepalive, and ALIVE_STEP bounds it for the watchdog.
-            rc = self._client.loop(timeout=min(ALIVE_STEP, cfg.keepalive / 4))
-            self.last_alive = time.monotonic()
+            # Idle, the thread sleeps until paho's keepalive next needs a look: no fixed step.
+            rc = self._pass(self._keepalive_due())
             if self._connected.is_set() and not was_connected:
                 was_connected = True
                 self._on_connected()
@@ -384,8 +439,120 @@ class Session:
             self._problem(self._refusal, {"MQTT_RC": self._refusal.rpartition(": ")[2]})
         else:
             self._problem(self._closed_before_connack(), {"TLS_ERROR": self._socket_error or "closed"})
-        self._client.disconnect()
+        with self._io_lock:
+            self._client.disconnect()
         return was_connected
+
+    def _pass(self, until: float) -> MQTTErrorCode:
+        """One select() over paho's socket and our wake-up socket, at most until `until`
+        (monotonic), then paho's read, write and keepalive steps for whatever is ready."""
+        client = self._client
+        wake = self._wake_r
+        with self._io_lock:
+            sock = client.socket()
+            if not isinstance(sock, socket.socket) or wake is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            # Bytes OpenSSL has already read from the socket do not make it readable again.
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            # Write interest only while paho has bytes queued: a writable socket would wake us at once.
+            writing = [sock] if client.want_write() else []
+        timeout = 0.0 if pending else max(0.0, until - time.monotonic())
+        self._alive = (until, self._alive[1])
+        try:
+            readable, _, _ = select.select([sock, wake], writing, [], timeout)
+        except (OSError, ValueError):
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        finally:
+            self._working()
+        if wake in readable:
+            # Cleared before reading, so a byte sent meanwhile is either read now or wakes the next select().
+            self._wake_sent = False
+            try:
+                wake.recv(4096)
+            except BlockingIOError:
+                pass
+        with self._io_lock:
+            if sock in readable or pending:
+                rc = client.loop_read()
+                if rc or client.socket() is None:
+                    return rc
+            # A packet queued by another thread that could not write it only woke us: no need
+            # to wait for a writable socket first.
+            if client.want_write():
+                rc = client.loop_write()
+                if rc or client.socket() is None:
+                    return rc
+            return client.loop_misc()
+
+    def _keepalive_due(self) -> float:
+        """When paho's keepalive check next has something to do (monotonic, paho's own clock): a
+        PINGREQ to send, or a PINGRESP (or CONNACK) that is overdue."""
+        client = self._client
+        keepalive = client.keepalive
+        try:
+            # paho 2.x has no public accessor for these; they are what its loop_misc() looks at.
+            last = min(client._last_msg_out, client._last_bytes_received)  # noqa: SLF001
+            ping = client._ping_t  # noqa: SLF001
+        except AttributeError:
+            return time.monotonic() + min(ALIVE_STEP, keepalive / 4)
+        due = last + keepalive
+        if ping > 0:
+            due = min(due, ping + keepalive)
+        return due + _LATE
+
+    def _working(self) -> None:
+        self._alive = (None, time.monotonic())
+
+    def _wake(self) -> None:
+        """Make the network thread's select() return now."""
+        sock = self._wake_w
+        if sock is not None and not self._wake_sent:
+            self._wake_sent = True
+            try:
+                sock.send(b"\0")
+            except OSError:
+                pass  # the buffer is full (a wake-up is pending anyway) or the thread has ended
+
+    def _write_from_other_thread(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        """paho's hook when a packet is queued (and the socket was not registered for writing yet).
+
+        On the network thread the next select() sees want_write() anyway. On a thread that
+        defers its writes, its flush() writes them. On any other thread (a sensor worker, the
+        batch timer, stop()) the packet is written right here when the socket is free, so a
+        reading costs the network thread one wake-up (its PUBACK), not two.
+        """
+        ident = threading.get_ident()
+        if ident == self._thread.ident:
+            return
+        if ident == self._deferring:
+            self._flush_due = True
+            return
+        self._write_now()
+
+    def _write_now(self) -> None:
+        """A packet queued on another thread: write it from here, or wake the network thread to.
+
+        Measured (bench/run.py, docs/performance.md section 3): at one reading in seconds,
+        writing here saves the network thread a wake-up (it wakes for the PUBACK only). At
+        many readings a second the PUBACK comes back while this thread still holds the socket
+        lock, and the network thread wakes into it: there, waking it to write is one wake-up
+        (it is still up when the PUBACK arrives) instead of two.
+        """
+        client = self._client
+        now = time.monotonic()
+        quiet, self._last_handoff = now - self._last_handoff >= _QUIET, now
+        if quiet and self._io_lock.acquire(blocking=False):
+            try:
+                rc = client.loop_write()
+                done = rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.socket() is not None \
+                    and not client.want_write()
+            finally:
+                self._io_lock.release()
+            if done:
+                return
+        # Busy (the network thread is on the socket), left over (socket buffer full) or failed
+        # (paho closed the socket under our select()): the network thread takes it from here.
+        self._wake()
 
     def _forget_last_attempt(self) -> None:
         self._socket_error = None
@@ -446,14 +613,18 @@ class Session:
     def _go_offline(self) -> None:
         if self._publish_offline():
             while not self._offline_acked.is_set() and time.monotonic() < self._stop_deadline:
-                if self._client.loop(timeout=0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if self._pass(min(self._stop_deadline, self._keepalive_due())) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
             if not self._offline_acked.is_set():
                 self._log.warning("offline status not acknowledged before the stop deadline")
         self._connected.clear()
-        self._client.disconnect()
-        # One more pass writes the DISCONNECT packet out.
-        self._client.loop(timeout=0.1)
+        with self._io_lock:
+            self._client.disconnect()
+        # Write the DISCONNECT packet out (paho closes the socket once it has).
+        until = time.monotonic() + 0.1
+        while self._client.want_write() and time.monotonic() < until:
+            if self._pass(until) != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client.socket() is None:
+                break
         self._log.info("disconnected from %s:%d", self._config.host, self._config.port)
 
 

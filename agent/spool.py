@@ -9,8 +9,9 @@ touch memory; a committer thread writes them in one transaction (one fsync of th
 Each change (append, ack, drop) is committed at most `commit_interval` after it happened,
 commits are at least `commit_interval` apart, and a reading acknowledged before its
 deadline is never written at all: with the broker reachable, almost nothing reaches the
-flash. With nothing to commit the committer sleeps until there is: an idle agent never
-wakes for the spool.
+flash. The committer sleeps until a commit is due: appends arm its alarm and an ack that
+leaves nothing to write disarms it, neither waking it (agent.deadline_timer), so a reading
+acknowledged in time costs the committer no wake-up at all.
 
 Memory does not grow with the backlog: the spool holds in memory only what was appended
 since the last commit, what is in flight, and a small read-ahead of the stored backlog.
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
+from agent.deadline_timer import DeadlineTimer
 from agent.reading import Reading, Sample
 from agent.spool_store import (
     PAGE,
@@ -157,7 +159,6 @@ class Spool:
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # depth fell: wait_empty
-        self._wake = threading.Condition(self._lock)  # something to commit: the committer
         self._commit_lock = threading.Lock()  # one commit at a time; taken before _lock, never inside it
 
         self._next_seq = 1
@@ -180,7 +181,8 @@ class Spool:
         self._episode: Dict[str, int] = {}
         self._last_age_drop = 0.0
         self._logs: List[Tuple[int, str, Tuple[Any, ...]]] = []
-        self._dirty = False  # the committer has something to look at
+        self._alarm: Optional[DeadlineTimer] = None  # the committer's; set while a store is open
+        self._armed: Optional[float] = None  # the deadline the alarm is set to (None: not set)
         self._delete_since = 0.0  # when _to_delete became non-empty
         self._last_attempt = -math.inf
         self._broken = False  # the reader met corruption: the committer moves the file aside
@@ -215,7 +217,7 @@ class Spool:
             self._unstored[seq] = entry
             self._depth += 1
             self._bytes += entry.size
-            self._mark_dirty()
+            self._schedule()
             self._enforce(now)
         if self._logs:
             self._emit()
@@ -236,7 +238,7 @@ class Spool:
                         break
                     if head.seq >= self._safe_seq:
                         # Not covered by a durable reservation yet: the next commit extends it.
-                        self._mark_dirty()
+                        self._schedule()
                         if self._failing and not self._paused:
                             self._paused = True
                             self._logs.append((logging.ERROR, "spool cannot commit: publishing paused at seq %d "
@@ -286,6 +288,10 @@ class Spool:
                     self._forget(seq, entry.size)
                 elif seq > self._cursor:
                     self._ack_unsent(seq)
+            if self._armed is not None and self._alarm is not None and self._due() is None:
+                # All of it acknowledged before its commit: the committer need not wake for it.
+                self._armed = None
+                self._alarm.set(None)
             self._changed.notify_all()
         if self._logs:
             self._emit()
@@ -333,9 +339,12 @@ class Spool:
                 return
             self._closing = True
             self._closed = True  # no more appends: the final commit has them all
-            self._wake.notify_all()
+            if self._alarm is not None:
+                self._alarm.ring()
         if self._thread is not None:
             self._thread.join()
+        if self._alarm is not None:
+            self._alarm.close()
         with self._commit_lock:
             if self._store is not None:
                 self._commit(final=True)
@@ -416,6 +425,7 @@ class Spool:
             self._emit()
         with self._commit_lock:
             self._commit()
+        self._alarm = DeadlineTimer()
         self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
         self._thread.start()
 
@@ -437,11 +447,18 @@ class Spool:
 
     # -- committing -----------------------------------------------------------------------------
 
-    def _mark_dirty(self) -> None:
-        # Under _lock. Wakes the committer only on the change from clean to dirty.
-        if not self._dirty and self._store is not None:
-            self._dirty = True
-            self._wake.notify()
+    def _schedule(self) -> None:
+        """Under _lock, after a change: the committer's alarm goes off by the time a commit is due.
+
+        Only ever moved earlier here, so an append while a commit is already scheduled costs
+        nothing; the committer itself sets it later again when it finds nothing due yet.
+        """
+        if self._alarm is None or self._store is None:
+            return
+        due = self._due()
+        if due is not None and (self._armed is None or due < self._armed):
+            self._armed = due
+            self._alarm.set(due)
 
     def _due(self) -> Optional[float]:
         """Under _lock: when the oldest change not yet committed must be; None if there is none.
@@ -464,34 +481,30 @@ class Spool:
         return max(min(born), self._last_attempt) + self.commit_interval
 
     def _run(self) -> None:
+        alarm = self._alarm
+        assert alarm is not None
         while True:
+            alarm.wait()
             with self._lock:
-                while not (self._closing or self._dirty or self._broken):
-                    self._wake.wait()
                 self._wakeups += 1
-                while not (self._closing or self._broken):
-                    due = self._due()
-                    if due is None:
-                        self._dirty = False  # all of it was acknowledged in time: nothing to write
-                        break
-                    remaining = due - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._wake.wait(remaining)
-                closing = self._closing
-                idle = not (self._dirty or self._broken)
-            if closing:
-                return  # close() makes the last commit
-            if not idle:
-                with self._commit_lock:
-                    try:
-                        self._commit()
-                    except Exception:
-                        # A bug must not end durability quietly: say so, try again an interval later.
-                        log.exception("spool commit failed unexpectedly; retrying in %.1f s", self.commit_interval)
-                        with self._lock:
-                            self._last_attempt = time.monotonic()
-                            self._mark_dirty()
+                if self._closing:
+                    return  # close() makes the last commit
+                # Whatever changes from here on arms the alarm again by itself.
+                self._armed = None
+                due = self._due()
+                if not self._broken and (due is None or due > time.monotonic()):
+                    self._schedule()  # early (a ring, or a deadline moved later): not yet
+                    continue
+            with self._commit_lock:
+                try:
+                    self._commit()
+                except Exception:
+                    # A bug must not end durability quietly: say so, try again an interval later.
+                    log.exception("spool commit failed unexpectedly; retrying in %.1f s", self.commit_interval)
+                    with self._lock:
+                        self._last_attempt = time.monotonic()
+            with self._lock:
+                self._schedule()  # what came in during the commit, or a failed one's retry
 
     def _commit(self, final: bool = False, recovered: bool = False) -> bool:
         """Under _commit_lock."""
@@ -511,7 +524,6 @@ class Spool:
                 limit = self._next_seq
             elif self._safe_seq - self._next_seq < self._seq_block // 2:
                 limit = self._next_seq + self._seq_block
-            self._dirty = False
             if not rows and not deletes and limit is None:
                 self._deleting = set()
                 return False
@@ -540,7 +552,7 @@ class Spool:
                 if deletes and not self._to_delete:
                     self._delete_since = time.monotonic()
                 self._to_delete.update(deletes)
-                self._mark_dirty()
+                self._schedule()
         if error is None:
             if self._failing:
                 log.info("spool commits work again (after %d failed)", self._failing)
@@ -593,7 +605,7 @@ class Spool:
             self._depth -= lost
             self._bytes -= lost_bytes
             self._dropped[CORRUPT] += lost
-            self._mark_dirty()
+            self._schedule()
             if self._store is not None:
                 log.error("spool file %s went bad (%s): moved aside to %s; %d readings only it held are lost, "
                           "%d kept in a new file", self.path, reason, target.name, lost, len(kept))
@@ -611,7 +623,7 @@ class Spool:
         if not self._to_delete:
             self._delete_since = time.monotonic()
         self._to_delete.add(seq)
-        self._mark_dirty()
+        self._schedule()
 
     def _ack_unsent(self, seq: int) -> None:
         """An ack for a reading never handed out (seq > cursor): unusual, but it leaves the spool all the same."""
@@ -674,7 +686,8 @@ class Spool:
         if is_corrupt(exc):
             if not self._broken:
                 self._broken = True
-                self._wake.notify()
+                if self._alarm is not None:
+                    self._alarm.ring()
         elif not self._failing:
             self._logs.append((logging.WARNING, "spool read failed (%s): retrying", (exc,)))
 

@@ -112,6 +112,19 @@ def test_an_unchanged_status_is_not_sent_again(backend, listener, monkeypatch):
                                    b"STOPPING=1\nSTATUS=stopping"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_watchdog_ping_carries_a_changed_status_in_the_same_datagram(backend, listener, monkeypatch):
+    n = _notifier(backend, listener.getsockname(), monkeypatch)
+    n.watchdog("connected since 10:00:00; 12 sent; spool 0")
+    n.watchdog("connected since 10:00:00; 12 sent; spool 0")
+    n.status("connected since 10:00:00; 12 sent; spool 0")
+    n.watchdog("connected since 10:00:00; 13 sent; spool 0")
+    # One send per ping: the idle agent's main thread pays for one, not two.
+    assert _received(listener) == [b"WATCHDOG=1\nSTATUS=connected since 10:00:00; 12 sent; spool 0",
+                                   b"WATCHDOG=1",
+                                   b"WATCHDOG=1\nSTATUS=connected since 10:00:00; 13 sent; spool 0"]
+
+
 def test_a_status_stays_on_one_line(listener, monkeypatch):
     n = _notifier("builtin", listener.getsockname(), monkeypatch)
     n.status("last error: broker said\nnot authorized")

@@ -220,6 +220,17 @@ def test_the_loop_ticks_for_the_watchdog_even_when_no_sensor_is_due():
     assert ticks == [0.0, 5.0, 10.0, 15.0]
 
 
+def test_what_a_wake_up_published_is_flushed_right_before_the_loop_sleeps():
+    clock = FakeTime(until=30.0)
+    events: List[Tuple[str, float]] = []
+    sampler = Sampler([(config("t", 10.0), Scripted(clock))], lambda s: events.append(("sample", clock.now)),
+                      monotonic=clock.monotonic, wall=clock.wall, threaded=False)
+    sampler.run(clock, on_tick=lambda: events.append(("tick", clock.now)), tick_interval=10.0,  # type: ignore
+                before_sleep=lambda: events.append(("flush", clock.now)))
+    # One wake-up per reading: the health tick rides on it, the flush is the last thing before sleeping.
+    assert events == [(kind, t) for t in (0.0, 10.0, 20.0) for kind in ("tick", "sample", "flush")]
+
+
 def test_without_sensors_the_loop_only_ticks():
     clock = FakeTime(until=10.0)
     ticks: List[float] = []

@@ -107,8 +107,10 @@ class _Notifier:
         self.pings = 0
         self.statuses: List[str] = []
 
-    def watchdog(self) -> None:
+    def watchdog(self, status: Optional[str] = None) -> None:
         self.pings += 1
+        if status is not None:
+            self.statuses.append(status)
 
     def status(self, text: str) -> None:
         self.statuses.append(text)

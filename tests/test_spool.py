@@ -718,3 +718,97 @@ def test_commit_overdue_grows_only_while_the_writer_is_stuck(tmp_path):
             assert spool.commit_overdue() > 0.2
     finally:
         spool.close()
+
+
+# -- the committer's wake-ups ------------------------------------------------------------------
+
+def _committer_wakeups(spool: Spool) -> int:
+    """The committer thread's real wake-ups: the kernel's count of the times it blocked."""
+    thread = spool._thread
+    assert thread is not None and thread.native_id is not None
+    with open("/proc/self/task/%d/status" % thread.native_id) as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a kernel timer (timerfd) and /proc are Linux's")
+def test_a_reading_acknowledged_before_its_commit_costs_the_committer_no_wake_up(db: Path) -> None:
+    with Spool(db, commit_interval=0.2) as spool:
+        time.sleep(0.2)  # the committer thread has started and is asleep
+        wakeups, commits = _committer_wakeups(spool), spool.stats().commits
+        for i in range(5):
+            spool.append(sample(i))
+            spool.ack(seqs(spool.take(1)))
+            time.sleep(0.3)  # past each reading's commit deadline
+        assert (_committer_wakeups(spool), spool.stats().commits) == (wakeups, commits)
+
+
+def test_the_committer_wakes_once_per_commit(db: Path) -> None:
+    with Spool(db, commit_interval=0.2) as spool:
+        time.sleep(0.2)  # the committer thread has started and is asleep
+        for round_ in range(3):
+            wakeups, commits = spool._wakeups, spool.stats().commits
+            # Several appends within one interval: the first schedules the commit, the rest ride on it.
+            for i in range(4):
+                spool.append(sample(10 * round_ + i))
+            assert _wait_for(lambda n=commits + 1: spool.stats().commits == n)
+            time.sleep(0.3)  # nothing more is due: no more wake-ups
+            assert spool.stats().commits == commits + 1
+            # Counted by the committer's loop: the kernel's count would include the fsync's waits.
+            assert spool._wakeups == wakeups + 1
+
+
+def test_a_commit_is_still_due_when_only_some_readings_were_acknowledged(db: Path) -> None:
+    with Spool(db, commit_interval=0.2) as spool:
+        spool.append(sample(0))
+        spool.append(sample(1))
+        taken = spool.take(2)
+        spool.ack([taken[0].seq])  # the other one still needs its commit in time
+        commits = spool.stats().commits
+        assert _wait_for(lambda: spool.stats().commits == commits + 1, timeout=2.0)
+    with Spool(db) as again:
+        assert [r.seq for r in again.take(5)] == [taken[1].seq]
+
+
+@pytest.mark.parametrize("kernel_timer", [True, False], ids=["timerfd", "condition"])
+def test_an_alarm_goes_off_at_its_latest_deadline_and_not_when_cleared(monkeypatch, kernel_timer: bool) -> None:
+    from agent import deadline_timer as alarm_module
+
+    if not kernel_timer:
+        monkeypatch.setattr(alarm_module, "_timerfd", lambda: None)
+    elif not sys.platform.startswith("linux"):
+        pytest.skip("a kernel timer (timerfd) is Linux's")
+    alarm = alarm_module.DeadlineTimer()
+    assert alarm.kernel_timer == kernel_timer
+    woke: "queue.Queue[float]" = queue.Queue()
+
+    def waiter() -> None:
+        for _ in range(2):
+            alarm.wait()
+            woke.put(time.monotonic())
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        alarm.set(start + 0.2)
+        alarm.set(None)  # cleared: nothing at 0.2 s
+        alarm.set(start + 0.5)
+        went_off = woke.get(timeout=5)
+        assert went_off - start >= 0.45
+        alarm.ring()  # now, with no deadline set
+        assert woke.get(timeout=5) - went_off < 0.2
+    finally:
+        thread.join(5)
+        alarm.close()
