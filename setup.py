@@ -1,8 +1,16 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# One version, in agent/__init__.py: the running agent reports it without importlib.metadata,
+# which costs more memory than the health document it would go into.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "agent" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="edison-agent",
-    version="0.1.0",
+    version=VERSION,
     description="Telemetry agent for the Intel Edison: sensors over one persistent mutual-TLS MQTT session",
     packages=find_packages(include=["agent", "agent.*"]),
     # The example config and unit files that `edison-agent install` puts in place.

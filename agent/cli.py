@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from agent import __version__, config, doctor, logging_setup, pki_cli, status, targets
+from agent import __version__, config, logging_setup, targets
 from agent.board import BoardUnavailable
-from agent.install import add_install_parsers
 from agent.spool import SpoolBusy
 from agent.tls import TLSSetupError, build_context
 
@@ -23,7 +22,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("agent")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edison-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version="edison-agent %s" % __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,15 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and show what it means")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
     check.set_defaults(func=_check_config)
-    pki_cli.add_pki_parser(commands)
-    doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
-    status.add_status_parser(commands)
-    add_install_parsers(commands)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] != ["run"]:
+        # Not for `run`: the daemon lives for months on a board where each module is resident
+        # memory (issue 7's footprint), and none of these is needed there.
+        from agent import doctor, pki_cli, status
+        from agent.install import add_install_parsers
+        pki_cli.add_pki_parser(commands)
+        doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
+        status.add_status_parser(commands)
+        add_install_parsers(commands)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -142,15 +142,7 @@ def _optional(kind: Any, raw: Optional[Mapping[str, Any]]) -> Any:
 
 @functools.cache
 def version() -> str:
-    # Imported here: it costs more than the rest of `edison-agent status`, which never needs it.
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed_version
-
-    try:
-        return installed_version("edison-agent")
-    except PackageNotFoundError:
-        # Run from a checkout without installing.
-        return __version__
+    return __version__
 
 
 def config_hash(path: Path) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -210,3 +212,14 @@ def test_certificate_rotation_by_reload_reconnects_without_losing_a_reading(cert
         assert broker.log.read_text().count("as thunder10 (") == 2
     finally:
         watcher.close()
+
+
+def test_run_loads_only_what_the_daemon_needs():
+    # Every module the daemon imports stays resident for months on a 1 GB board: the off-board
+    # tools (doctor, pki, install, status) and cryptography must not come along with `run`.
+    code = ("import sys; from agent import cli; cli._parser(['run']); import agent.daemon; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "agent.daemon" in loaded
+    assert not {"agent.doctor", "agent.pki", "agent.pki_cli", "agent.install", "agent.status",
+                "agent.provision", "cryptography", "importlib.metadata"} & set(loaded)
