@@ -479,10 +479,26 @@ class Session:
             # A packet queued by another thread that could not write it only woke us: no need
             # to wait for a writable socket first.
             if client.want_write():
-                rc = client.loop_write()
+                rc = self._loop_write()
                 if rc or client.socket() is None:
                     return rc
             return client.loop_misc()
+
+    def _loop_write(self) -> MQTTErrorCode:
+        """paho's loop_write(), then the time of the write where its keepalive looks (under _io_lock).
+
+        paho 2.2 leaves its last-sent time alone when a write empties its queue, so it sent a
+        PINGREQ every keepalive even to a broker that had just received a reading: a wake-up
+        and two TLS records a minute, on a board that publishes every few seconds. The spec's
+        keepalive counts any packet sent."""
+        client = self._client
+        rc = client.loop_write()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not client.want_write():
+            lock = getattr(client, "_msgtime_mutex", None)
+            if lock is not None and hasattr(client, "_last_msg_out"):
+                with lock:
+                    client._last_msg_out = mqtt.time_func()  # noqa: SLF001 - paho's own clock
+        return rc
 
     def _keepalive_due(self) -> float:
         """When paho's keepalive check next has something to do (monotonic, paho's own clock): a
@@ -543,7 +559,7 @@ class Session:
         quiet, self._last_handoff = now - self._last_handoff >= _QUIET, now
         if quiet and self._io_lock.acquire(blocking=False):
             try:
-                rc = client.loop_write()
+                rc = self._loop_write()
                 done = rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.socket() is not None \
                     and not client.want_write()
             finally:

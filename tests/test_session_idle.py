@@ -120,6 +120,18 @@ def test_keepalive_pings_keep_an_idle_session_up(certs, broker, tmp_path, sessio
     _publish_and_wait(session)
 
 
+def test_a_session_that_publishes_within_keepalive_sends_no_pingreq(certs, broker, tmp_path, sessions):
+    session = _session(certs, broker, tmp_path, keepalive=5)
+    _connected_and_settled(session, sessions)
+    # Readings every 2 s for three keepalive periods: each PUBLISH is the keepalive (MQTT 3.1.1
+    # section 3.1.2.10); a PINGREQ would be one more wake-up and two TLS records for nothing.
+    for _ in range(8):
+        _publish_and_wait(session)
+        time.sleep(2)
+    assert session.connected and session.reconnects == 0
+    assert "Received PINGREQ" not in broker.log.read_text(errors="replace")
+
+
 def test_stop_wakes_an_idle_session_at_once_and_goes_offline(certs, broker, tmp_path, sessions):
     session = _session(certs, broker, tmp_path, keepalive=60)
     _connected_and_settled(session, sessions)
