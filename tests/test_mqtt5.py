@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import doctor
+from agent import doctor, mqtt_wire
 from conftest import Broker, Certs, agent_config
 
 STATUS = "edison/thunder10/status"
@@ -204,8 +204,8 @@ def test_doctor_connects_with_mqtt5_and_reports_the_reason_code(broker, certs, t
 def test_doctor_reads_a_reason_string_among_the_connack_properties():
     # Receive Maximum (2 bytes), then a Reason String: what a broker such as EMQX may send.
     properties = b"\x21\x00\x0a" + b"\x1f" + len(b"quota used up").to_bytes(2, "big") + b"quota used up"
-    assert doctor._reason_string(properties) == "quota used up"
-    assert doctor._reason_string(b"\x21\x00\x0a") is None
+    assert mqtt_wire.reason_string(properties) == "quota used up"
+    assert mqtt_wire.reason_string(b"\x21\x00\x0a") is None
 
 
 def test_a_v5_command_is_answered_on_its_response_topic_with_its_correlation_data(certs, broker, subscriber5,

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-from agent import doctor, pki, revocation
+from agent import doctor, mqtt_wire, pki, revocation
 from agent.pki_cli import add_pki_parser
 from conftest import AgentProcess, Broker, Certs
 
@@ -124,7 +124,7 @@ def test_a_connection_open_before_the_reload_stays_open(fleet: Path, crl_broker:
     ctx.load_cert_chain(fleet / "alpha.crt", fleet / "alpha.key")
     with socket.create_connection(("127.0.0.1", crl_broker.port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as sock:
-        sock.sendall(doctor._connect_packet("alpha", 60))
+        sock.sendall(mqtt_wire.connect_packet("alpha", 60))
         assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
         revocation.revoke(fleet, "alpha")
         reload(crl_broker)
