@@ -265,8 +265,9 @@ def _health(r: Reader, raw: Any) -> Optional[HealthConfig]:
     raw_file = r.value(h, "file", "health", str, default=None)
     if interval is None:
         return None
-    if interval <= 0:
-        r.problem("health.interval", "%s: must be above 0 (seconds between health documents; default 60)"
+    if interval < 1:
+        # Each document is a retained publish and a file write: more than one a second is load, not health.
+        r.problem("health.interval", "%s: must be at least 1 (seconds between health documents; default 60)"
                   % interval)
     if not raw_file:
         # Not checked: the default directory is made at start, and only root may make it.

@@ -271,7 +271,7 @@ class Agent:
 
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session
-        session = Session(new.mqtt, ssl_context, on_io=self._pump)
+        session = Session(new.mqtt, ssl_context, on_io=self._pump, resume_from=old_session)
         self.uplink.retire()
         old_session.stop(timeout=min(5.0, new.shutdown_timeout))
         # What the old session had in flight is sent again by the new one, in order.

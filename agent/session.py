@@ -97,7 +97,8 @@ def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.
 
 class Session:
     def __init__(self, config: MQTTConfig, ssl_context: Optional[ssl.SSLContext],
-                 on_io: Callable[[], None] = lambda: None, rng: Optional[random.Random] = None) -> None:
+                 on_io: Callable[[], None] = lambda: None, rng: Optional[random.Random] = None,
+                 resume_from: Optional["Session"] = None) -> None:
         self._config = config
         self._on_io = on_io
         self._rng = rng or random.Random()
@@ -151,7 +152,11 @@ class Session:
         self._last_problem: Optional[str] = None
         self._session_present = False
         # Set at the first CONNACK: later connects of this process ask the broker to resume the session.
-        self._had_connack = False
+        # A session replaced by a reload hands its broker-side session on when it is the same
+        # client at the same broker: a reload is not a new process, and must not start clean.
+        self._had_connack = resume_from is not None and resume_from.had_connack and (
+            (config.host, config.port, config.client_id)
+            == (resume_from._config.host, resume_from._config.port, resume_from._config.client_id))
         self.connected_since: Optional[float] = None
         self.disconnected_since: Optional[float] = time.time()
         self.reconnects = 0
@@ -181,6 +186,11 @@ class Session:
         """
         until, since = self._alive
         return since if until is None else min(time.monotonic(), until)
+
+    @property
+    def had_connack(self) -> bool:
+        """Whether the broker has accepted this session at least once (MQTT 5: resume, not start clean)."""
+        return self._had_connack
 
     @property
     def connected(self) -> bool:

@@ -289,7 +289,7 @@ def test_health_keys_default_and_validate(certs, tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError) as err:
         config.load(path)
     problems = "\n".join(err.value.problems)
-    assert "health.interval: 0.0: must be above 0" in problems
+    assert "health.interval: 0.0: must be at least 1" in problems
     assert "health.every: unknown key (known keys: interval, file)" in problems
     assert "mqtt.health_topic: 'fleet/thunder10/#' is not a valid topic" in problems
 

@@ -227,3 +227,18 @@ def test_a_v5_command_is_answered_on_its_response_topic_with_its_correlation_dat
     assert answer.properties.CorrelationData == b"\x00req-42"
     # The usual reply topic gets its copy too, for operators that do not speak MQTT 5.
     assert json.loads(seen["edison/thunder10/reply/p5"].payload)["ok"] is True
+
+
+def test_a_reload_that_replaces_the_session_resumes_it_at_the_broker(broker, certs, run_agent):
+    cfg = agent_config(certs, broker.port, mqtt={"protocol": 5, "session_expiry": 300})
+    agent = run_agent(cfg)
+    agent.wait_for("connected to .*MQTT 5, new session")
+    path = Path(agent.proc.args[-1])
+    mark = len(agent.lines)
+    # A broker setting changes: the agent replaces its session object, but not the session the
+    # broker keeps for this client (its queued messages, its subscriptions).
+    cfg["mqtt"]["keepalive"] = 30
+    path.write_text(yaml.safe_dump(cfg))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for(r"reloaded .*broker session \(reconnected\)", after=mark)
+    agent.wait_for("connected to .*MQTT 5, session present", after=mark)
