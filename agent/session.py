@@ -619,11 +619,13 @@ class Session:
         same = message == self._last_problem or (
             message == REJECTED_AFTER_HANDSHAKE and self._last_problem in CLIENT_CERT_REFUSALS)
         if not same:
+            # Before the log line: a health document built meanwhile must not show the logged
+            # error as the last one while the session still says nothing is wrong.
+            self._last_problem = message
             # The journal gets the raw TLS error or MQTT reason code as fields beside the plain words.
             log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
                       message, self._config.reconnect.min_delay, self._config.reconnect.max_delay,
                       extra=dict(self._log.extra or {}, **(fields or {})))
-            self._last_problem = message
         else:
             self._log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)
 
