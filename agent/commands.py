@@ -138,7 +138,6 @@ class Commands:
         self._dropped = 0
         self._refused = 0
         self._thread = threading.Thread(target=self._work, name="commands", daemon=True)
-        self.handled = 0
 
     @property
     def subscription(self) -> str:
@@ -186,8 +185,9 @@ class Commands:
         request_id: Any = None
         try:
             try:
-                body: Optional[Dict[str, Any]] = parse(request.payload)
-                request_id = body["id"] if body is not None else None
+                parsed = parse(request.payload)
+                body: Optional[Dict[str, Any]] = parsed
+                request_id = parsed["id"]
             except CommandError as exc:
                 body, bad = None, exc
             # Malformed payloads take tokens too: a flood of garbage costs no more than one of commands.
@@ -210,7 +210,6 @@ class Commands:
             self._refused += exc.error == RATE_LIMITED
             self._reply(request, request_id, {"ok": False, "error": exc.error, "detail": exc.detail})
             return
-        self.handled += 1
         log.info("command %s (id %s) done", request.command, request_id)
         self._reply(request, request_id, {"ok": True, "result": result})
 

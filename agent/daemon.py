@@ -69,6 +69,7 @@ class Agent:
     def _init_health_report(self) -> None:
         self._started = time.monotonic()
         self._config_digest = health_report.config_hash(self.config.path)
+        self._cert_not_after = health_report.certificate_expiry(self.config)
         self._health_file = health_report.HealthFile(self.config.health.file)
         self._next_health: Optional[float] = None
         # The connect the health document was last published for, and whether it resumed TLS.
@@ -117,7 +118,8 @@ class Agent:
         return health_report.gather(self.config, self.session, self.spool, sampled=self.sampled,
                                     delivered=self.uplink.delivered, started=self._started,
                                     config_digest=self._config_digest, resumed=self._resumed,
-                                    last_error=self.errors.last, stopped=stopped)
+                                    last_error=self.errors.last, cert_not_after=self._cert_not_after,
+                                    stopped=stopped)
 
     def _tick(self) -> None:
         if self.notifier.enabled:
@@ -250,6 +252,7 @@ class Agent:
         if new.mqtt != old.mqtt or fingerprint != self._tls_fingerprint:
             self._replace_session(new, ssl_context)
             self._tls_fingerprint = fingerprint
+            self._cert_not_after = health_report.certificate_expiry(new)
             changed.append("broker session (reconnected)")
         elif (new.device_id, new.batch) != (old.device_id, old.batch):
             self._replace_uplink(new, self.session)

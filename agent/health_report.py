@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import json
 import logging
@@ -140,11 +139,6 @@ def _optional(kind: Any, raw: Optional[Mapping[str, Any]]) -> Any:
     return None if raw is None else _record(kind, raw)
 
 
-@functools.cache
-def version() -> str:
-    return __version__
-
-
 def config_hash(path: Path) -> str:
     """The first 12 hex digits of the config file's sha256: which boards run the same config."""
     try:
@@ -153,11 +147,17 @@ def config_hash(path: Path) -> str:
         return "unreadable"
 
 
-def certificate(cert_file: Optional[Path], now: float) -> Optional[Certificate]:
+def certificate_expiry(config: AgentConfig) -> Optional[datetime.datetime]:
+    """The client certificate's notAfter, read when the session is built (start, reload): the
+    document describes the certificate in use, not a renewed file still waiting for a reload."""
+    cert_file = config.mqtt.tls.cert_file if config.mqtt.tls is not None else None
     dates = tls.certificate_dates(str(cert_file)) if cert_file is not None else None
-    if dates is None:
+    return dates[1] if dates is not None else None
+
+
+def certificate(not_after: Optional[datetime.datetime], now: float) -> Optional[Certificate]:
+    if not_after is None:
         return None
-    not_after = dates[1]
     left = not_after - datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
     return Certificate(not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), days_left=left.days)
 
@@ -191,7 +191,8 @@ class LastErrorHandler(logging.Handler):
 
 def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int, delivered: int,
            started: float, config_digest: str, resumed: Optional[bool], last_error: Optional[LastError],
-           stopped: bool = False, now: Optional[float] = None) -> HealthReport:
+           cert_not_after: Optional[datetime.datetime], stopped: bool = False,
+           now: Optional[float] = None) -> HealthReport:
     """The document as of now; `started` is time.monotonic() at the agent's start."""
     now = time.time() if now is None else now
     info = session.connection_info()
@@ -203,9 +204,8 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
     else:
         state, since = DISCONNECTED, session.disconnected_since
     stats = spool.stats()
-    tls_config = config.mqtt.tls
     return HealthReport(
-        device=config.device_id, version=version(), time=round(now, 3),
+        device=config.device_id, version=__version__, time=round(now, 3),
         uptime=round(time.monotonic() - started, 3), interval=config.health.interval, config_hash=config_digest,
         connection=Connection(state=state, since=round(since, 3) if since is not None else None,
                               problem=session.problem if state == DISCONNECTED else None,
@@ -216,7 +216,7 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
                           dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt),
         spool=SpoolState(depth=stats.depth, in_flight=stats.in_flight, bytes=stats.bytes,
                          file_bytes=stats.file_bytes, durable=stats.durable),
-        certificate=certificate(tls_config.cert_file if tls_config else None, now),
+        certificate=certificate(cert_not_after, now),
         last_error=last_error, board=board_facts())
 
 
