@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from agent import __version__, tls
+from agent.atomic_file import replace_file
 from agent.sensors.system import METRICS, SystemOptions
 
 if TYPE_CHECKING:
@@ -251,16 +251,7 @@ def write_atomically(path: Path, text: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         # 0755 whatever the umask (the hardened unit's is 0077): `status` is for non-root operators too.
         directory.chmod(0o755)
-    tmp = directory / (".%s.tmp" % path.name)
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        os.fchmod(fd, 0o644)
-        data = text.encode("utf-8")
-        while data:
-            data = data[os.write(fd, data):]
-    finally:
-        os.close(fd)
-    os.replace(str(tmp), str(path))
+    replace_file(path, text.encode("utf-8"), 0o644)
 
 
 def read(path: Path) -> HealthReport:

@@ -28,6 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from agent.atomic_file import replace_file
+
 UNIT_NAME = "edison-agent.service"
 CONFIG_DIR = Path("etc/edison-agent")
 UNIT_DIR = Path("etc/systemd/system")
@@ -176,7 +178,7 @@ def install(root: Path = Path("/"), *, dry_run: bool = False, systemd_version: O
     else:
         example = example_config()
         plan.do("write %s (%04o) from the example: edit mqtt.host and device.id" % (config, CONFIG_MODE),
-                lambda: _write(config, example, CONFIG_MODE))
+                lambda: replace_file(config, example, CONFIG_MODE))
     certs = config_dir / "certs"
     _ensure_dir(plan, certs, CERTS_MODE, tighten=True)
     if certs.is_dir():
@@ -343,22 +345,7 @@ def _install_file(plan: _Plan, path: Path, content: bytes, what: str) -> None:
         plan.note("keep %s (%s): unchanged" % (path, what))
         return
     verb = "replace" if path.exists() else "write"
-    plan.do("%s %s (%s)" % (verb, path, what), lambda: _write(path, content, UNIT_MODE))
-
-
-def _write(path: Path, content: bytes, mode: int) -> None:
-    """Write through a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name("." + path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+    plan.do("%s %s (%s)" % (verb, path, what), lambda: replace_file(path, content, UNIT_MODE))
 
 
 def _can_run_systemctl(root: Path) -> bool:

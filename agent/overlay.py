@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import yaml
 
+from agent.atomic_file import replace_file
 from agent.sensor_config import SensorConfig
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,7 @@ def save(path: Path, intervals: Mapping[str, float]) -> None:
     body = yaml.safe_dump({"sensors": {name: {"interval": intervals[name]} for name in sorted(intervals)}},
                           default_flow_style=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(HEADER + body)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    replace_file(path, (HEADER + body).encode("utf-8"), 0o644, durable=True)
 
 
 def apply(sensors: Tuple[SensorConfig, ...], intervals: Mapping[str, float],
