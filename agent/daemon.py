@@ -25,7 +25,7 @@ from agent.reading import Sample
 from agent.sampler import Alarm, Sampler
 from agent.sensor_config import SensorConfig
 from agent.sensors import DRIVERS, Sensor
-from agent.session import Session
+from agent.session import ConnectionInfo, Session
 from agent.spool import Spool
 from agent.uplink import Uplink
 
@@ -50,7 +50,7 @@ class Agent:
         self._tls_fingerprint = _fingerprint(config.mqtt)
         sc = config.spool
         self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval) if sc else Spool()
-        self.session = Session(config.mqtt, ssl_context, on_io=self._pump)
+        self.session = Session(config.mqtt, ssl_context, on_io=self._pump, on_connected=self._connected)
         self.uplink = self._new_uplink(config, self.session)
         # Intervals set by command: the persisted ones are in the overlay file too; all of them
         # outlive a reload, only the overlay's outlive a restart.
@@ -72,8 +72,7 @@ class Agent:
         self._cert_not_after = health_report.certificate_expiry(self.config)
         self._health_file = health_report.HealthFile(self.config.health.file)
         self._next_health: Optional[float] = None
-        # The connect the health document was last published for, and whether it resumed TLS.
-        self._announced: Optional[float] = None
+        # Whether the last connect resumed a TLS session (None before one, or over plain MQTT).
         self._resumed: Optional[bool] = None
         self._count_lock = threading.Lock()
         self._health_lock = threading.Lock()
@@ -93,14 +92,12 @@ class Agent:
 
     def _pump(self) -> None:
         self.uplink.pump()
-        # On the network thread, right after a new CONNACK: the document is small and the file
+
+    def _connected(self, info: ConnectionInfo) -> None:
+        # On the network thread, right after a CONNACK: the document is small and the file
         # lives on tmpfs, so publishing here does not hold the session up.
-        since = self.session.connected_since
-        if since is not None and since != self._announced and self.session.connected:
-            self._announced = since
-            info = self.session.connection_info()
-            self._resumed = info.resumed if info is not None and info.tls_version else None
-            self.publish_health()
+        self._resumed = info.resumed if info.tls_version else None
+        self.publish_health()
 
     def publish_health(self) -> None:
         """Build the health document, publish it retained (QoS 1) if connected, and write health.file."""
@@ -274,7 +271,8 @@ class Agent:
 
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session
-        session = Session(new.mqtt, ssl_context, on_io=self._pump, resume_from=old_session)
+        session = Session(new.mqtt, ssl_context, on_io=self._pump, resume_from=old_session,
+                          on_connected=self._connected)
         self.uplink.retire()
         old_session.stop(timeout=min(5.0, new.shutdown_timeout))
         # What the old session had in flight is sent again by the new one, in order.

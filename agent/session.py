@@ -98,9 +98,12 @@ def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.
 class Session:
     def __init__(self, config: MQTTConfig, ssl_context: Optional[ssl.SSLContext],
                  on_io: Callable[[], None] = lambda: None, rng: Optional[random.Random] = None,
-                 resume_from: Optional["Session"] = None) -> None:
+                 resume_from: Optional["Session"] = None,
+                 on_connected: Callable[[ConnectionInfo], None] = lambda info: None) -> None:
         self._config = config
         self._on_io = on_io
+        # After each CONNACK, on the network thread, once the connect is logged.
+        self._on_connected_hook = on_connected
         self._rng = rng or random.Random()
         # Every line about this session carries BROKER= in the journal.
         self._log = logging.LoggerAdapter(log, {"BROKER": "%s:%d" % (config.host, config.port)})
@@ -606,6 +609,8 @@ class Session:
         else:
             self._log.info("connected to %s:%d, %s", cfg.host, cfg.port, how)
         self._last_problem = None
+        if info is not None:
+            self._on_connected_hook(info)
 
     @property
     def problem(self) -> Optional[str]:
