@@ -247,7 +247,6 @@ def _issue_one(pki_dir: Path, outdir: Path, device: DeviceRow, tree: dict[str, A
         header = (f"# edison-agent config for {name}, made by 'edison-agent pki issue-devices'.\n"
                   f"# Every key is described in docs/configuration.md.\n")
         write_file(config_file, (header + yaml.safe_dump(cfg, sort_keys=False)).encode("utf-8"), 0o640, False)
-        config_file.chmod(0o640)
         _check_config(config_file, target / "config.yaml")
         # Recorded last: a failed bundle leaves no certificate behind in the CA's directory.
         write_file(record, files.cert_file.read_bytes(), 0o644, force=True)

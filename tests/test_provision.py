@@ -80,8 +80,8 @@ def test_three_rows_make_three_bundles_that_load_and_connect(ca: Path, fleet_bro
     for name in ("thunder21", "thunder22", "thunder23"):
         bundle = out / name
         assert contents(bundle) == ["certs", "certs/ca.crt", "certs/client.crt", "certs/client.key", "config.yaml"]
-        assert (mode(bundle), mode(bundle / "certs/client.key"), mode(bundle / "certs/client.crt")) == \
-            (0o700, 0o600, 0o644)
+        assert (mode(bundle), mode(bundle / "certs/client.key"), mode(bundle / "certs/client.crt"),
+                mode(bundle / "config.yaml")) == (0o700, 0o600, 0o644, 0o640)
         cfg = config.load(bundle / "config.yaml")
         assert (cfg.device_id, cfg.mqtt.client_id, cfg.mqtt.host, cfg.mqtt.port) == \
             (name, name, "127.0.0.1", fleet_broker.port)
