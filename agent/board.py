@@ -88,9 +88,14 @@ class I2CDevice:
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:
             raise BoardError("%s: %s failed: %s (is it connected, at this address?)"
                              % (self._where(), what, exc)) from None
+        except OSError:
+            # A failed or short buffer read: libmraa sets no errno of its own (i2c.c:220-224), so
+            # the OSError's errno is 0 or left over from an earlier call; naming it would mislead.
+            raise BoardError("%s: %s failed: no reply, or fewer bytes than asked (is it connected, at "
+                             "this address?)" % (self._where(), what)) from None
 
     def read_reg(self, reg: int) -> int:
         return int(self._call("read register 0x%02x" % reg, self._i2c.readReg, reg))
@@ -124,6 +129,10 @@ class PulseCounter:
         # The callback runs on libmraa's own thread: a lock keeps `+=` and take() from losing counts.
         self._lock = threading.Lock()
         self._count = 0
+        # libmraa keeps only a borrowed pointer to the callback it is given (gpio.hpp:173-176): this
+        # reference is all that keeps it alive, for as long as the interrupt is armed. A bound method
+        # made for the isr() call would be freed at once and the next edge would crash the agent.
+        self.callback: Optional[Callable[[Any], None]] = self._edge
 
     def _edge(self, arg: Any = None) -> None:
         with self._lock:
@@ -135,9 +144,16 @@ class PulseCounter:
         return count
 
     def close(self) -> None:
-        isr_exit = getattr(self._gpio, "isrExit", None)
-        if isr_exit is not None:
-            isr_exit()
+        """Disarm the interrupt, then let go of the callback (never the other way round) and the pin."""
+        gpio, self._gpio = self._gpio, None
+        if gpio is not None:
+            isr_exit = getattr(gpio, "isrExit", None)
+            if isr_exit is not None:
+                isr_exit()
+            close = getattr(gpio, "close", None)
+            if close is not None:
+                close()
+        self.callback = None
 
 
 PULLS = ("none", "up", "down")
@@ -205,7 +221,11 @@ class MraaBoard(Board):
         counter = PulseCounter(gpio, pin)
         mode = {"rising": self._mraa.EDGE_RISING, "falling": self._mraa.EDGE_FALLING,
                 "both": self._mraa.EDGE_BOTH}[edge]
-        _check(gpio.isr(mode, counter._edge, None), "GPIO %d: interrupt on %s edges" % (pin, edge))
+        try:
+            _check(gpio.isr(mode, counter.callback, None), "GPIO %d: interrupt on %s edges" % (pin, edge))
+        except BoardError:
+            counter.close()
+            raise
         return counter
 
 

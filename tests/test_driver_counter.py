@@ -3,6 +3,7 @@ mraa's `_pulse` fires the isr callback from a thread of its own, as libmraa does
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any
@@ -137,6 +138,19 @@ def test_a_pin_that_does_not_exist_is_a_board_error(mraa):
     sensor = CounterSensor("wind", CounterOptions(pin=42), MraaBoard(mraa))
     with pytest.raises(BoardError, match="GPIO 42: cannot open: Invalid GPIO pin specified"):
         sensor.setup()
+
+
+def test_every_edge_is_counted_after_garbage_collection_because_the_callback_is_kept_alive(mraa):
+    # libmraa borrows the callback: if the agent kept no reference, a collection would free it
+    # and the next edge would crash the agent (the fake counts nothing and records the error).
+    sensor = make(CounterOptions(pin=4), MraaBoard(mraa))
+    gc.collect()
+    for _ in range(3):
+        mraa._pulse(4, 7)
+        gc.collect()
+    assert sensor.read() == 21
+    assert mraa._isr_errors == []
+    sensor.close()
 
 
 def test_close_ends_the_interrupt(mraa):

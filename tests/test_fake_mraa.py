@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -191,7 +192,11 @@ def test_isr_calls_back_with_its_arg_from_a_thread_that_is_not_the_callers(mraa:
     calls: list[tuple[object, threading.Thread]] = []
     gpio = mraa.Gpio(8)
     marker = object()
-    assert gpio.isr(mraa.EDGE_RISING, lambda arg: calls.append((arg, threading.current_thread())), marker) == 0
+
+    def callback(arg: object) -> None:
+        calls.append((arg, threading.current_thread()))
+
+    assert gpio.isr(mraa.EDGE_RISING, callback, marker) == 0
     assert mraa._pulse(8, 3) == 3
     assert len(calls) == 3
     assert all(arg is marker for arg, _ in calls)
@@ -203,8 +208,9 @@ def test_isr_calls_back_with_its_arg_from_a_thread_that_is_not_the_callers(mraa:
 def test_isr_hears_only_its_edges(mraa: Any) -> None:
     calls: list[int] = []
     rising, both = mraa.Gpio(9), mraa.Gpio(9)
-    rising.isr(mraa.EDGE_RISING, calls.append, 1)
-    both.isr(mraa.EDGE_BOTH, calls.append, 2)
+    append = calls.append  # kept alive: libmraa holds no reference to the callback
+    rising.isr(mraa.EDGE_RISING, append, 1)
+    both.isr(mraa.EDGE_BOTH, append, 2)
     assert mraa._pulse(9, 2, mraa.EDGE_FALLING) == 2
     assert sorted(calls) == [2, 2]
     assert mraa._pulse(9, 1, mraa.EDGE_RISING) == 2
@@ -214,12 +220,13 @@ def test_isr_hears_only_its_edges(mraa: Any) -> None:
 def test_one_isr_per_context_and_isrexit_stops_it(mraa: Any) -> None:
     calls: list[None] = []
     gpio = mraa.Gpio(10)
-    assert gpio.isr(mraa.EDGE_BOTH, calls.append, None) == mraa.SUCCESS
-    assert gpio.isr(mraa.EDGE_BOTH, calls.append, None) == mraa.ERROR_NO_RESOURCES
+    append = calls.append
+    assert gpio.isr(mraa.EDGE_BOTH, append, None) == mraa.SUCCESS
+    assert gpio.isr(mraa.EDGE_BOTH, append, None) == mraa.ERROR_NO_RESOURCES
     assert gpio.isrExit() == mraa.SUCCESS
     assert mraa._pulse(10, 5) == 0
     assert calls == []
-    assert gpio.isr(mraa.EDGE_BOTH, calls.append, None) == mraa.SUCCESS
+    assert gpio.isr(mraa.EDGE_BOTH, append, None) == mraa.SUCCESS
 
 
 def test_edge_and_isr_return_1_where_unsupported(mraa: Any) -> None:
@@ -244,6 +251,147 @@ def test_an_exception_in_the_callback_is_swallowed(mraa: Any) -> None:
 def test_isr_needs_all_three_arguments(mraa: Any) -> None:
     with pytest.raises(TypeError):
         mraa.Gpio(3).isr(mraa.EDGE_BOTH, print)
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def edge(self, arg: object) -> None:
+        self.count += 1
+
+
+def test_isr_keeps_no_reference_to_its_callback(mraa: Any) -> None:
+    # libmraa borrows `func` (gpio.hpp:173-176): a bound method made for the call is freed at
+    # once, and the next edge calls freed memory on the board. The fake calls nothing and says so.
+    tally = _Tally()
+    gpio = mraa.Gpio(13)
+    assert gpio.isr(mraa.EDGE_BOTH, tally.edge, None) == mraa.SUCCESS
+    mraa._pulse(13, 2)
+    assert tally.count == 0
+    assert all("freed" in str(e) for e in mraa._isr_errors) and len(mraa._isr_errors) == 2
+    kept = tally.edge
+    gpio.isrExit()
+    gpio.isr(mraa.EDGE_BOTH, kept, None)
+    mraa._pulse(13, 2)
+    assert tally.count == 2
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.Gpio(2).getPin(1),
+    lambda m: m.Gpio(0, 1, 0),
+    lambda m: m.Gpio(2).useMmap(1),
+    lambda m: m.I2c(6, 0),
+])
+def test_boolean_parameters_refuse_ints(mraa: Any, call: Callable[[Any], Any]) -> None:
+    with pytest.raises(TypeError):
+        call(mraa)
+
+
+def test_boolean_parameters_take_bools(mraa: Any) -> None:
+    assert mraa.Gpio(2, True, False).getPin(False) == 2
+    assert mraa.Gpio(2).useMmap(True) == mraa.SUCCESS
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: m.Aio(0), lambda m: m.Gpio(2), lambda m: m.I2c(6), lambda m: m.Spi(0),
+    lambda m: m.Uart(0), lambda m: m.Pwm(3),
+])
+def test_every_class_has_close(mraa: Any, make: Callable[[Any], Any]) -> None:
+    make(mraa).close()
+
+
+def test_close_ends_a_gpio_interrupt(mraa: Any) -> None:
+    calls: list[None] = []
+    append = calls.append
+    gpio = mraa.Gpio(4)
+    gpio.isr(mraa.EDGE_BOTH, append, None)
+    gpio.close()
+    assert mraa._pulse(4, 3) == 0
+
+
+def test_readdir_failure_is_an_unknown_runtime_error(mraa: Any) -> None:
+    gpio = mraa.Gpio(7)
+    mraa._fail_reads("gpio", 7)
+    with pytest.raises(RuntimeError, match="^Unknown exception$"):
+        gpio.readDir()
+
+
+def test_readfloat_scale_is_shared_by_every_aio(mraa: Any) -> None:
+    # src/aio/aio.c:18-20: one max_analog_value per process; another context's setBit moves it.
+    ten, twelve = mraa.Aio(0), mraa.Aio(1)
+    mraa._set_analog(0, 1.0)
+    assert ten.readFloat() == 1.0
+    twelve.setBit(12)
+    assert ten.read() == 1023
+    assert ten.readFloat() == pytest.approx(1023 / 4095, rel=1e-6)
+
+
+def test_failed_i2c_buffer_read_carries_a_stale_errno(mraa: Any) -> None:
+    i2c = mraa.I2c(6)
+    i2c.address(0x50)  # nothing there
+    with pytest.raises(OSError) as first:
+        i2c.read(2)
+    assert first.value.errno == 0
+    mraa._set_errno(11)
+    with pytest.raises(OSError) as second:
+        i2c.readBytesReg(0, 2)
+    assert second.value.errno == 11
+
+
+class _Short:
+    def i2c_write(self, data: bytes) -> None:
+        pass
+
+    def i2c_read(self, n: int) -> bytes:
+        return b"\x01"
+
+
+def test_short_i2c_read_is_an_oserror_without_errno(mraa: Any) -> None:
+    mraa._add_i2c_device(6, 0x51, _Short())
+    i2c = mraa.I2c(6)
+    i2c.address(0x51)
+    with pytest.raises(OSError) as caught:
+        i2c.read(4)
+    assert caught.value.errno == 0
+    assert i2c.read(1) == bytearray(b"\x01")
+
+
+def test_empty_i2c_write_is_not_an_error(mraa: Any) -> None:
+    mraa._add_i2c_device(6, 0x52, {})
+    i2c = mraa.I2c(6)
+    i2c.address(0x52)
+    assert i2c.write(bytearray()) == mraa.SUCCESS
+
+
+def test_a_hung_call_holds_the_gil(mraa: Any) -> None:
+    # The real binding never lets go of the GIL: a thread counting in pure Python makes no
+    # progress at all while another thread is inside a hung read.
+    mraa._add_i2c_device(6, 0x53, {0: 1})
+    mraa._hang("i2c", 6, 1.0)
+    i2c = mraa.I2c(6)
+    i2c.address(0x53)
+    beats: list[float] = []
+    started = threading.Event()
+    stop = threading.Event()
+
+    def beat() -> None:
+        started.set()
+        while not stop.is_set():
+            beats.append(time.monotonic())
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    started.wait()
+    time.sleep(0.05)
+    assert i2c.readReg(0) == 1  # holds the GIL for the whole second
+    time.sleep(0.05)
+    stop.set()
+    thread.join()
+    # The other thread's 10 ms beat stopped for the whole second (time.sleep would not stop it).
+    assert max(b - a for a, b in zip(beats, beats[1:])) >= 0.9
+    assert i2c.readReg(0) == 1  # only the first call hangs
 
 
 # --- I2c ------------------------------------------------------------------------------
@@ -323,6 +471,7 @@ def test_i2c_writes_to_a_missing_device_return_99(mraa: Any) -> None:
     assert i2c.writeByte(1) == 99
     assert i2c.writeWordReg(0x00, 1) == 99
     assert i2c.write(bytearray([0, 1])) == 99
+    assert i2c.write(bytearray()) == 99
 
 
 def test_i2c_fail_reads_uses_each_calls_style(mraa: Any) -> None:

@@ -8,21 +8,24 @@ styles: constructors and some reads raise, setters and writes return an int code
 
 Everything whose name starts with an underscore is a test-control hook, not mraa API:
 ``_reset``, ``_set_analog``, ``_set_gpio``, ``_fail_reads``, ``_add_i2c_device``,
-``_pulse``, ``_set_edge_supported``, ``_uart_feed``, ``_uart_sent``, ``_isr_errors``.
+``_pulse``, ``_set_edge_supported``, ``_uart_feed``, ``_uart_sent``, ``_isr_errors``,
+``_hang``, ``_set_errno``.
 Initial state can also come from environment variables read at import time
-(``FAKE_MRAA_ANALOG``, ``FAKE_MRAA_GPIO``, ``FAKE_MRAA_FAIL``, ``FAKE_MRAA_I2C``):
+(``FAKE_MRAA_ANALOG``, ``FAKE_MRAA_GPIO``, ``FAKE_MRAA_FAIL``, ``FAKE_MRAA_I2C``,
+``FAKE_MRAA_HANG``, ``FAKE_MRAA_ERRNO``):
 see README.md next to this file.
 """
 
 from __future__ import annotations
 
 import contextlib as _contextlib
-import errno as _errno
+import ctypes as _ctypes
 import math as _math
 import os as _os
 import queue as _queue
 import struct as _struct
 import threading as _threading
+import weakref as _weakref
 from collections.abc import Mapping
 from typing import Any
 from typing import Protocol as _Protocol
@@ -191,10 +194,37 @@ def _arg_float(value: Any, method: str, argn: int) -> float:
 
 
 def _arg_bool(value: Any, method: str, argn: int) -> bool:
-    # SWIG 3 took anything truthy; SWIG 4 takes only bool. Accept bool and int.
-    if not isinstance(value, int):
+    # SWIG 4's SWIG_AsVal_bool takes only a bool (PyBool_Check): getPin(1) is a TypeError.
+    if not isinstance(value, bool):
         raise TypeError(f"in method '{method}', argument {argn} of type 'bool'")
-    return bool(value)
+    return value
+
+
+def _is_bool(value: Any) -> bool:
+    """Overloaded constructors dispatch on PyBool_Check too: Gpio(0, 1, 0) matches no overload."""
+    return isinstance(value, bool)
+
+
+# The binding never releases the GIL (no SWIG_PYTHON_THREAD_BEGIN_ALLOW, not built with -threads),
+# so a slow ioctl freezes every Python thread. A foreign call through PyDLL keeps the GIL the same
+# way; time.sleep would release it and hide the problem.
+class _Timespec(_ctypes.Structure):
+    # glibc's struct timespec: time_t and long are both C longs (32-bit on the Edison's i386).
+    _fields_ = [("tv_sec", _ctypes.c_long), ("tv_nsec", _ctypes.c_long)]
+
+
+_libc = _ctypes.PyDLL(None, use_errno=True)
+_libc.nanosleep.argtypes = [_ctypes.POINTER(_Timespec), _ctypes.POINTER(_Timespec)]
+
+
+def _hold_gil(seconds: float) -> None:
+    """Block for `seconds` in one foreign call that keeps the GIL, as a stuck ioctl in libmraa does."""
+    whole = int(seconds)
+    request = _Timespec(whole, int((seconds - whole) * 1e9))
+    left = _Timespec(0, 0)
+    # Only a signal handler interrupts it (EINTR); the rest is slept again, still holding the GIL.
+    while _libc.nanosleep(_ctypes.byref(request), _ctypes.byref(left)) != 0:
+        request = _Timespec(left.tv_sec, left.tv_nsec)
 
 
 def _overload_error(name: str) -> TypeError:
@@ -281,6 +311,14 @@ _no_edge: set[int] = set()
 _isr_threads: set[_IsrThread] = set()
 _uart_rx = bytearray()
 _uart_tx = bytearray()
+# (kind, channel/pin/bus) -> [seconds, calls left]: calls that hold the GIL that long (_hang).
+_hangs: dict[tuple[str, int], list[float]] = {}
+# What errno holds when a failed I2C buffer read turns it into OSError: libmraa does not set it
+# (src/i2c/i2c.c:220-224), so it is whatever an earlier call left (_set_errno).
+_stale_errno = 0
+# src/aio/aio.c:18-20: one max_analog_value for the whole process, rewritten by any context's
+# setBit, and what readFloat divides by.
+_max_analog_value = (1 << _ADC_SUPPORTED_BITS) - 1
 
 #: Exceptions raised by isr callbacks. The real binding logs them to syslog and carries on
 #: (src/python/mraapy.c); the fake does the same, keeping them here for tests to inspect.
@@ -294,7 +332,10 @@ class _IsrThread(_threading.Thread):
         super().__init__(name=f"mraa-isr-gpio{pin}", daemon=True)
         self.pin = pin
         self.mode = mode
-        self._callback = callback
+        # libmraa keeps a borrowed pointer to the callback (api/mraa/gpio.hpp:173-176,
+        # src/gpio/gpio.c:991,1001): nothing keeps it alive but the caller. A weak reference
+        # here, so code that lets go of it fails in the tests as it would crash on the board.
+        self._callback = _weakref.ref(callback)
         self._arg = arg
         self._events: _queue.Queue[_threading.Event | None] = _queue.Queue()
 
@@ -304,8 +345,13 @@ class _IsrThread(_threading.Thread):
             if done is None:
                 return
             try:
+                callback = self._callback()
+                if callback is None:
+                    # The real binding calls freed memory here: a SIGSEGV, or nothing at all.
+                    raise RuntimeError(f"fake mraa: the isr callback on pin {self.pin} was freed "
+                                       "(libmraa keeps no reference to it: this crashes on the board)")
                 # mraa_python_isr: PyEval_CallObject(isr, Py_BuildValue("(O)", isr_args))
-                self._callback(self._arg)
+                callback(self._arg)
             except Exception as exc:  # noqa: BLE001 - the real binding logs to syslog and goes on
                 _isr_errors.append(exc)
             finally:
@@ -327,6 +373,31 @@ class _IsrThread(_threading.Thread):
         return edge is None or edge == EDGE_BOTH or self.mode == EDGE_BOTH or self.mode == edge
 
 
+def _maybe_hang(kind: str, where: int) -> None:
+    with _lock:
+        entry = _hangs.get((kind, where))
+        if entry is None:
+            return
+        seconds = entry[0]
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _hangs[(kind, where)]
+    _hold_gil(seconds)
+
+
+class _Closable:
+    """close() frees the C context; the real binding then works on freed memory, the fake refuses."""
+
+    _closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"fake mraa: {type(self).__name__} used after close()")
+
+
 def _pin(pin: int) -> _PinState:
     state = _pins.get(pin)
     if state is None:
@@ -339,7 +410,7 @@ def _pin(pin: int) -> _PinState:
 # --------------------------------------------------------------------------------------
 
 
-class Aio:
+class Aio(_Closable):
     """An analog input, A0-A5. The ADC is 12-bit; reads are 10-bit unless setBit says otherwise."""
 
     def __init__(self, pin: int) -> None:
@@ -352,6 +423,8 @@ class Aio:
 
     def _raw(self) -> int:
         """mraa_aio_read: the count at the current resolution, or -1 when the read fails."""
+        self._open()
+        _maybe_hang("aio", self._channel)
         with _lock:
             if self._channel in _failing["aio"]:
                 return -1
@@ -371,8 +444,9 @@ class Aio:
         mraa_aio_read is stored in an unsigned int and divided, so the result is a huge
         number (about 4.2e6 at 10 bits). Only Aio.read() raises on failure.
         """
-        max_value = _f32(float((1 << self._bits) - 1))
         raw = self._raw()
+        with _lock:
+            max_value = _f32(float(_max_analog_value))
         if raw == -1:
             return _f32(_f32(float(2**32 - 1)) / max_value)
         return _f32(raw / max_value)
@@ -381,7 +455,11 @@ class Aio:
         bits = _arg_int(bits, "Aio_setBit", 2)
         if bits < 1:  # mraa_aio_set_bit rejects only bits < 1
             return ERROR_INVALID_RESOURCE
-        self._bits = bits
+        global _max_analog_value
+        with _lock:
+            self._bits = bits
+            # Every other context's readFloat now divides by this too (aio.c:214-256).
+            _max_analog_value = (1 << bits) - 1
         return SUCCESS
 
     def getBit(self) -> int:
@@ -393,11 +471,11 @@ class Aio:
 # --------------------------------------------------------------------------------------
 
 
-class Gpio:
+class Gpio(_Closable):
     """A digital pin, IO0-IO19 (A0-A5 are IO14-IO19)."""
 
     def __init__(self, pin: int, owner: bool = True, raw: bool = False) -> None:
-        if not isinstance(pin, int) or not isinstance(owner, int) or not isinstance(raw, int):
+        if not isinstance(pin, int) or not _is_bool(owner) or not _is_bool(raw):
             raise _overload_error("new_Gpio")
         if raw:
             if pin not in _GPIO_SYSFS:
@@ -417,6 +495,10 @@ class Gpio:
         with _contextlib.suppress(Exception):  # may run during interpreter shutdown
             self.isrExit()
 
+    def close(self) -> None:
+        self.isrExit()
+        super().close()
+
     def dir(self, dir: int) -> int:
         dir = _arg_int(dir, "Gpio_dir", 2, "mraa::Dir")
         with _lock:
@@ -432,11 +514,25 @@ class Gpio:
         return SUCCESS
 
     def readDir(self) -> int:
+        self._open()
         with _lock:
+            if self._pin in _failing["gpio"]:
+                # Gpio::readDir throws std::runtime_error; SWIG's catch-all gives no detail.
+                raise RuntimeError("Unknown exception")
             return _pin(self._pin).direction  # sysfs reads back "in" or "out"
+
+    def inputMode(self, mode: int) -> int:
+        _arg_int(mode, "Gpio_inputMode", 2, "mraa::InputMode")
+        return SUCCESS
+
+    def outputMode(self, mode: int) -> int:
+        _arg_int(mode, "Gpio_outputMode", 2, "mraa::OutputMode")
+        return SUCCESS
 
     def read(self) -> int:
         """0 or 1. A failed read returns -1: the real Gpio::read() does not throw."""
+        self._open()
+        _maybe_hang("gpio", self._pin)
         with _lock:
             if self._pin in _failing["gpio"]:
                 return -1
@@ -463,6 +559,7 @@ class Gpio:
     def isr(self, mode: int, pyfunc: Any, args: Any) -> int:
         """Call pyfunc(args) on every matching edge, from a thread of its own (never the caller's)."""
         mode = _arg_int(mode, "Gpio_isr", 2, "mraa::Edge")
+        self._open()
         with _lock:
             if self._isr is not None and self._isr in _isr_threads:  # one isr per context
                 return ERROR_NO_RESOURCES
@@ -508,11 +605,11 @@ class Gpio:
 # --------------------------------------------------------------------------------------
 
 
-class I2c:
+class I2c(_Closable):
     """An I2C master. On the Arduino breakout every bus 0-8 is moved to bus 6."""
 
     def __init__(self, bus: int, raw: bool = False) -> None:
-        if not isinstance(bus, int) or not isinstance(raw, int):
+        if not isinstance(bus, int) or not _is_bool(raw):
             raise _overload_error("new_I2c")
         if raw:
             if bus != _I2C_BUS:  # only /dev/i2c-6 is modelled
@@ -524,7 +621,13 @@ class I2c:
 
     def _slave(self) -> _I2cSlave | None:
         """The device that answers at the current address, or None (a NACK)."""
+        self._open()
         return _i2c_devices.get((self._bus, self._addr))
+
+    def _transfer(self) -> None:
+        """Every call that reaches the bus: where a hung bus holds the GIL."""
+        self._open()
+        _maybe_hang("i2c", self._bus)
 
     def _read_failing(self) -> bool:
         return self._bus in _failing["i2c"]
@@ -545,106 +648,150 @@ class I2c:
     # Reads that raise ValueError (I2c::readByte/readReg/readWordReg throw invalid_argument).
 
     def readByte(self) -> int:
+        self._transfer()
         with _lock:
             dev = self._slave()
             if dev is None or self._read_failing():
                 raise ValueError("Unknown error in I2c::readByte()")
-            return dev.i2c_read(1)[0]
+            return _first(_slave_read(dev, 1), "readByte")
 
     def readReg(self, reg: int) -> int:
         reg = _arg_u8(reg, "I2c_readReg", 2)
+        self._transfer()
         with _lock:
             dev = self._slave()
             if dev is None or self._read_failing():
                 raise ValueError("Unknown error in I2c::readReg()")
-            dev.i2c_write(bytes([reg]))
-            return dev.i2c_read(1)[0]
+            data = _slave_read(dev, 1) if _slave_write(dev, bytes([reg])) else b""
+            return _first(data, "readReg")
 
     def readWordReg(self, reg: int) -> int:
         """SMBus read word: the first byte the device sends (reg) is the low byte."""
         reg = _arg_u8(reg, "I2c_readWordReg", 2)
+        self._transfer()
         with _lock:
             dev = self._slave()
-            if dev is None or self._read_failing():
+            data = b""
+            if dev is not None and not self._read_failing():
+                data = _slave_read(dev, 2) if _slave_write(dev, bytes([reg])) else b""
+            if len(data) != 2:
                 # sic: the real I2c::readWordReg reuses readReg's message
                 raise ValueError("Unknown error in I2c::readReg()")
-            dev.i2c_write(bytes([reg]))
-            low, high = dev.i2c_read(2)
-            return low | (high << 8)
+            return data[0] | (data[1] << 8)
 
-    # Buffer reads that raise OSError (the argout typemap calls PyErr_SetFromErrno).
+    # Buffer reads that raise OSError: the argout typemap calls PyErr_SetFromErrno whenever
+    # mraa returns -1, and libmraa sets no errno of its own, so the error carries a stale one.
 
     def read(self, length: int) -> bytearray:
         n = _length_arg(length)
+        self._transfer()
         with _lock:
             dev = self._slave()
-            if self._read_failing():
-                raise _io_error(_errno.EIO)
-            if dev is None:
-                raise _io_error(_errno.EREMOTEIO)
-            return bytearray(dev.i2c_read(n))
+            if dev is None or self._read_failing():
+                raise _stale_io_error()
+            return _whole(_slave_read(dev, n), n)
 
     def readBytesReg(self, reg: int, length: int) -> bytearray:
         reg = _arg_u8(reg, "I2c_readBytesReg", 2)
         n = _length_arg(length)
+        self._transfer()
         with _lock:
             dev = self._slave()
-            if self._read_failing():
-                raise _io_error(_errno.EIO)
-            if dev is None:
-                raise _io_error(_errno.EREMOTEIO)
-            dev.i2c_write(bytes([reg]))
-            return bytearray(dev.i2c_read(n))
+            if dev is None or self._read_failing():
+                raise _stale_io_error()
+            data = _slave_read(dev, n) if _slave_write(dev, bytes([reg])) else b""
+            return _whole(data, n)
 
     # Writes return a code; a missing device is MRAA_ERROR_UNSPECIFIED.
 
     def writeByte(self, data: int) -> int:
         data = _arg_u8(data, "I2c_writeByte", 2)
+        self._transfer()
         with _lock:
             dev = self._slave()
             if dev is None:
                 return ERROR_UNSPECIFIED
-            dev.i2c_write(bytes([data]))  # SMBus send byte
+            if not _slave_write(dev, bytes([data])):  # SMBus send byte
+                return ERROR_UNSPECIFIED
         return SUCCESS
 
     def write(self, data: bytearray) -> int:
         buf = _bytearray_arg(data)
+        self._transfer()
         with _lock:
             dev = self._slave()
-            if dev is None or len(buf) == 0:
+            if dev is None:
                 return ERROR_UNSPECIFIED
-            # mraa_i2c_write: SMBus I2C block write, command = data[0], at most 32 data bytes
-            dev.i2c_write(bytes(buf[:33]))
+            if buf:
+                # mraa_i2c_write: SMBus I2C block write, command = data[0], at most 32 data bytes
+                if not _slave_write(dev, bytes(buf[:33])):
+                    return ERROR_UNSPECIFIED
+        # An empty write is not an error (seen on the real binding).
         return SUCCESS
 
     def writeReg(self, reg: int, data: int) -> int:
         reg = _arg_u8(reg, "I2c_writeReg", 2)
         data = _arg_u8(data, "I2c_writeReg", 3)
+        self._transfer()
         with _lock:
             dev = self._slave()
             if dev is None:
                 return ERROR_UNSPECIFIED
-            dev.i2c_write(bytes([reg, data]))
+            if not _slave_write(dev, bytes([reg, data])):
+                return ERROR_UNSPECIFIED
         return SUCCESS
 
     def writeWordReg(self, reg: int, data: int) -> int:
         """SMBus write word: low byte goes to reg, high byte to reg + 1."""
         reg = _arg_u8(reg, "I2c_writeWordReg", 2)
         data = _arg_u16(data, "I2c_writeWordReg", 3)
+        self._transfer()
         with _lock:
             dev = self._slave()
             if dev is None:
                 return ERROR_UNSPECIFIED
-            dev.i2c_write(bytes([reg, data & 0xFF, data >> 8]))
+            if not _slave_write(dev, bytes([reg, data & 0xFF, data >> 8])):
+                return ERROR_UNSPECIFIED
         return SUCCESS
 
 
-# --------------------------------------------------------------------------------------
-# Spi, Uart, Pwm: minimal, with nothing attached
-# --------------------------------------------------------------------------------------
+def _slave_read(dev: _I2cSlave, n: int) -> bytes:
+    """A NACK or bus error from the device is a failed transfer, not its OSError: the binding
+    only sees libmraa's -1 (and the stale errno), so the slave's own errno never reaches Python."""
+    try:
+        return dev.i2c_read(n)
+    except OSError:
+        return b""
 
 
-class Spi:
+def _slave_write(dev: _I2cSlave, data: bytes) -> bool:
+    try:
+        dev.i2c_write(data)
+    except OSError:
+        return False
+    return True
+
+
+def _stale_io_error() -> OSError:
+    """PyErr_SetFromErrno with an errno libmraa never set: 0 gives OSError(0, 'Error')."""
+    code = _stale_errno
+    return OSError(code, _os.strerror(code) if code else "Error")
+
+
+def _whole(data: bytes, n: int) -> bytearray:
+    # src/i2c/i2c.c:220-224: fewer bytes than asked makes the read return -1, errno untouched.
+    if len(data) != n:
+        raise _stale_io_error()
+    return bytearray(data)
+
+
+def _first(data: bytes, method: str) -> int:
+    if len(data) != 1:
+        raise ValueError(f"Unknown error in I2c::{method}()")
+    return data[0]
+
+
+class Spi(_Closable):
     """SPI bus 0 (spidev5.1). No slave is attached: MISO reads back zeros."""
 
     def __init__(self, bus: int, cs: int | None = None) -> None:
@@ -689,7 +836,7 @@ class Spi:
         return SUCCESS
 
 
-class Uart:
+class Uart(_Closable):
     """The UART on IO0/IO1, /dev/ttyMFD1 (index 0). Bytes arrive only through _uart_feed()."""
 
     def __init__(self, uart: Any) -> None:
@@ -769,11 +916,11 @@ class Uart:
         return SUCCESS
 
 
-class Pwm:
+class Pwm(_Closable):
     """PWM on IO3, IO5, IO6, IO9; period 1-218453 us, 5000 us by default."""
 
     def __init__(self, pin: int, owner: bool = True, chipid: int = -1) -> None:
-        if not isinstance(pin, int) or not isinstance(owner, int) or not isinstance(chipid, int):
+        if not isinstance(pin, int) or not _is_bool(owner) or not isinstance(chipid, int):
             raise _overload_error("new_Pwm")
         if chipid != -1 or pin not in _PWM_PINS:
             raise ValueError(_PWM_INIT_ERROR)
@@ -860,9 +1007,13 @@ def _check_bus(bus: int) -> int:
 def _reset() -> None:
     """Back to a freshly booted board: every analog input at 0.5 of full scale, every gpio an
     input reading 0, no I2C devices, no failures, no isr threads, empty UART."""
+    global _stale_errno, _max_analog_value
     with _lock:
         threads = list(_isr_threads)
         _isr_threads.clear()
+        _hangs.clear()
+        _stale_errno = 0
+        _max_analog_value = (1 << _ADC_SUPPORTED_BITS) - 1
         _analog.clear()
         _analog.update({ch: _DEFAULT_FRACTION for ch in _AIO_CHANNELS})
         _pins.clear()
@@ -933,6 +1084,29 @@ def _add_i2c_device(bus: int, address: int, registers: dict[int, int] | _I2cSlav
             raise ValueError(f"fake mraa: registers must map 0-255 to 0-255, not {reg!r}: {value!r}")
     with _lock:
         _i2c_devices[(bus, address)] = _I2cDevice(registers)
+
+
+def _hang(kind: str, where: int, seconds: float, times: int = 1) -> None:
+    """The next `times` calls that reach this analog channel, gpio pin or i2c bus block for
+    `seconds` while holding the GIL, as a stuck ioctl in the real binding does: every Python
+    thread of the process stops with it."""
+    if kind not in _KINDS:
+        raise ValueError(f"fake mraa: kind must be one of {', '.join(_KINDS)}, not {kind!r}")
+    where = {"aio": _check_channel, "gpio": _check_gpio, "i2c": _check_bus}[kind](where)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+        raise ValueError(f"fake mraa: hang seconds must be within 0-3600, not {seconds!r}")
+    if not isinstance(times, int) or times < 1:
+        raise ValueError(f"fake mraa: times must be a positive int, not {times!r}")
+    with _lock:
+        _hangs[(kind, where)] = [float(seconds), times]
+
+
+def _set_errno(code: int) -> None:
+    """The errno a failed I2C buffer read reports (libmraa leaves whatever was there; 0 at start)."""
+    global _stale_errno
+    if not isinstance(code, int) or code < 0:
+        raise ValueError(f"fake mraa: errno must be a non-negative int, not {code!r}")
+    _stale_errno = code
 
 
 def _set_edge_supported(pin: int, supported: bool) -> None:
@@ -1014,6 +1188,14 @@ def _apply_env(environ: Mapping[str, str]) -> None:
                 _set_edge_supported(int(value, 0), False)
             else:
                 _fail_reads(kind, int(value, 0))
+        name = "FAKE_MRAA_HANG"
+        for where, value in _pairs(name, environ.get(name, ""), "="):
+            kind, _, pin = where.partition(":")
+            seconds, _, times = value.partition("*")
+            _hang(kind, int(pin, 0), float(seconds), int(times or "1", 0))
+        name = "FAKE_MRAA_ERRNO"
+        if environ.get(name):
+            _set_errno(int(environ[name], 0))
         name = "FAKE_MRAA_I2C"
         for entry in environ.get(name, "").split(";"):
             entry = entry.strip()
