@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class Board:
     """Hands out pins and buses; the interface drivers program against."""
 
     name = "board"
+    # Made-up readings: said in the health document and the online status, never hidden.
+    simulated = False
 
     def analog_in(self, pin: int, bits: int = 10, part: Optional[str] = None) -> AnalogIn:
         """`part` names what is wired to the pin; a simulated board makes it behave so."""
@@ -229,27 +232,64 @@ class MraaBoard(Board):
         return counter
 
 
-def _import_mraa() -> Optional[ModuleType]:
+def _import_mraa() -> Tuple[Optional[ModuleType], str]:
+    """mraa, or None and the ImportError's own words (the useful part: which file is missing)."""
     try:
         import mraa
-    except ImportError:
-        return None
+    except ImportError as exc:
+        return None, str(exc) or type(exc).__name__
     module: ModuleType = mraa
-    return module
+    return module, ""
 
 
-def open_board(kind: str) -> Board:
-    """`auto` takes mraa when it imports, else the simulated board (with one warning)."""
-    # Imported here: the simulation is not needed on a board with mraa.
-    from agent.simulated import SimulatedBoard
+# libmraa's own test for an Edison (src/x86/x86.c) reads the DMI board name; the Edison's kernel
+# reports "SALT BAY" there. cpuinfo's model name is the second sign, for kernels without DMI.
+EDISON_SIGNS = (("sys/devices/virtual/dmi/id/board_name", "salt bay"),
+                ("proc/cpuinfo", "intel(r) cpu 4000 @ 500mhz"))
 
+
+def running_on_edison(root: Path = Path("/")) -> bool:
+    """Whether this machine is an Intel Edison, read from the kernel's files under `root`."""
+    for name, sign in EDISON_SIGNS:
+        try:
+            text = (root / name).read_text(errors="replace")
+        except OSError:
+            continue
+        if sign in text.lower():
+            return True
+    return False
+
+
+FIX = ("install the board image's python3 mraa binding; in a virtualenv, make it with "
+       "'python3 -m venv --system-site-packages' so it sees the system's mraa")
+
+
+def open_board(kind: str, root: Path = Path("/")) -> Board:
+    """`mraa` or a BoardUnavailable naming why; `simulated` with a warning at every start; `auto`:
+    mraa when it imports, else the simulated board, except on an Edison, where made-up readings
+    would pass for measured ones: there it is mraa or nothing."""
     if kind == "simulated":
-        return SimulatedBoard()
-    mraa = _import_mraa()
+        log.warning("board: simulated: every reading is made up; the health document and the online "
+                    "status say so (set 'board: mraa' on a real board)")
+        return _simulated()
+    mraa, reason = _import_mraa()
     if mraa is not None:
         return MraaBoard(mraa)
     if kind == "mraa":
-        raise BoardUnavailable("the mraa Python module cannot be imported: install the board image's "
-                               "python3 mraa binding, or set 'board: simulated'")
-    log.warning("mraa is not available: using the simulated board (set 'board: simulated' to silence this)")
+        raise BoardUnavailable("the mraa Python module cannot be imported (%s), and 'board: mraa' never "
+                               "falls back to made-up readings: %s" % (reason, FIX))
+    if running_on_edison(root):
+        raise BoardUnavailable("'board: auto' on an Intel Edison, but the mraa Python module cannot be "
+                               "imported (%s): %s. The simulated board is never chosen on an Edison "
+                               "by 'auto'" % (reason, FIX))
+    log.warning("board: auto: mraa cannot be imported (%s), so the simulated board is in use: every "
+                "reading is made up; the health document and the online status say so. Set "
+                "'board: mraa' to refuse to start instead, or 'board: simulated'", reason)
+    return _simulated()
+
+
+def _simulated() -> Board:
+    # Imported here: the simulation is not needed on a board with mraa.
+    from agent.simulated import SimulatedBoard
+
     return SimulatedBoard()

@@ -25,7 +25,7 @@ from agent.reading import Sample
 from agent.sampler import Alarm, Sampler
 from agent.sensor_config import SensorConfig
 from agent.sensors import DRIVERS, Sensor
-from agent.session import ConnectionInfo, Session
+from agent.session import ONLINE, ConnectionInfo, Session
 from agent.spool import Spool
 from agent.uplink import Uplink
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # How often the status line is refreshed when systemd listens but has no watchdog for us.
 STATUS_INTERVAL = 10.0
+# The retained status of an agent whose readings are made up: never the plain "online" of a real board.
+ONLINE_SIMULATED = b"online (simulated board)"
 
 
 class Agent:
@@ -50,7 +52,8 @@ class Agent:
         self._tls_fingerprint = _fingerprint(config.mqtt)
         sc = config.spool
         self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval) if sc else Spool()
-        self.session = Session(config.mqtt, ssl_context, on_io=self._pump, on_connected=self._connected)
+        self.session = Session(config.mqtt, ssl_context, on_io=self._pump, on_connected=self._connected,
+                               online=_online(board))
         self.uplink = self._new_uplink(config, self.session)
         # Intervals set by command: the persisted ones are in the overlay file too; all of them
         # outlive a reload, only the overlay's outlive a restart.
@@ -116,7 +119,7 @@ class Agent:
                                     delivered=self.uplink.delivered, started=self._started,
                                     config_digest=self._config_digest, resumed=self._resumed,
                                     last_error=self.errors.last, cert_not_after=self._cert_not_after,
-                                    stopped=stopped)
+                                    stopped=stopped, simulated=self.board.simulated)
 
     def _tick(self) -> None:
         if self.notifier.enabled:
@@ -238,6 +241,7 @@ class Agent:
             self.notifier.ready(self.health.status_line())
             return
         old, changed = self.config, []
+        was_simulated = self.board.simulated
         sensors = self._effective_sensors(new)
         if sensors != self._sensors or board is not self.board:
             self.sampler.close()
@@ -246,7 +250,8 @@ class Agent:
             self.board = board
             changed.append("sensors")
         fingerprint = _fingerprint(new.mqtt)
-        if new.mqtt != old.mqtt or fingerprint != self._tls_fingerprint:
+        # A board that became (or stopped being) simulated changes the retained online status.
+        if new.mqtt != old.mqtt or fingerprint != self._tls_fingerprint or board.simulated != was_simulated:
             self._replace_session(new, ssl_context)
             self._tls_fingerprint = fingerprint
             self._cert_not_after = health_report.certificate_expiry(new)
@@ -272,7 +277,7 @@ class Agent:
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session
         session = Session(new.mqtt, ssl_context, on_io=self._pump, resume_from=old_session,
-                          on_connected=self._connected)
+                          on_connected=self._connected, online=_online(self.board))
         self.uplink.retire()
         old_session.stop(timeout=min(5.0, new.shutdown_timeout))
         # What the old session had in flight is sent again by the new one, in order.
@@ -286,6 +291,11 @@ class Agent:
         delivered = self.uplink.delivered
         self.uplink = self.health.uplink = self._new_uplink(new, session)
         self.uplink.delivered = delivered
+
+
+def _online(board: Board) -> bytes:
+    # Only a simulated board changes the online status; a real one keeps the plain "online".
+    return ONLINE_SIMULATED if board.simulated else ONLINE
 
 
 def _with_interval(sensor: SensorConfig, seconds: float) -> SensorConfig:

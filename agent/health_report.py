@@ -90,6 +90,8 @@ class Board:
     cpu_temperature: Optional[float]
     mem_available_mib: Optional[float]
     load1: Optional[float]
+    # True when the readings come from the simulated board (made up), never from sensors.
+    simulated: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ class HealthReport:
 
 def _record(kind: Any, raw: Mapping[str, Any]) -> Any:
     # Fields a newer agent added are ignored; a missing one is a KeyError for from_json.
-    return kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)})
+    return kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)
+                   if f.name in raw or f.default is dataclasses.MISSING})
 
 
 def _optional(kind: Any, raw: Optional[Mapping[str, Any]]) -> Any:
@@ -162,7 +165,7 @@ def certificate(not_after: Optional[datetime.datetime], now: float) -> Optional[
     return Certificate(not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), days_left=left.days)
 
 
-def board_facts() -> Board:
+def board_facts(simulated: bool = False) -> Board:
     # The `system` sensor's readers: one place knows the kernel's files.
     def read(metric: str) -> Optional[float]:
         try:
@@ -171,7 +174,7 @@ def board_facts() -> Board:
             return None
 
     return Board(cpu_temperature=read("cpu_temperature"), mem_available_mib=read("mem_available"),
-                 load1=read("load1"))
+                 load1=read("load1"), simulated=simulated)
 
 
 class LastErrorHandler(logging.Handler):
@@ -192,7 +195,7 @@ class LastErrorHandler(logging.Handler):
 def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int, delivered: int,
            started: float, config_digest: str, resumed: Optional[bool], last_error: Optional[LastError],
            cert_not_after: Optional[datetime.datetime], stopped: bool = False,
-           now: Optional[float] = None) -> HealthReport:
+           now: Optional[float] = None, simulated: bool = False) -> HealthReport:
     """The document as of now; `started` is time.monotonic() at the agent's start."""
     now = time.time() if now is None else now
     info = session.connection_info()
@@ -217,7 +220,7 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
         spool=SpoolState(depth=stats.depth, in_flight=stats.in_flight, bytes=stats.bytes,
                          file_bytes=stats.file_bytes, durable=stats.durable),
         certificate=certificate(cert_not_after, now),
-        last_error=last_error, board=board_facts())
+        last_error=last_error, board=board_facts(simulated))
 
 
 class HealthFile:

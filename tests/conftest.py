@@ -231,6 +231,8 @@ def subscriber(broker: Broker, certs: Certs) -> Iterator[Subscriber]:
 
 
 _STATE_DIRS = itertools.count()
+# The retained status of agent_config's agent: its board is simulated, and the status says so.
+ONLINE = "online (simulated board)"
 
 
 def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:

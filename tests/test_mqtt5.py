@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import doctor, mqtt_wire
-from conftest import Broker, Certs, agent_config
+from conftest import ONLINE, Broker, Certs, agent_config
 
 STATUS = "edison/thunder10/status"
 TELEMETRY = "edison/thunder10/telemetry"
@@ -99,7 +99,7 @@ def test_mqtt5_messages_carry_their_content_type_and_the_telemetry_its_expiry(br
     agent = run_agent(agent_config(certs, broker.port, mqtt={"protocol": 5, "message_expiry": 600}))
     agent.wait_for(r"connected to 127\.0\.0\.1:%d, TLSv1\.[23] .*, MQTT 5, new session" % broker.port)
 
-    online = subscriber5.next(STATUS, b"online")
+    online = subscriber5.next(STATUS, ONLINE.encode())
     assert online.properties.ContentType == "text/plain"
     # The retained status must not expire: a late subscriber still learns the device is online.
     assert not hasattr(online.properties, "MessageExpiryInterval")
@@ -120,7 +120,7 @@ def test_the_broker_keeps_the_session_of_a_killed_agent_for_session_expiry(broke
     cfg = agent_config(certs, broker.port, mqtt={"protocol": "5", "session_expiry": expiry})
     agent = run_agent(cfg)
     agent.wait_for("connected to")
-    subscriber5.next(STATUS, b"online")
+    subscriber5.next(STATUS, ONLINE.encode())
     agent.stop(signal.SIGKILL)
     # The Last Will shows the broker has handled the dead connection (and what became of its session).
     will = subscriber5.next(STATUS, b"offline")

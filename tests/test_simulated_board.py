@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -9,9 +13,10 @@ from typing import Any, Dict
 import pytest
 import yaml
 
-from agent import config
+from agent import board, config
 from agent.sensors import DRIVERS
 from agent.simulated import SimulatedBoard
+from conftest import ROOT, agent_config
 
 # One sensor of each board-attached type, and what a room should read.
 EXAMPLES: Dict[str, Any] = {
@@ -65,3 +70,67 @@ def test_the_simulated_parts_repeat_for_the_same_seed():
         return [driver.read() for _ in range(5)]
 
     assert temperatures() == temperatures()
+
+
+# --- never simulated data by accident ----------------------------------------------------------
+
+
+def _no_mraa_env(tmp_path: Path) -> Dict[str, str]:
+    # An `import mraa` that fails the way a venv without --system-site-packages makes it fail.
+    shadow = tmp_path / "no-mraa"
+    shadow.mkdir()
+    (shadow / "mraa.py").write_text("raise ImportError(\"No module named '_mraa'\")\n")
+    return {"PYTHONPATH": str(shadow)}
+
+
+def test_board_mraa_without_mraa_exits_2_with_the_import_error_and_the_fix(tmp_path, certs):
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, 1883, board="mraa")))
+    env = dict(os.environ, **_no_mraa_env(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(path)], cwd=str(ROOT), env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "No module named '_mraa'" in result.stderr
+    assert "--system-site-packages" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("sys/devices/virtual/dmi/id/board_name", "SALT BAY\n"),
+    ("proc/cpuinfo", "processor\t: 0\nmodel name\t: Genuine Intel(R) CPU 4000 @ 500MHz\n"),
+])
+def test_auto_never_picks_the_simulated_board_on_an_edison(tmp_path, monkeypatch, name, text):
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "no-mraa")] + sys.path)
+    _no_mraa_env(tmp_path)
+    monkeypatch.delitem(sys.modules, "mraa", raising=False)
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(board.BoardUnavailable, match=r"Intel Edison.*No module named '_mraa'.*system-site-packages"):
+        board.open_board("auto", root=tmp_path)
+    assert board.running_on_edison(tmp_path)
+
+
+def test_auto_off_an_edison_falls_back_to_the_simulated_board_and_says_why(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "no-mraa")] + sys.path)
+    _no_mraa_env(tmp_path)
+    monkeypatch.delitem(sys.modules, "mraa", raising=False)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text("model name\t: AMD EPYC 7B13\n")
+    chosen = board.open_board("auto", root=tmp_path)
+    assert chosen.simulated
+    assert "No module named '_mraa'" in caplog.text and "made up" in caplog.text
+
+
+def test_a_simulated_board_is_said_in_the_status_the_health_document_and_the_log(certs, broker, subscriber,
+                                                                                 run_agent, tmp_path):
+    agent = run_agent(agent_config(certs, broker.port, health={"interval": 1}))
+    agent.wait_for(r"board: simulated: every reading is made up")
+    assert subscriber.next("edison/thunder10/status", payload="online (simulated board)")
+    health = json.loads(subscriber.next("edison/thunder10/health"))
+    assert health["board"]["simulated"] is True
+    assert agent.stop() == 0
+
+
+def test_the_shipped_config_asks_for_mraa():
+    for shipped in (ROOT / "config" / "config.yaml", ROOT / "agent" / "data" / "config.yaml"):
+        assert yaml.safe_load(shipped.read_text())["board"] == "mraa"

@@ -104,6 +104,7 @@ class _GenericChip(RegisterChip):
 
 class SimulatedBoard(Board):
     name = "simulated board"
+    simulated = True
 
     def __init__(self) -> None:
         # One chip per address, kept across re-opens, as a real bus keeps its devices.
