@@ -167,6 +167,9 @@ class Board:
     name = "board"
     # Made-up readings: said in the health document and the online status, never hidden.
     simulated = False
+    # Whether a call may hold the GIL for as long as the hardware takes (libmraa's binding does):
+    # drivers on such a board run in processes of their own (agent/sensor_process.py).
+    isolated_calls = False
 
     def analog_in(self, pin: int, bits: int = 10, part: Optional[str] = None) -> AnalogIn:
         """`part` names what is wired to the pin; a simulated board makes it behave so."""
@@ -184,6 +187,8 @@ class Board:
 
 
 class MraaBoard(Board):
+    isolated_calls = True
+
     def __init__(self, mraa: ModuleType) -> None:
         self._mraa = mraa
         self.name = "%s (mraa %s)" % (mraa.getPlatformName(), mraa.getVersion())

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Dict, List, Optional, Tuple
 
 from agent import config as config_module
-from agent import health_report, overlay, targets, tls
+from agent import health_report, overlay, sensor_process, targets, tls
 from agent.board import Board, BoardUnavailable, open_board
 from agent.commands import Commands
 from agent.config import AgentConfig, MQTTConfig
@@ -24,7 +24,7 @@ from agent.notify import Notifier
 from agent.reading import Sample
 from agent.sampler import Alarm, Sampler
 from agent.sensor_config import SensorConfig
-from agent.sensors import DRIVERS, Sensor
+from agent.sensors import Sensor
 from agent.session import ONLINE, ConnectionInfo, Session
 from agent.spool import Spool
 from agent.uplink import Uplink
@@ -316,7 +316,8 @@ def _fingerprint(mqtt: MQTTConfig) -> str:
 
 
 def _drivers(configs: Tuple[SensorConfig, ...], board: Board) -> List[Tuple[SensorConfig, Sensor]]:
-    return [(cfg, DRIVERS[cfg.type](cfg.name, cfg.options, board)) for cfg in configs]
+    # On libmraa, each hardware sensor in a process of its own: a hung call costs only that sensor.
+    return sensor_process.isolate(configs, board)
 
 
 def run(config: AgentConfig) -> int:

@@ -227,11 +227,14 @@ class Sampler:
                 slot.worker.submit(None)
             with slot.lock:
                 idle = slot.busy_since is None
-            if slot.ready and idle:
-                try:
+            try:
+                if idle:
+                    # Also when setup failed part-way: a driver in a child process is released.
                     slot.driver.close()
-                except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
-                    slot.log.warning("sensor %s: close failed: %s", slot.config.name, exc)
+                else:
+                    slot.driver.abandon()
+            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+                slot.log.warning("sensor %s: close failed: %s", slot.config.name, exc)
 
     def _tick(self, slot: _Slot) -> None:
         now = self._monotonic()
@@ -248,7 +251,8 @@ class Sampler:
                 slot.busy_since = now
                 hung_for = None
         if hung_for is not None:
-            self._failed(slot, "read has not returned after %.1f s (hung bus or driver?)" % hung_for, now)
+            self._failed(slot, "read has not returned after %.1f s (hung bus or driver?)" % hung_for, now,
+                         hung=True)
         elif self._threaded and slot.driver.blocking:
             if slot.worker is None:
                 slot.worker = _Worker(slot.config.name)
@@ -306,9 +310,11 @@ class Sampler:
             if result is not None:
                 self._sink(Sample(channel.name, result[0], channel.unit, ts, quality=result[1]))
 
-    def _failed(self, slot: _Slot, message: str, now: float) -> None:
+    def _failed(self, slot: _Slot, message: str, now: float, hung: bool = False) -> None:
         cfg = slot.config
-        slot.failures += 1
+        # A read hung past its timeout is no passing glitch: it is reported as an error at once,
+        # not after error_after more timeouts (which would take error_after times as long).
+        slot.failures = max(slot.failures + 1, cfg.error_after if hung else 0)
         # Doubling from the interval, capped: a sensor unplugged for a day costs little, and
         # one plugged back in is noticed within a minute.
         delay = min(cfg.interval * 2 ** (slot.failures - 1), max(cfg.interval, MAX_RETRY_DELAY))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_service import NotifySocket
 
 from agent.board import BoardError, MraaBoard
 from agent.sensors import DRIVERS, Sensor, SensorError, system
@@ -125,3 +127,60 @@ def test_the_agent_on_mraa_publishes_what_the_pins_read_with_quality_when_not_go
 def test_the_fake_is_the_only_mraa_here():
     # The agent's own `auto` board must fall back to simulation on a machine without libmraa.
     assert not (Path(__file__).parent.parent / "agent" / "mraa.py").exists()
+
+
+# How long the fake's I2C bus holds the GIL: the issue's 60 s, shortened; the mechanism is the same.
+HANG = 9.0
+
+
+def test_a_hung_gil_holding_call_costs_only_its_own_sensor(certs, broker, run_agent, tmp_path):
+    """libmraa holds the GIL during a call: a bus stuck for HANG seconds must not stop the other
+    sensors, the session or the watchdog; the hung sensor reports an error after its timeout and
+    reads again by itself once the call returns."""
+    notify = NotifySocket(tmp_path / "notify")
+    watcher = Subscriber(broker, certs)
+    threading.Event().wait(0.3)
+    cfg = agent_config(certs, broker.port, board="mraa", health={"interval": 1}, sensors=[
+        {"name": "fast", "type": "analog", "pin": 0, "interval": 1},
+        {"name": "bus", "type": "i2c", "address": 0x40, "register": 0x10, "interval": 1, "timeout": 2,
+         "error_after": 3},
+    ])
+    agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_I2C": "0x40=0x10:0x01,0x11:0x02",
+                                "FAKE_MRAA_HANG": "i2c:6=%g" % HANG,
+                                "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
+    listening = threading.Event()
+
+    def listen() -> None:
+        # Timestamps at arrival: read as they come, not from the socket's backlog at the end.
+        while not listening.is_set():
+            notify.collect(0.3)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        fast: list = []
+        bus: list = []
+        # Until the bus sensor has read again after its hang (or far past when it should have).
+        deadline = time.monotonic() + HANG + 30
+        while not (bus and bus[-1].get("value") is not None) and time.monotonic() < deadline:
+            for reading in watcher.telemetry(timeout=HANG + 30)["readings"]:
+                (fast if reading["sensor"] == "fast" else bus).append(reading)
+    finally:
+        listening.set()
+        listener.join()
+        watcher.close()
+        notify.close()
+    assert [r["quality"] for r in bus[:-1]] and all(r["quality"] == "error" for r in bus[:-1]), bus
+    assert "has not returned after" in bus[0]["error"]
+    assert bus[-1]["value"] == 0x0102, "the sensor reads again, by itself, when the call returns"
+    # The hang showed in the log when it happened, not only when it ended.
+    agent.wait_for(r"sensor bus: read has not returned after")
+    agent.wait_for(r"sensor bus: the hung read returned after")
+    # The other sensor kept its 1 s schedule through the whole hang, and its readings were
+    # delivered: no gap near HANG (generous bounds: this machine is shared).
+    stamps = [r["ts"] for r in fast]
+    assert stamps[-1] - stamps[0] >= HANG - 2, "readings of the fast sensor cover the hang"
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 3.0
+    pings = [t for t, _ in notify.with_key("WATCHDOG=1")]
+    assert len(pings) >= HANG and max(b - a for a, b in zip(pings, pings[1:])) < 3.0
+    assert agent.stop() == 0

@@ -42,6 +42,9 @@ class Sensor:
     # of its own; a quick one (an ADC or GPIO register, a /proc file) runs on the schedule's
     # thread, sparing a thread wake-up per reading.
     blocking: ClassVar[bool] = True
+    # Whether the driver calls the board (libmraa); those that only read /proc or /sys files do not,
+    # and need no process of their own to survive a hung hardware call.
+    uses_board: ClassVar[bool] = True
 
     def __init__(self, name: str, options: Any, board: Board) -> None:
         self.name = name
@@ -73,3 +76,7 @@ class Sensor:
 
     def close(self) -> None:
         """Release pins and interrupts (on reload or stop)."""
+
+    def abandon(self) -> None:
+        """The sensor is dropped while a read is still under way on another thread (a hung call):
+        release what can be released without waiting for it. Nothing, for a driver in this process."""

@@ -73,6 +73,7 @@ METRICS: Dict[str, Tuple[Callable[[SystemOptions], Value], str]] = {
 
 class SystemSensor(Sensor):
     blocking = False
+    uses_board = False
     Options = SystemOptions
 
     @classmethod

@@ -86,6 +86,7 @@ def first_interface() -> str:
 
 class WifiSensor(Sensor):
     blocking = False
+    uses_board = False
     Options = WifiOptions
     options: WifiOptions
 
