@@ -15,6 +15,7 @@ from agent.sensors import counter
 from agent.sensors.base import SensorError
 from agent.sensors.counter import CounterOptions, CounterSensor
 from agent.simulated import SimulatedBoard
+from conftest import FAKE_MRAA, Subscriber, agent_config
 
 
 class SteppedClock:
@@ -200,3 +201,20 @@ def test_counts_and_rates_on_the_simulated_board():
     assert 0.0 <= rate.read() < 200.0
     count.close()
     rate.close()
+
+
+def test_a_counter_in_the_agent_on_mraa_counts_every_interrupt_without_crashing(certs, broker, run_agent):
+    # The agent's counter lives in a hardware process of its own; the fake delivers 50 edges a
+    # second there. With the callback left to die, libmraa crashes the agent or counts nothing.
+    watcher = Subscriber(broker, certs)
+    threading.Event().wait(0.3)
+    cfg = agent_config(certs, broker.port, board="mraa", sensors=[
+        {"name": "wind", "type": "counter", "pin": 4, "interval": 0.5}])
+    agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_PULSES": "4=50"})
+    try:
+        counts = [watcher.telemetry()["readings"][0]["value"] for _ in range(6)]
+    finally:
+        watcher.close()
+    # 25 a reading at the schedule's pace; any reading after the first with nothing is a lost interrupt.
+    assert all(count > 0 for count in counts[1:]), counts
+    assert agent.stop() == 0

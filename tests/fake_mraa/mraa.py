@@ -9,10 +9,10 @@ styles: constructors and some reads raise, setters and writes return an int code
 Everything whose name starts with an underscore is a test-control hook, not mraa API:
 ``_reset``, ``_set_analog``, ``_set_gpio``, ``_fail_reads``, ``_add_i2c_device``,
 ``_pulse``, ``_set_edge_supported``, ``_uart_feed``, ``_uart_sent``, ``_isr_errors``,
-``_hang``, ``_set_errno``.
+``_hang``, ``_set_errno``, ``_set_pulse_rate``.
 Initial state can also come from environment variables read at import time
 (``FAKE_MRAA_ANALOG``, ``FAKE_MRAA_GPIO``, ``FAKE_MRAA_FAIL``, ``FAKE_MRAA_I2C``,
-``FAKE_MRAA_HANG``, ``FAKE_MRAA_ERRNO``):
+``FAKE_MRAA_HANG``, ``FAKE_MRAA_ERRNO``, ``FAKE_MRAA_PULSES``):
 see README.md next to this file.
 """
 
@@ -316,6 +316,9 @@ _hangs: dict[tuple[str, int], list[float]] = {}
 # What errno holds when a failed I2C buffer read turns it into OSError: libmraa does not set it
 # (src/i2c/i2c.c:220-224), so it is whatever an earlier call left (_set_errno).
 _stale_errno = 0
+# pin -> edges per second that every isr armed on the pin receives by itself (_set_pulse_rate):
+# how a test in another process (the agent's) makes a counter count.
+_pulse_rates: dict[int, float] = {}
 # src/aio/aio.c:18-20: one max_analog_value for the whole process, rewritten by any context's
 # setBit, and what readFloat divides by.
 _max_analog_value = (1 << _ADC_SUPPORTED_BITS) - 1
@@ -341,7 +344,11 @@ class _IsrThread(_threading.Thread):
 
     def run(self) -> None:
         while True:
-            done = self._events.get()
+            rate = _pulse_rates.get(self.pin)
+            try:
+                done = self._events.get(timeout=1.0 / rate if rate else None)
+            except _queue.Empty:
+                done = _threading.Event()  # a free-running edge (_set_pulse_rate): nobody waits for it
             if done is None:
                 return
             try:
@@ -1012,6 +1019,7 @@ def _reset() -> None:
         threads = list(_isr_threads)
         _isr_threads.clear()
         _hangs.clear()
+        _pulse_rates.clear()
         _stale_errno = 0
         _max_analog_value = (1 << _ADC_SUPPORTED_BITS) - 1
         _analog.clear()
@@ -1099,6 +1107,19 @@ def _hang(kind: str, where: int, seconds: float, times: int = 1) -> None:
         raise ValueError(f"fake mraa: times must be a positive int, not {times!r}")
     with _lock:
         _hangs[(kind, where)] = [float(seconds), times]
+
+
+def _set_pulse_rate(pin: int, per_second: float) -> None:
+    """Every isr armed on `pin` (now or later) is called about `per_second` times a second, from
+    its own thread, with no _pulse needed; 0 stops it."""
+    pin = _check_gpio(pin)
+    if isinstance(per_second, bool) or not isinstance(per_second, (int, float)) or not 0 <= per_second <= 10000:
+        raise ValueError(f"fake mraa: pulse rate must be within 0-10000 per second, not {per_second!r}")
+    with _lock:
+        if per_second:
+            _pulse_rates[pin] = float(per_second)
+        else:
+            _pulse_rates.pop(pin, None)
 
 
 def _set_errno(code: int) -> None:
@@ -1193,6 +1214,9 @@ def _apply_env(environ: Mapping[str, str]) -> None:
             kind, _, pin = where.partition(":")
             seconds, _, times = value.partition("*")
             _hang(kind, int(pin, 0), float(seconds), int(times or "1", 0))
+        name = "FAKE_MRAA_PULSES"
+        for key, value in _pairs(name, environ.get(name, ""), "="):
+            _set_pulse_rate(int(key, 0), float(value))
         name = "FAKE_MRAA_ERRNO"
         if environ.get(name):
             _set_errno(int(environ[name], 0))
