@@ -211,6 +211,26 @@ def test_a_hanging_read_and_a_failing_sensor_do_not_delay_the_others(caplog):
     assert [s for s in samples if s.sensor == "broken" and s.quality == ERROR]
 
 
+def test_a_read_hung_past_its_timeout_is_an_error_at_once_whatever_error_after_says():
+    # error_after counts failed reads; a hung read is one read that never ends: waiting for
+    # error_after more timeouts would hide a dead bus for error_after times as long.
+    samples: List[Sample] = []
+    hanging = Hanging()
+    sampler = Sampler([(config("hung", 0.05, timeout=0.2, error_after=5), hanging)], samples.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=sampler.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not samples and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        hanging.release.set()
+        stop.set()
+        thread.join(5)
+    assert samples and samples[0].quality == ERROR and "has not returned after" in (samples[0].error or "")
+
+
 def test_the_loop_ticks_for_the_watchdog_even_when_no_sensor_is_due():
     clock = FakeTime(until=20.0)
     ticks: List[float] = []
