@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -152,6 +153,18 @@ def test_every_edge_is_counted_after_garbage_collection_because_the_callback_is_
     assert sensor.read() == 21
     assert mraa._isr_errors == []
     sensor.close()
+
+
+def test_the_counter_holds_its_callback_while_armed_and_lets_go_of_it_when_closed(mraa):
+    counter = MraaBoard(mraa).pulse_counter(4)
+    assert counter.callback is not None
+    held = weakref.ref(counter.callback)
+    gc.collect()
+    assert held() is not None, "freed while the interrupt is armed"
+    counter.close()
+    gc.collect()
+    assert held() is None, "kept after close: a reload would leak one callback per counter"
+    assert mraa._pulse(4, 1) == 0
 
 
 def test_close_ends_the_interrupt(mraa):

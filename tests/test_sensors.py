@@ -184,3 +184,19 @@ def test_a_hung_gil_holding_call_costs_only_its_own_sensor(certs, broker, run_ag
     pings = [t for t, _ in notify.with_key("WATCHDOG=1")]
     assert len(pings) >= HANG and max(b - a for a, b in zip(pings, pings[1:])) < 3.0
     assert agent.stop() == 0
+
+
+def test_the_agent_stops_promptly_while_a_call_is_hung(certs, broker, run_agent):
+    # A call that holds the GIL for minutes must not hold up SIGTERM: the hung hardware process
+    # is killed, not waited for, and what was sampled is delivered.
+    cfg = agent_config(certs, broker.port, board="mraa", sensors=[
+        {"name": "fast", "type": "analog", "pin": 0, "interval": 0.5},
+        {"name": "bus", "type": "i2c", "address": 0x40, "register": 0x10, "interval": 0.5, "timeout": 1}])
+    agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_I2C": "0x40=0x10:0x01,0x11:0x02",
+                                "FAKE_MRAA_HANG": "i2c:6=600"})
+    agent.wait_for(r"sensor bus: read has not returned after", timeout=30)
+    agent.wait_for(r"connected to")
+    started = time.monotonic()
+    assert agent.stop(timeout=30) == 0
+    assert time.monotonic() - started < 20, "stopping waited for the hung call"
+    agent.wait_for(r"sensor bus: killing its hardware process")
