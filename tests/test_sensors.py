@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Tuple
 
 import pytest
-from test_service import NotifySocket
 
 from agent.board import BoardError, MraaBoard
 from agent.sensors import DRIVERS, Sensor, SensorError, system
@@ -127,6 +127,32 @@ def test_the_agent_on_mraa_publishes_what_the_pins_read_with_quality_when_not_go
 def test_the_fake_is_the_only_mraa_here():
     # The agent's own `auto` board must fall back to simulation on a machine without libmraa.
     assert not (Path(__file__).parent.parent / "agent" / "mraa.py").exists()
+
+
+class NotifySocket:
+    """What systemd listens on: a datagram socket; each message kept with the time it arrived."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: List[Tuple[float, str]] = []
+
+    def collect(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def with_key(self, key: str) -> List[Tuple[float, str]]:
+        return [(t, m) for t, m in self.messages if any(line.startswith(key) for line in m.splitlines())]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # How long the fake's I2C bus holds the GIL: the issue's 60 s, shortened; the mechanism is the same.
