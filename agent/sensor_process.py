@@ -61,13 +61,18 @@ def _serve(conn: Connection, kind: str, name: str, options: Any) -> None:
         except (EOFError, OSError):
             # The agent is gone (or closed us): release the pins on the way out.
             request = "close"
+        if request == "close":
+            if driver is not None:
+                try:
+                    driver.close()
+                except Exception:  # noqa: BLE001, S110 - the process ends now, releasing all it holds
+                    pass
+            break
+        reply: Tuple[str, Any]
         try:
             if driver is None:
                 driver = DRIVERS[kind](name, options, open_board("mraa"))
-            if request == "close":
-                driver.close()
-                reply: Tuple[str, Any] = ("ok", None)
-            elif request == "setup":
+            if request == "setup":
                 driver.setup()
                 reply = ("ok", None)
             else:
@@ -78,8 +83,6 @@ def _serve(conn: Connection, kind: str, name: str, options: Any) -> None:
             reply = ("sensor", str(exc))
         except Exception as exc:  # noqa: BLE001 - a driver bug is this sensor's failure, reported as such
             reply = ("bug", "%s: %s" % (type(exc).__name__, exc))
-        if request == "close":
-            break
         try:
             conn.send(reply)
         except OSError:
