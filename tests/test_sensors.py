@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -226,3 +228,32 @@ def test_the_agent_stops_promptly_while_a_call_is_hung(certs, broker, run_agent)
     assert agent.stop(timeout=30) == 0
     assert time.monotonic() - started < 20, "stopping waited for the hung call"
     agent.wait_for(r"sensor bus: killing its hardware process")
+
+
+def _grandchildren(pid: int) -> List[int]:
+    """The agent's hardware processes: children of its fork server, itself a child of the agent."""
+    def children(of: int) -> List[int]:
+        # Per thread: the fork server was started by whichever sensor thread came first.
+        return [int(p) for task in Path("/proc/%d/task" % of).glob("*/children") for p in task.read_text().split()]
+
+    return [grandchild for child in children(pid) for grandchild in children(child)]
+
+
+def test_a_hardware_process_that_dies_is_replaced_at_the_next_reading(certs, broker, run_agent):
+    watcher = Subscriber(broker, certs)
+    threading.Event().wait(0.3)
+    cfg = agent_config(certs, broker.port, board="mraa", sensors=[
+        {"name": "temperature", "type": "analog", "pin": 0, "interval": 0.3}])
+    agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_ANALOG": "0=0.25"})
+    try:
+        assert watcher.telemetry()["readings"][0]["value"] == 256
+        [hardware] = _grandchildren(agent.proc.pid)
+        os.kill(hardware, signal.SIGKILL)
+        agent.wait_for(r"sensor temperature: .*its hardware process ended \(exit code -9\)")
+        mark = len(agent.lines)
+        agent.wait_for(r"sensor temperature: reading again", after=mark)
+        assert watcher.telemetry()["readings"][0]["value"] == 256
+        assert _grandchildren(agent.proc.pid) != [hardware]
+    finally:
+        watcher.close()
+    assert agent.stop() == 0
