@@ -174,6 +174,7 @@ def _protocol_line(m: config.MQTTConfig) -> str:
         text = "MQTT 3.1.1, %s" % ("clean session" if m.clean_session else "persistent session")
     if m.username is not None:
         text += ", user name %r" % m.username
+        text += ", password from %s" % m.password_source if m.password_source else ""
     return text + ("" if m.target == "generic" else ", target %s" % m.target)
 
 

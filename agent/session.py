@@ -24,12 +24,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent import broker_probe
 from agent.config import MQTTConfig
 from agent.tls import (
     CLIENT_CERT_REFUSALS,
     REJECTED_AFTER_HANDSHAKE,
     ClientContext,
     describe_alert,
+    describe_connack,
     describe_failure,
     describe_reason_code,
 )
@@ -120,8 +122,9 @@ class Session:
         if ssl_context is not None:
             self._client.tls_set_context(ssl_context)
         if config.username is not None:
-            # No password: the client certificate is the credential (Azure IoT Hub's X.509 devices).
-            self._client.username_pw_set(config.username, None)
+            # Usually no password: the client certificate is the credential (Azure IoT Hub's X.509
+            # devices); some brokers want both (mqtt.password_file).
+            self._client.username_pw_set(config.username, config.password)
         self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True,
                               properties=self._properties(PacketTypes.WILLMESSAGE, TEXT, expires=False))
         self._client.max_inflight_messages_set(config.inflight)
@@ -152,6 +155,8 @@ class Session:
         self._announced: Set[str] = set()
         self._refusal: Optional[str] = None
         self._socket_error: Optional[str] = None
+        # The answer of the one MQTT 3.1.1 probe (see _speaks_311_only); None until asked.
+        self._protocol_probe: Optional[bool] = None
         self._last_problem: Optional[str] = None
         self._session_present = False
         # Set at the first CONNACK: later connects of this process ask the broker to resume the session.
@@ -335,7 +340,7 @@ class Session:
                 self._refusal = "broker refused the connection (%s): %s" % (
                     describe_reason_code(reason_code.value, _reason_string(properties)), reason_code)
             else:
-                self._refusal = "broker refused the connection: %s" % reason_code
+                self._refusal = "%s: %s" % (describe_connack(_CONNACK_CODES.get(reason_code.value, 0)), reason_code)
             return
         self._refusal = None
         self._had_connack = True
@@ -591,9 +596,25 @@ class Session:
         alert = describe_alert(self._socket_error or "")
         if alert is not None:
             return alert
+        if self._speaks_311_only():
+            return broker_probe.SPEAKS_311_ONLY
         if self._config.tls is not None:
             return REJECTED_AFTER_HANDSHAKE
         return "broker closed the connection before accepting it (%s)" % (self._socket_error or "no reason given")
+
+    def _speaks_311_only(self) -> bool:
+        """Whether a broker that closed on our MQTT 5 CONNECT answers an MQTT 3.1.1 one (RabbitMQ
+        3.x does that; a refused certificate looks the same under TLS 1.3). Asked once per session
+        object, and never once a CONNACK has come: one extra connection, not one per retry."""
+        if not self._v5 or self._had_connack:
+            return False
+        if self._protocol_probe is None:
+            cfg = self._config
+            self._alive = (time.monotonic() + broker_probe.TIMEOUT, self._alive[1])
+            self._protocol_probe = broker_probe.answers_mqtt311(
+                cfg.host, cfg.port, self._ssl_context, cfg.client_id, cfg.keepalive, cfg.username)
+            self._working()
+        return self._protocol_probe
 
     def _on_connected(self) -> None:
         cfg = self._config
@@ -659,6 +680,10 @@ class Session:
             if self._pass(until) != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client.socket() is None:
                 break
         self._log.info("disconnected from %s:%d", self._config.host, self._config.port)
+
+
+# paho 2 hands an MQTT 3.1.1 CONNACK's return code over as the MQTT 5 reason code it maps it to.
+_CONNACK_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
 def _reason_string(properties: Any) -> Optional[str]:

@@ -11,10 +11,10 @@ from typing import List
 
 import pytest
 import yaml
+from test_health_report import _report as report
 
 from agent import health_report
-from tests.conftest import ROOT, Broker, Certs, agent_config
-from tests.test_health_report import _report as report
+from conftest import ROOT, Broker, Certs, agent_config
 
 
 def _run_into_a_closed_pipe(args: List[str]) -> "subprocess.CompletedProcess[bytes]":
