@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -65,6 +65,11 @@ def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
         checks.append(Check("broker", SKIPPED, "no mqtt.host in %s" % target.config_path, "set mqtt.host"))
     elif not usable:
         checks.append(Check("broker", SKIPPED, "live connection not tried: fix the problems above first"))
+    elif len(target.hosts) > 1:
+        # mqtt.hosts: every gateway is checked, each with its own name against its certificate.
+        for i, (host, port) in enumerate(target.hosts, 1):
+            checks.append(Check("broker", OK, "%s:%d (%d of %d in mqtt.hosts)" % (host, port, i, len(target.hosts))))
+            _live_checks(replace(target, host=host, port=port), checks, _max_tls)
     else:
         _live_checks(target, checks, _max_tls)
     return checks
@@ -115,6 +120,7 @@ def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
         # The user name may come from a template or a target's default: the loader's reading is the one sent.
         target.username = loaded.mqtt.username
         target.mqtt_password = loaded.mqtt.password
+        target.host, target.port, target.hosts = loaded.mqtt.host, loaded.mqtt.port, loaded.mqtt.hosts
         m = loaded.mqtt
         target.topics = tuple((what, topic) for what, topic in (
             ("status", m.status_topic), ("telemetry", m.topic), ("health", m.health_topic)) if topic)

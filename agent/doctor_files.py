@@ -56,6 +56,8 @@ class Target:
     server_name: Optional[str] = None
     # mqtt.password_file / EDISON_AGENT_MQTT_PASSWORD, as the loader read it; never printed.
     mqtt_password: Optional[str] = dataclasses.field(default=None, repr=False)
+    # mqtt.hosts as the loader read it (one entry for mqtt.host).
+    hosts: Tuple[Tuple[str, int], ...] = ()
     # (what, topic) for each topic the agent publishes to: status, telemetry, health.
     topics: Tuple[Tuple[str, str], ...] = ()
 
