@@ -148,8 +148,8 @@ def summary(cfg: config.AgentConfig) -> str:
     lines = [
         "%s: valid" % cfg.path,
         "  device     %s" % cfg.device_id,
-        "  broker     %s:%d as %r, keepalive %d s, reconnect %g-%g s (first after a drop spread over %g s)"
-        % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay,
+        "  broker     %s as %r, keepalive %d s, reconnect %g-%g s (after a drop: over %g s, doubling)"
+        % (_brokers(m), m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay,
            m.reconnect.spread),
         "  security   %s" % security,
         "  protocol   %s" % _protocol_line(m),
@@ -163,6 +163,13 @@ def summary(cfg: config.AgentConfig) -> str:
         values = ", ".join("%s%s" % (c.name, " (%s)" % c.unit if c.unit else "") for c in s.channels)
         lines.append("    %-16s %-10s every %g s: %s" % (s.name, s.type, s.interval, values))
     return "\n".join(lines)
+
+
+def _brokers(m: config.MQTTConfig) -> str:
+    if len(m.hosts) <= 1:
+        return "%s:%d" % (m.host, m.port)
+    back = "back to the first every %g s" % m.failback if m.failback else "no failback"
+    return "%s (in this order; %s)" % (", ".join("%s:%d" % h for h in m.hosts), back)
 
 
 def _protocol_line(m: config.MQTTConfig) -> str:

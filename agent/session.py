@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from agent import broker_probe
 from agent.broker_hosts import BrokerList, describe
 from agent.config import MQTTConfig
+from agent.reconnect_schedule import AfterLoss
 from agent.tls import (
     CLIENT_CERT_REFUSALS,
     REJECTED_AFTER_HANDSHAKE,
@@ -415,11 +416,17 @@ class Session:
 
     def _reconnect_loop(self) -> None:
         attempt = 0
+        rc = self._config.reconnect
+        after_loss: Optional[AfterLoss] = None
         while not self._stop.is_set():
             self._working()
             lost = self._connect_once()
             if lost:
                 attempt = 0
+                # Attempts after a loss keep one place in windows growing from the spread (see
+                # agent/reconnect_schedule.py); before any connection, plain exponential backoff.
+                after_loss = AfterLoss(rc.min_delay, rc.max_delay, rc.spread, self._rng,
+                                       time.monotonic()) if rc.spread > 0 else None
             attempt += 1
             if self._stop.is_set():
                 break
@@ -432,8 +439,11 @@ class Session:
             new_round = self._use_broker(self._brokers.advance)
             if self._brokers.several and not lost and not new_round:
                 continue
-            rc = self._config.reconnect
-            delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng, spread=rc.spread if lost else None)
+            if after_loss is not None:
+                delay = after_loss.next_delay(time.monotonic())
+            else:
+                delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng,
+                                      spread=rc.spread if lost else None)
             self._log.debug("next connection attempt in %.1f s", delay)
             # One wait however long: waiting for a deadline ahead is what the watchdog checks.
             self._alive = (time.monotonic() + delay, self._alive[1])
