@@ -83,7 +83,7 @@ def _verdict(t: Target, what: str, topic: str, code: int) -> Check:
         return Check(what, OK, "%s accepted (PUBACK %s)" % (topic, tls.describe_reason_code(code)))
     # Mosquitto acknowledges a 3.1.1 publish its ACL drops; only MQTT 5's PUBACK carries the refusal.
     return Check(what, OK, "%s accepted (an MQTT 3.1.1 PUBACK: Mosquitto sends one even for a publish its "
-                 "ACL drops; mqtt.protocol: 5 would show a refusal)" % topic)
+                 "ACL drops, where MQTT 5's PUBACK would carry the refusal)" % topic)
 
 
 def _connect_again(t: Target, ctx: Optional[ssl.SSLContext]) -> Optional[socket.socket]:
