@@ -1,12 +1,14 @@
 """Command line: argument parsing and exit codes, nothing else.
 
-Exit codes: 0 done, 1 internal error, 2 bad config or a problem waiting cannot heal.
+Exit codes: 0 done, 1 internal error, 2 bad config or a problem waiting cannot heal, 141 the reader of
+our output went away (`... | head -1`), as a shell reports a coreutils command ended by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -18,6 +20,8 @@ from agent.tls import TLSSetupError, build_context
 
 DEFAULT_CONFIG = Path("/etc/edison-agent/config.yaml")
 EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG = 0, 1, 2
+# 128 + SIGPIPE: what `set -o pipefail` sees from `yes | head -1`; quiet, like coreutils.
+EXIT_PIPE = 141
 
 log = logging.getLogger("agent")
 
@@ -48,9 +52,19 @@ def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # argparse's own --help already ends quietly (exit 0) when its output has nowhere to go.
     args = _parser(argv).parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        # Flushed here, where a closed pipe is caught below, not at interpreter exit ("Exception ignored").
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python ignores SIGPIPE (the daemon's sockets need that), so a closed stdout is an exception
+        # rather than the silent end `head` expects. Point stdout at /dev/null so the interpreter's
+        # own flush at exit has nowhere to fail.
+        _silence_stdout()
+        return EXIT_PIPE
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line for a person, the traceback for the log
@@ -58,6 +72,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("edison-agent: internal error: %s: %s (run with --log-level debug for the traceback)"
               % (type(exc).__name__, exc), file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded, or already closed): nothing to flush
+        pass
 
 
 def _load(path: Path) -> Optional[config.AgentConfig]:
@@ -125,8 +148,8 @@ def summary(cfg: config.AgentConfig) -> str:
     lines = [
         "%s: valid" % cfg.path,
         "  device     %s" % cfg.device_id,
-        "  broker     %s:%d as %r, keepalive %d s, reconnect %g-%g s (first after a drop spread over %g s)"
-        % (m.host, m.port, m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay,
+        "  broker     %s as %r, keepalive %d s, reconnect %g-%g s (after a drop: over %g s, doubling)"
+        % (_brokers(m), m.client_id, m.keepalive, m.reconnect.min_delay, m.reconnect.max_delay,
            m.reconnect.spread),
         "  security   %s" % security,
         "  protocol   %s" % _protocol_line(m),
@@ -142,6 +165,13 @@ def summary(cfg: config.AgentConfig) -> str:
     return "\n".join(lines)
 
 
+def _brokers(m: config.MQTTConfig) -> str:
+    if len(m.hosts) <= 1:
+        return "%s:%d" % (m.host, m.port)
+    back = "back to the first every %g s" % m.failback if m.failback else "no failback"
+    return "%s (in this order; %s)" % (", ".join("%s:%d" % h for h in m.hosts), back)
+
+
 def _protocol_line(m: config.MQTTConfig) -> str:
     if m.protocol == "5":
         text = "MQTT 5, session kept %s" % ("%d s after a disconnect" % m.session_expiry if m.session_expiry
@@ -151,6 +181,7 @@ def _protocol_line(m: config.MQTTConfig) -> str:
         text = "MQTT 3.1.1, %s" % ("clean session" if m.clean_session else "persistent session")
     if m.username is not None:
         text += ", user name %r" % m.username
+        text += ", password from %s" % m.password_source if m.password_source else ""
     return text + ("" if m.target == "generic" else ", target %s" % m.target)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from agent import config_broker
 from agent.config_reader import Reader, UniqueKeyLoader, is_topic_safe, kind_of
 from agent.sensor_config import SensorConfig, parse_sensors
 
@@ -32,7 +33,7 @@ DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
 MQTT_KEYS = ("host", "port", "client_id", "keepalive", "qos", "topic", "status_topic", "reconnect", "tls",
              "clean_session", "inflight", "health_topic", "protocol", "session_expiry", "message_expiry", "username",
-             "target")
+             "target", "hosts", "failback", "password_file")
 PROTOCOLS = ("3.1.1", "5")
 TARGETS = ("generic", "aws-iot", "azure-iot-hub")
 USERNAME_FIELDS = ("device_id", "host")
@@ -58,9 +59,11 @@ class ConfigError(Exception):
 class ReconnectConfig:
     min_delay: float = 1.0
     max_delay: float = 120.0
-    # The window the first attempt after a lost connection is drawn from: a broker restart drops
-    # the whole fleet in one instant, and 100 boards spread over 15 s keep any one second under 20%.
-    spread: float = 15.0
+    # The window the first attempt after a lost connection is drawn from (later ones: windows
+    # doubling from it, agent/reconnect_schedule.py): a broker restart drops the whole fleet in one
+    # instant. 30 s keeps 50 boards under 20% in any one second even after a 10 s outage, with a
+    # margin for chance (at 15 s, 50 boards drawn at random exceed it in ~3% of restarts).
+    spread: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,13 @@ class MQTTConfig:
     # Sent without a password (the client certificate authenticates); Azure IoT Hub requires one.
     username: Optional[str] = None
     target: str = "generic"
+    # Issue 19 (agent/config_broker.py). repr=False: a password must never reach a log line.
+    password: Optional[str] = dataclasses.field(default=None, repr=False)
+    password_source: Optional[str] = None
+    # Every broker, the preferred first; (host, port) is hosts[0]. () only where a test builds this by hand.
+    hosts: Tuple[Tuple[str, int], ...] = ()
+    # Seconds between looks at the preferred broker while on another; 0: never move back.
+    failback: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -306,8 +316,10 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
         return None
     m = r.section(raw, "mqtt", MQTT_KEYS)
-    host = r.value(m, "host", "mqtt", str)
     port = r.value(m, "port", "mqtt", int, default=8883, minimum=1, maximum=65535)
+    hosts = config_broker.hosts(r, m, port or 8883)
+    host, port = hosts[0] if hosts else (None, port)
+    failback = config_broker.failback(r, m)
     target = r.value(m, "target", "mqtt", str, default="generic", choices=TARGETS)
     client_id = r.value(m, "client_id", "mqtt", str, default=device_id)
     keepalive = r.value(m, "keepalive", "mqtt", int, default=60, minimum=5, maximum=65535)
@@ -323,6 +335,7 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
         r.problem("mqtt.health_topic", "%r is also the %s: give the health document a topic of its own"
                   % (health_topic, "telemetry topic" if health_topic == topic else "status topic"))
     username = _username(r, m, AZURE_USERNAME if azure else None, device_id, host or "")
+    password, password_source = config_broker.password(r, m, username)
     rc = r.section(m.get("reconnect"), "mqtt.reconnect", RECONNECT_KEYS)
     min_delay = r.value(rc, "min_delay", "mqtt.reconnect", float, default=1.0, minimum=0.1, maximum=3600)
     max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
@@ -345,7 +358,8 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                       status_topic=status_topic, reconnect=ReconnectConfig(min_delay, max_delay, spread), tls=tls,
                       clean_session=bool(clean_session), inflight=inflight or 20, protocol=protocol or "3.1.1",
                       session_expiry=session_expiry or 0, message_expiry=message_expiry, username=username,
-                      target=target or "generic", health_topic=health_topic)
+                      target=target or "generic", health_topic=health_topic, password=password,
+                      password_source=password_source, hosts=hosts or (), failback=failback or 0.0)
 
 
 def _protocol(r: Reader, m: Mapping[str, Any]) -> Optional[str]:
@@ -354,9 +368,11 @@ def _protocol(r: Reader, m: Mapping[str, Any]) -> Optional[str]:
         return "3.1.1"
     # `protocol: 5` is an integer to YAML, `protocol: 3.1.1` a string: both are meant.
     text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
+    # 4 is MQTT 3.1.1's protocol level: what brokers' logs and paho (MQTTv311) call it.
+    text = "3.1.1" if text == "4" else text
     if text not in PROTOCOLS:
-        r.problem("mqtt.protocol", "%r is not an MQTT version this agent speaks: use \"3.1.1\" (the default, "
-                  "for any broker) or 5" % (raw,))
+        r.problem("mqtt.protocol", "%r is not an MQTT version this agent speaks: use \"3.1.1\" (or 4: the "
+                  "default, for any broker) or 5" % (raw,))
         return None
     return text
 

@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -21,6 +21,7 @@ import yaml
 
 from agent import config as config_module
 from agent import tls
+from agent.broker_probe import SPEAKS_311_ONLY, answers_mqtt311
 from agent.config import TLSConfig
 from agent.doctor_files import (  # noqa: F401 - Check, OK and the rest are doctor's vocabulary too
     OK,
@@ -31,12 +32,15 @@ from agent.doctor_files import (  # noqa: F401 - Check, OK and the rest are doct
     Check,
     Target,
     cert_dates,
+    certificate_cn,
     crypto_available,
     fmt_date,
     key_usages,
     offline_checks,
     oid_name,
+    peek_broker_certificate,
 )
+from agent.doctor_publish import publish_checks
 from agent.mqtt_wire import connect_packet, read_packet, reason_string
 
 TIMEOUT = 10.0
@@ -61,6 +65,11 @@ def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
         checks.append(Check("broker", SKIPPED, "no mqtt.host in %s" % target.config_path, "set mqtt.host"))
     elif not usable:
         checks.append(Check("broker", SKIPPED, "live connection not tried: fix the problems above first"))
+    elif len(target.hosts) > 1:
+        # mqtt.hosts: every gateway is checked, each with its own name against its certificate.
+        for i, (host, port) in enumerate(target.hosts, 1):
+            checks.append(Check("broker", OK, "%s:%d (%d of %d in mqtt.hosts)" % (host, port, i, len(target.hosts))))
+            _live_checks(replace(target, host=host, port=port), checks, _max_tls)
     else:
         _live_checks(target, checks, _max_tls)
     return checks
@@ -110,6 +119,11 @@ def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
     if loaded is not None:
         # The user name may come from a template or a target's default: the loader's reading is the one sent.
         target.username = loaded.mqtt.username
+        target.mqtt_password = loaded.mqtt.password
+        target.host, target.port, target.hosts = loaded.mqtt.host, loaded.mqtt.port, loaded.mqtt.hosts
+        m = loaded.mqtt
+        target.topics = tuple((what, topic) for what, topic in (
+            ("status", m.status_topic), ("telemetry", m.topic), ("health", m.health_topic)) if topic)
     return target
 
 
@@ -183,7 +197,7 @@ def _handshake(t: Target, raw: socket.socket, checks: List[Check],
         sock = ctx.wrap_socket(raw, server_hostname=t.host)
     except ssl.SSLCertVerificationError as exc:
         detail = tls.describe_failure(exc, t.host, t.port)
-        peek = _peek_broker_certificate(t, max_tls)
+        peek = peek_broker_certificate(t, max_tls)
         checks.append(Check("tls handshake", PROBLEM, detail + ("; " + peek if peek else ""),
                             _verify_fix(exc)))
         return None
@@ -226,43 +240,6 @@ def _verify_fix(exc: ssl.SSLCertVerificationError) -> str:
     return "see docs/troubleshooting.md"
 
 
-def _peek_broker_certificate(t: Target, max_tls: Optional[ssl.TLSVersion]) -> str:
-    """The broker's certificate, fetched without verification, only to describe it."""
-    assert t.host is not None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if max_tls is not None:
-        ctx.maximum_version = max_tls
-    if t.cert_file is not None and t.key_file is not None:
-        try:  # under TLS 1.2 a broker that requires a client certificate ends the handshake without one
-            ctx.load_cert_chain(str(t.cert_file), str(t.key_file), password=lambda: t.password or "")
-        except (ssl.SSLError, OSError):
-            pass
-    try:
-        with socket.create_connection((t.host, t.port), timeout=TIMEOUT) as raw, \
-                ctx.wrap_socket(raw, server_hostname=t.host) as sock:
-            der = sock.getpeercert(binary_form=True)
-    except OSError:
-        return ""
-    if not der or not crypto_available():
-        return ""
-    from cryptography import x509
-
-    cert = x509.load_der_x509_certificate(der)
-    sans: List[str] = []
-    try:
-        for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value:
-            sans.append("%s:%s" % ("IP" if isinstance(name, x509.IPAddress) else "DNS", name.value))
-    except x509.ExtensionNotFound:
-        pass
-    usages = key_usages(cert)
-    start, end = cert_dates(cert)
-    return ("the broker's certificate: subject %s, SANs %s, issuer %s, valid %s to %s, extendedKeyUsage %s"
-            % (cert.subject.rfc4514_string(), ", ".join(sans) or "none", cert.issuer.rfc4514_string(),
-               fmt_date(start), fmt_date(end), ", ".join(oid_name(u) for u in usages) if usages is not None else "any"))
-
-
 _REVOKED = tls.describe_alert("certificate revoked")
 
 
@@ -300,7 +277,27 @@ def _refusal_under_tls12(t: Target) -> Optional[str]:
 
 
 def _why_closed(t: Target, tls13: bool, closed: str) -> str:
-    return (_refusal_under_tls12(t) if tls13 else None) or closed
+    refusal = _refusal_under_tls12(t) if tls13 else None
+    if refusal is None and t.protocol == "5" and _answers_mqtt311(t):
+        return SPEAKS_311_ONLY
+    return refusal or closed
+
+
+def _answers_mqtt311(t: Target) -> bool:
+    """A broker that closed on our MQTT 5 CONNECT, asked again in MQTT 3.1.1 (RabbitMQ 3.x closes on
+    a CONNECT it cannot parse, which under TLS 1.3 looks like a refused certificate)."""
+    assert t.host is not None
+    try:
+        ctx = tls.build_context(_tls_config(t)) if t.tls_on else None
+    except tls.TLSSetupError:
+        return False
+    return answers_mqtt311(t.host, t.port, ctx, t.client_id, t.keepalive, t.username, t.mqtt_password)
+
+
+def _closed_fix(t: Target, detail: str, fix: str) -> str:
+    if detail == SPEAKS_311_ONLY:
+        return "set mqtt.protocol: 4 (or remove the key: MQTT 3.1.1 is the default)"
+    return _refusal_fix(t, detail) or fix
 
 
 def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
@@ -310,7 +307,7 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
     tls13 = isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3"
     try:
         sock.settimeout(TIMEOUT)
-        sock.sendall(connect_packet(t.client_id, t.keepalive, t.protocol, t.username))
+        sock.sendall(connect_packet(t.client_id, t.keepalive, t.protocol, t.username, t.mqtt_password))
         reply = read_packet(sock)
     except socket.timeout:
         checks.append(Check("mqtt connect", PROBLEM, "no CONNACK within %g s" % TIMEOUT,
@@ -318,17 +315,17 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
         return
     except ssl.SSLError as exc:
         detail = tls.describe_alert(str(exc)) or _why_closed(t, tls13, closed)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _refusal_fix(t, detail) or fix))
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
         return
     except OSError as exc:
         detail = _why_closed(t, tls13, closed)
         if detail == closed:
             detail = "%s (%s)" % (closed, exc.strerror or exc)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _refusal_fix(t, detail) or fix))
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
         return
     if len(reply) < 4:
         detail = _why_closed(t, tls13, closed)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _refusal_fix(t, detail) or fix))
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
         return
     if reply[0] != 0x20:
         checks.append(Check("mqtt connect", PROBLEM, "the broker answered CONNECT with packet type 0x%02x, "
@@ -346,20 +343,33 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
         if v5:
             detail = "broker refused the connection (MQTT 5 CONNACK %s)" % tls.describe_reason_code(code, reason)
             if code == 0x84:
-                fix = "set mqtt.protocol: \"3.1.1\" (the broker speaks MQTT 3.1.1 only)"
+                fix = "set mqtt.protocol: 4 (the broker speaks MQTT 3.1.1 only)"
             else:
-                fix = "check the broker's ACL/policy for client id %r" % t.client_id
+                fix = _identity_fix(t, {0x86: 4, 0x87: 5}.get(code, 0))
             checks.append(Check("mqtt connect", PROBLEM, detail, fix))
         else:
-            checks.append(Check("mqtt connect", PROBLEM, tls.describe_connack(code),
-                                "check the broker's ACL/policy for client id %r" % t.client_id))
+            checks.append(Check("mqtt connect", PROBLEM, tls.describe_connack(code), _identity_fix(t, code)))
         return
-    try:
-        sock.sendall(b"\xe0\x00")  # DISCONNECT: no Last Will
-    except OSError:
-        pass
     checks.append(Check("mqtt connect", OK, "CONNACK accepted client id %r%s" % (
         t.client_id, " (MQTT 5, %s)" % tls.describe_reason_code(code, reason) if v5 else "")))
+    # CONNECT alone says nothing of the topics: RabbitMQ accepts the connection and ends it at the
+    # first publish its topic permissions refuse.
+    publish_checks(t, sock, tls.build_context(_tls_config(t)) if t.tls_on else None, checks)
+
+
+def _identity_fix(t: Target, connack: int) -> str:
+    """What to do about CONNACK 4 or 5, naming the user the broker most likely looked up."""
+    if t.username is not None:
+        user = "%r (mqtt.username)" % t.username
+    else:
+        cn = certificate_cn(t.cert_file) if t.cert_file is not None else None
+        user = "%r (the certificate's CN)" % cn if cn else "the certificate's CN"
+    if connack == 4:
+        return "the user name is %s: create that user on the broker%s" % (
+            user, ", with the password in mqtt.password_file" if t.mqtt_password is not None else "")
+    if connack == 5:
+        return "allow %s and client id %r in the broker's ACL/policy" % (user, t.client_id)
+    return "check the broker's log for client id %r" % t.client_id
 
 
 # --- command line -----------------------------------------------------------------------

@@ -3,8 +3,10 @@ dates, key usage and chain, before any connection is tried."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,12 @@ class Target:
     username: Optional[str] = None
     alpn: Tuple[str, ...] = ()
     server_name: Optional[str] = None
+    # mqtt.password_file / EDISON_AGENT_MQTT_PASSWORD, as the loader read it; never printed.
+    mqtt_password: Optional[str] = dataclasses.field(default=None, repr=False)
+    # mqtt.hosts as the loader read it (one entry for mqtt.host).
+    hosts: Tuple[Tuple[str, int], ...] = ()
+    # (what, topic) for each topic the agent publishes to: status, telemetry, health.
+    topics: Tuple[Tuple[str, str], ...] = ()
 
 
 def offline_checks(t: Target, checks: List[Check], now: datetime.datetime) -> bool:
@@ -269,3 +277,55 @@ def cert_dates(cert: Any) -> Tuple[datetime.datetime, datetime.datetime]:
     if hasattr(cert, "not_valid_after_utc"):
         return cert.not_valid_before_utc, cert.not_valid_after_utc
     return cert.not_valid_before.replace(tzinfo=UTC), cert.not_valid_after.replace(tzinfo=UTC)
+
+
+def certificate_cn(path: Path) -> Optional[str]:
+    """The subject CN of the certificate at `path`: the user name brokers take from it. None if unknown."""
+    if not crypto_available():
+        return None
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (OSError, ValueError):
+        return None
+    return str(names[0].value) if names else None
+
+
+def peek_broker_certificate(t: Target, max_tls: Optional[ssl.TLSVersion]) -> str:
+    """The broker's certificate, fetched without verification, only to describe it."""
+    assert t.host is not None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max_tls is not None:
+        ctx.maximum_version = max_tls
+    if t.cert_file is not None and t.key_file is not None:
+        try:  # under TLS 1.2 a broker that requires a client certificate ends the handshake without one
+            ctx.load_cert_chain(str(t.cert_file), str(t.key_file), password=lambda: t.password or "")
+        except (ssl.SSLError, OSError):
+            pass
+    try:
+        with socket.create_connection((t.host, t.port), timeout=10.0) as raw, \
+                ctx.wrap_socket(raw, server_hostname=t.host) as sock:
+            der = sock.getpeercert(binary_form=True)
+    except OSError:
+        return ""
+    if not der or not crypto_available():
+        return ""
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    sans: List[str] = []
+    try:
+        for name in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value:
+            sans.append("%s:%s" % ("IP" if isinstance(name, x509.IPAddress) else "DNS", name.value))
+    except x509.ExtensionNotFound:
+        pass
+    usages = key_usages(cert)
+    start, end = cert_dates(cert)
+    return ("the broker's certificate: subject %s, SANs %s, issuer %s, valid %s to %s, extendedKeyUsage %s"
+            % (cert.subject.rfc4514_string(), ", ".join(sans) or "none", cert.issuer.rfc4514_string(),
+               fmt_date(start), fmt_date(end), ", ".join(oid_name(u) for u in usages) if usages is not None else "any"))

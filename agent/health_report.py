@@ -47,6 +47,8 @@ class Connection:
     cipher: Optional[str]
     # Whether the last connect resumed a TLS session; None before the first connect.
     resumed: Optional[bool]
+    # The broker in use or being tried (host:port), one of mqtt.hosts; None in documents before issue 19.
+    broker: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ class HealthReport:
 
 
 def _record(kind: Any, raw: Mapping[str, Any]) -> Any:
-    # Fields a newer agent added are ignored; a missing one is a KeyError for from_json.
+    # Fields a newer agent added are ignored; a missing one is a KeyError for from_json, unless it
+    # has a default (a field added later, absent from an older agent's document).
     return kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)
                    if f.name in raw or f.default is dataclasses.MISSING})
 
@@ -214,7 +217,7 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
                               problem=session.problem if state == DISCONNECTED else None,
                               reconnects=session.reconnects,
                               tls_version=info.tls_version if info else None, cipher=info.cipher if info else None,
-                              resumed=resumed),
+                              resumed=resumed, broker=session.broker),
         readings=Readings(sampled=sampled, delivered=delivered, dropped_full=stats.dropped_full,
                           dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt),
         spool=SpoolState(depth=stats.depth, in_flight=stats.in_flight, bytes=stats.bytes,

@@ -1,5 +1,6 @@
-"""The few MQTT packets `edison-agent doctor` speaks by hand, below paho, so that it can say
-exactly where a connection stops: CONNECT out, one whole packet in, a CONNACK's ReasonString."""
+"""The few MQTT packets `edison-agent doctor` (and the session's one-off protocol probe) speak by
+hand, below paho, so that they can say exactly where a connection stops: CONNECT out, one whole
+packet in, a CONNACK's ReasonString, a QoS 1 PUBLISH and its PUBACK."""
 
 from __future__ import annotations
 
@@ -22,13 +23,39 @@ def _string(text: str) -> bytes:
 
 
 def connect_packet(client_id: str, keepalive: int, protocol: str = "3.1.1",
-                    username: Optional[str] = None) -> bytes:
+                   username: Optional[str] = None, password: Optional[str] = None) -> bytes:
     """CONNECT with a clean session/start and no Last Will; MQTT 5's with no properties."""
-    flags = 0x02 | (0x80 if username is not None else 0)
+    # MQTT 3.1.1 allows a password only with a user name (section 3.1.2.9).
+    if username is None:
+        password = None
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     v5 = protocol == "5"
     body = (b"\x00\x04MQTT" + bytes([5 if v5 else 4, flags]) + keepalive.to_bytes(2, "big")
-            + (b"\x00" if v5 else b"") + _string(client_id) + (_string(username) if username is not None else b""))
+            + (b"\x00" if v5 else b"") + _string(client_id) + (_string(username) if username is not None else b"")
+            + (_string(password) if password is not None else b""))
     return b"\x10" + _varint(len(body)) + body
+
+
+def publish_packet(topic: str, payload: bytes, packet_id: int, protocol: str = "3.1.1") -> bytes:
+    """A QoS 1, not retained PUBLISH (MQTT 5's with no properties)."""
+    body = _string(topic) + packet_id.to_bytes(2, "big") + (b"\x00" if protocol == "5" else b"") + payload
+    return b"\x32" + _varint(len(body)) + body
+
+
+def puback_reason(packet: bytes, packet_id: int) -> Optional[int]:
+    """The reason code of `packet` if it is the PUBACK for `packet_id` (0 when it has none, as in
+    MQTT 3.1.1 and MQTT 5's short form), else None."""
+    if len(packet) < 4 or packet[0] != 0x40 or int.from_bytes(packet[2:4], "big") != packet_id:
+        return None
+    return packet[4] if len(packet) > 4 and packet[1] > 2 else 0
+
+
+def connack_code(packet: bytes) -> Optional[int]:
+    """A CONNACK's return (3.1.1) or reason (5) code; None if `packet` is no CONNACK."""
+    if len(packet) < 4 or packet[0] != 0x20:
+        return None
+    header = 1 + next((i for i, b in enumerate(packet[1:5], 1) if not b & 0x80), 1)
+    return packet[header + 1] if len(packet) > header + 1 else None
 
 
 # CONNACK property identifiers and how long their values are (MQTT 5, section 3.2.2.3):

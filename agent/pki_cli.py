@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from agent import provision, revocation
+from agent import broker_setup, provision, revocation
 from agent.pki import (
     CA_CERT,
     DEFAULT_KEY_TYPE,
@@ -23,7 +23,6 @@ from agent.pki import (
     list_certificates,
     load_certificate_info,
     mosquitto_acl,
-    mosquitto_listener,
     renew,
     write_p12,
 )
@@ -43,6 +42,12 @@ def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     broker.add_argument("hostname", metavar="HOSTNAME", help="the name devices connect to")
     broker.add_argument("--ip", action="append", default=[], metavar="ADDR",
                         help="also valid for this IP address (repeatable)")
+    broker.add_argument("--broker", choices=broker_setup.BROKERS, default="mosquitto",
+                        help="print (and write to DIR/HOSTNAME.BROKER.conf) what this broker needs "
+                             "(default: mosquitto)")
+    broker.add_argument("--install-dir", type=Path, metavar="INSTALL_DIR",
+                        help="also copy ca.crt and the broker's certificate and key here, the key readable "
+                             "by the broker's group (0640), and name these copies in the printed config")
     device = commands.add_parser("issue-device", help="client certificate for one device")
     device.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
     device.add_argument("name", metavar="NAME", help="device name: CN and MQTT username")
@@ -133,7 +138,7 @@ def _run(args: argparse.Namespace) -> None:
                               force=args.force, key_type=args.key_type, ca_passphrase=ca_passphrase,
                               group=args.group)
         _report(issued, group=args.group)
-        print(_mosquitto_listener(args.directory / CA_CERT, issued))
+        _broker_config(args, issued)
     elif command == "issue-device":
         issued = issue_device(args.directory, args.name, days=args.days, force=args.force,
                               passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
@@ -243,11 +248,23 @@ def _report(issued: Issued, encrypted: bool = False, group: str | None = None) -
     print(f"wrote {issued.key_file} (mode {mode}{', encrypted' if encrypted else ''})")
 
 
-def _mosquitto_listener(ca_file: Path, issued: Issued) -> str:
-    return "\n".join([
-        "",
-        "# for mosquitto.conf. mosquitto 2 reads these files as the mosquitto user, after",
-        "# dropping root: that user must be able to read the key and enter its 0700",
-        "# directory, or copy the three files somewhere it can and change the paths.",
-        mosquitto_listener(ca_file, issued.cert_file, issued.key_file),
-    ])
+def _broker_config(args: argparse.Namespace, issued: Issued) -> None:
+    """The broker's configuration for these files (or their --install-dir copies): printed, and written
+    to DIR/HOSTNAME.BROKER.conf so it can be copied over as it is."""
+    broker = args.broker
+    ca, cert, key = args.directory / CA_CERT, issued.cert_file, issued.key_file
+    if args.install_dir is not None:
+        ca, cert, key, readable = broker_setup.install(args.install_dir, broker, ca, cert, key)
+        print(f"copied {ca.name}, {cert.name} and {key.name} to {args.install_dir}; {readable}")
+        where = ""
+    elif broker == "mosquitto":
+        where = ("# mosquitto 2 reads these files as the mosquitto user, after dropping root: that user\n"
+                 "# must be able to read the key and enter its 0700 directory (or use --install-dir).\n")
+    else:
+        where = "# the broker reads these files as its own user: copy them where it can (--install-dir).\n"
+    text = (f"# for {broker_setup.CONFIG_FILES[broker]}\n{where}"
+            + broker_setup.snippet(broker, ca, cert, key) + "\n\n" + broker_setup.per_device(broker) + "\n")
+    written = args.directory / f"{args.hostname}.{broker}.conf"
+    written.write_text(text)
+    print(f"wrote {written}:\n")
+    print(text, end="")

@@ -24,12 +24,16 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent import broker_probe
+from agent.broker_hosts import BrokerList, describe
 from agent.config import MQTTConfig
+from agent.reconnect_schedule import AfterLoss
 from agent.tls import (
     CLIENT_CERT_REFUSALS,
     REJECTED_AFTER_HANDSHAKE,
     ClientContext,
     describe_alert,
+    describe_connack,
     describe_failure,
     describe_reason_code,
 )
@@ -108,8 +112,13 @@ class Session:
         # After each CONNACK, on the network thread, once the connect is logged.
         self._on_connected_hook = on_connected
         self._rng = rng or random.Random()
-        # Every line about this session carries BROKER= in the journal.
-        self._log = logging.LoggerAdapter(log, {"BROKER": "%s:%d" % (config.host, config.port)})
+        # mqtt.hosts in order of preference (mqtt.host alone: a list of one).
+        self._brokers = BrokerList(config.hosts or ((config.host, config.port),), config.failback)
+        # Every line about this session carries BROKER= in the journal (the broker in use).
+        self._log = logging.LoggerAdapter(log, {"BROKER": describe(self._brokers.current)})
+        # Set while moving back to the preferred broker: the next connect goes there at once.
+        self._failing_back = False
+        self._failback_waits = 0
         self._v5 = config.protocol == "5"
         self._property_cache: Dict[Tuple[int, str, bool], Properties] = {}
         if self._v5:
@@ -123,8 +132,9 @@ class Session:
         if ssl_context is not None:
             self._client.tls_set_context(ssl_context)
         if config.username is not None:
-            # No password: the client certificate is the credential (Azure IoT Hub's X.509 devices).
-            self._client.username_pw_set(config.username, None)
+            # Usually no password: the client certificate is the credential (Azure IoT Hub's X.509
+            # devices); some brokers want both (mqtt.password_file).
+            self._client.username_pw_set(config.username, config.password)
         self._client.will_set(config.status_topic, OFFLINE, qos=1, retain=True,
                               properties=self._properties(PacketTypes.WILLMESSAGE, TEXT, expires=False))
         self._client.max_inflight_messages_set(config.inflight)
@@ -155,6 +165,8 @@ class Session:
         self._announced: Set[str] = set()
         self._refusal: Optional[str] = None
         self._socket_error: Optional[str] = None
+        # The answer of the one MQTT 3.1.1 probe (see _speaks_311_only); None until asked.
+        self._protocol_probe: Optional[bool] = None
         self._last_problem: Optional[str] = None
         self._session_present = False
         # Set at the first CONNACK: later connects of this process ask the broker to resume the session.
@@ -220,7 +232,7 @@ class Session:
 
     def start(self) -> None:
         cfg = self._config
-        self._log.info("connecting to %s:%d as %r (%s)", cfg.host, cfg.port, cfg.client_id,
+        self._log.info("connecting to %s:%d as %r (%s)", *self._where, cfg.client_id,
                  "TLS %s+" % cfg.tls.min_version if cfg.tls else "plain MQTT, no TLS")
         self._thread.start()
 
@@ -338,7 +350,7 @@ class Session:
                 self._refusal = "broker refused the connection (%s): %s" % (
                     describe_reason_code(reason_code.value, _reason_string(properties)), reason_code)
             else:
-                self._refusal = "broker refused the connection: %s" % reason_code
+                self._refusal = "%s: %s" % (describe_connack(_CONNACK_CODES.get(reason_code.value, 0)), reason_code)
             return
         self._refusal = None
         self._had_connack = True
@@ -373,7 +385,7 @@ class Session:
         # The "connection lost" line that follows says this too.
         self._socket_error = why
         # The module logger, not the adapter: an adapter replaces `extra` with its own.
-        log.warning("%s:%d: %s", self._config.host, self._config.port, why,
+        log.warning("%s:%d: %s", *self._where, why,
                     extra=dict(self._log.extra or {}, MQTT_RC=str(reason_code)))
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
@@ -407,16 +419,34 @@ class Session:
 
     def _reconnect_loop(self) -> None:
         attempt = 0
+        rc = self._config.reconnect
+        after_loss: Optional[AfterLoss] = None
         while not self._stop.is_set():
             self._working()
             lost = self._connect_once()
             if lost:
                 attempt = 0
+                # Attempts after a loss keep one place in windows growing from the spread (see
+                # agent/reconnect_schedule.py); before any connection, plain exponential backoff.
+                after_loss = AfterLoss(rc.min_delay, rc.max_delay, rc.spread, self._rng,
+                                       time.monotonic()) if rc.spread > 0 else None
             attempt += 1
             if self._stop.is_set():
                 break
-            rc = self._config.reconnect
-            delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng, spread=rc.spread if lost else None)
+            if self._failing_back:
+                self._failing_back, attempt = False, 0
+                self._use_broker(self._brokers.use_preferred)
+                continue
+            # With mqtt.hosts: the next broker, at once after a failed attempt; a lost connection
+            # still waits the spread (a gateway that fails drops all its boards at one instant).
+            new_round = self._use_broker(self._brokers.advance)
+            if self._brokers.several and not lost and not new_round:
+                continue
+            if after_loss is not None:
+                delay = after_loss.next_delay(time.monotonic())
+            else:
+                delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng,
+                                      spread=rc.spread if lost else None)
             self._log.debug("next connection attempt in %.1f s", delay)
             # One wait however long: waiting for a deadline ahead is what the watchdog checks.
             self._alive = (time.monotonic() + delay, self._alive[1])
@@ -425,25 +455,31 @@ class Session:
     def _connect_once(self) -> bool:
         """One connection's life; True if it reached CONNACK."""
         cfg = self._config
+        host, port = self._where
         self._forget_last_attempt()
         try:
             with self._io_lock:
-                self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, **self._connect_options())
+                self._client.connect(host, port, keepalive=cfg.keepalive, **self._connect_options())
         except (OSError, ValueError) as exc:
             if isinstance(self._ssl_context, ClientContext):
                 self._ssl_context.discard_last_socket()
             tls_error = {"TLS_ERROR": str(exc)} if isinstance(exc, ssl.SSLError) else {}
-            self._problem(describe_failure(exc, cfg.host), tls_error)
+            self._problem(describe_failure(exc, host), tls_error)
             return False
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         was_connected = False
         while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            # Idle, the thread sleeps until paho's keepalive next needs a look: no fixed step.
-            rc = self._pass(self._keepalive_due())
+            # Idle, the thread sleeps until paho's keepalive (or a failback check) next needs a look.
+            rc = self._pass(min(self._keepalive_due(), self._brokers.failback_due() or float("inf")))
             if self._connected.is_set() and not was_connected:
                 was_connected = True
+                self._brokers.connected()
                 self._on_connected()
             self._on_io()
+            if was_connected and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._time_to_fail_back():
+                self._failing_back = True
+                self._leave(reason="moving back to the preferred broker %s" % describe(self._preferred))
+                return True
         if self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._go_offline()
             return was_connected
@@ -594,9 +630,25 @@ class Session:
         alert = describe_alert(self._socket_error or "")
         if alert is not None:
             return alert
+        if self._speaks_311_only():
+            return broker_probe.SPEAKS_311_ONLY
         if self._config.tls is not None:
             return REJECTED_AFTER_HANDSHAKE
         return "broker closed the connection before accepting it (%s)" % (self._socket_error or "no reason given")
+
+    def _speaks_311_only(self) -> bool:
+        """Whether a broker that closed on our MQTT 5 CONNECT answers an MQTT 3.1.1 one (RabbitMQ
+        3.x does that; a refused certificate looks the same under TLS 1.3). Asked once per session
+        object, and never once a CONNACK has come: one extra connection, not one per retry."""
+        if not self._v5 or self._had_connack:
+            return False
+        if self._protocol_probe is None:
+            cfg = self._config
+            self._alive = (time.monotonic() + broker_probe.TIMEOUT, self._alive[1])
+            self._protocol_probe = broker_probe.answers_mqtt311(
+                *self._where, self._ssl_context, cfg.client_id, cfg.keepalive, cfg.username)
+            self._working()
+        return self._protocol_probe
 
     def _on_connected(self) -> None:
         cfg = self._config
@@ -608,9 +660,9 @@ class Session:
         how = info.describe() if info else "?"
         if self._last_problem is not None:
             self.reconnects += 1
-            self._log.info("connected to %s:%d again, %s (was: %s)", cfg.host, cfg.port, how, self._last_problem)
+            self._log.info("connected to %s:%d again, %s (was: %s)", *self._where, how, self._last_problem)
         else:
-            self._log.info("connected to %s:%d, %s", cfg.host, cfg.port, how)
+            self._log.info("connected to %s:%d, %s", *self._where, how)
         self._last_problem = None
         if info is not None:
             self._on_connected_hook(info)
@@ -631,11 +683,11 @@ class Session:
             # error as the last one while the session still says nothing is wrong.
             self._last_problem = message
             # The journal gets the raw TLS error or MQTT reason code as fields beside the plain words.
-            log.error("%s:%d: %s; retrying with backoff (%g-%g s)", self._config.host, self._config.port,
+            log.error("%s:%d: %s; retrying with backoff (%g-%g s)", *self._where,
                       message, self._config.reconnect.min_delay, self._config.reconnect.max_delay,
                       extra=dict(self._log.extra or {}, **(fields or {})))
         else:
-            self._log.debug("%s:%d: still failing: %s", self._config.host, self._config.port, message)
+            self._log.debug("%s:%d: still failing: %s", *self._where, message)
 
     def _publish_offline(self) -> bool:
         """Once per session, from whichever thread gets here first while connected."""
@@ -653,6 +705,10 @@ class Session:
                     break
             if not self._offline_acked.is_set():
                 self._log.warning("offline status not acknowledged before the stop deadline")
+        self._leave()
+
+    def _leave(self, reason: str = "") -> None:
+        """A clean DISCONNECT (the broker drops our Last Will) from the broker in use."""
         self._connected.clear()
         with self._io_lock:
             self._client.disconnect()
@@ -661,7 +717,59 @@ class Session:
         while self._client.want_write() and time.monotonic() < until:
             if self._pass(until) != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client.socket() is None:
                 break
-        self._log.info("disconnected from %s:%d", self._config.host, self._config.port)
+        if reason:
+            self.disconnected_since = time.time()
+        self._log.info("disconnected from %s:%d%s", *self._where, ": " + reason if reason else "")
+
+    # -- mqtt.hosts (agent/broker_hosts.py) ----------------------------------------------------
+
+    @property
+    def _where(self) -> Tuple[str, int]:
+        return self._brokers.current
+
+    @property
+    def _preferred(self) -> Tuple[str, int]:
+        return (self._config.hosts or ((self._config.host, self._config.port),))[0]
+
+    @property
+    def broker(self) -> str:
+        """The broker in use (or being tried), as host:port."""
+        return describe(self._where)
+
+    def _use_broker(self, move: Callable[[], Any]) -> Any:
+        """Move (advance or use_preferred), and log the change of broker once."""
+        before = self._where
+        result = move()
+        if self._where != before:
+            self._log = logging.LoggerAdapter(log, {"BROKER": describe(self._where)})
+            self._log.info("next broker: %s (of mqtt.hosts)", describe(self._where))
+        return result
+
+    def _time_to_fail_back(self) -> bool:
+        """On another broker, failback due, and no message awaiting its PUBACK (a move then costs
+        no duplicate): check the preferred one."""
+        due = self._brokers.failback_due()
+        if due is None or time.monotonic() < due:
+            return False
+        with self._acks_lock:
+            busy = bool(self._acks)
+        if busy:
+            # A PUBACK is usually milliseconds away; a board that is never idle moves anyway, by
+            # QoS 1's rule (the unacknowledged are sent again to the preferred broker).
+            self._brokers.postpone(0.2)
+            self._failback_waits += 1
+            if self._failback_waits < 25:
+                return False
+        self._failback_waits = 0
+        self._working()
+        self._alive = (time.monotonic() + 5.0, self._alive[1])
+        back = self._brokers.preferred_answers(self._ssl_context)
+        self._working()
+        return back
+
+
+# paho 2 hands an MQTT 3.1.1 CONNACK's return code over as the MQTT 5 reason code it maps it to.
+_CONNACK_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
 def _reason_string(properties: Any) -> Optional[str]:

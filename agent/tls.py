@@ -184,15 +184,25 @@ CLIENT_CERT_REFUSALS = frozenset(_ALERTS[a] for a in ("certificate required", "u
 REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
                             "client certificate (unknown CA, revoked, or none sent)")
 
+# What CONNACK 4/5 (MQTT 5: 0x86/0x87) mean on the brokers the agent meets, not only Mosquitto's words.
+NO_SUCH_USER = ("with a client certificate the user name is usually the certificate's CN: create that user on the "
+                "broker (Mosquitto: use_identity_as_username true on the listener; RabbitMQ: mqtt.ssl_cert_login = "
+                "true and ssl_cert_login_from = common_name, then 'rabbitmqctl add_user CN' and 'set_permissions'; "
+                "EMQX: mqtt.peer_cert_as_username = cn and a user for it; AWS IoT: no user name, the certificate "
+                "must be ACTIVE), or mqtt.username / mqtt.password_file are not what the broker has")
+NOT_AUTHORIZED = ("the broker's ACL or policy does not allow this identity (Mosquitto: acl_file, whose user is the "
+                  "certificate's CN with use_identity_as_username; RabbitMQ: the CN user's permissions on the vhost, "
+                  "'rabbitmqctl set_permissions'; EMQX: authorization rules for the CN; AWS IoT: the policy attached "
+                  "to the certificate must allow iot:Connect for this client id)")
+
 # MQTT 3.1.1 CONNACK return codes (section 3.2.2.3).
 _CONNACK = {
     1: "unacceptable protocol version: the broker does not speak MQTT 3.1.1",
     2: "identifier rejected: the broker does not accept mqtt.client_id (too long, bad characters, "
        "or not allowed for this certificate)",
     3: "server unavailable: the broker is up but not accepting connections",
-    4: "bad user name or password",
-    5: "not authorized: the broker's ACL or policy does not allow this certificate/client id "
-       "(with use_identity_as_username the user name is the certificate's CN)",
+    4: "bad user name or password: " + NO_SUCH_USER,
+    5: "not authorized: " + NOT_AUTHORIZED,
 }
 
 
@@ -212,8 +222,8 @@ _REASON_CODES = {
     0x83: "implementation-specific error: see the broker's log",
     0x84: "unsupported protocol version: the broker does not speak MQTT 5; set mqtt.protocol: \"3.1.1\"",
     0x85: "client identifier not valid: the broker does not accept mqtt.client_id",
-    0x86: "bad user name or password (mqtt.username)",
-    0x87: "not authorized: the broker's ACL or policy does not allow this certificate/client id",
+    0x86: "bad user name or password: " + NO_SUCH_USER,
+    0x87: "not authorized: " + NOT_AUTHORIZED,
     0x88: "server unavailable",
     0x89: "server busy: try again later",
     0x8A: "banned: this client is banned by the broker's administrator",

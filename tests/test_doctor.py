@@ -8,11 +8,13 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import yaml
+from mqtt311_broker import MQTT311Broker
 
 from agent import doctor, pki
 from conftest import ROOT, Broker, Certs, agent_config, free_port
@@ -185,3 +187,108 @@ def test_the_daemon_logs_days_left_at_start_and_warns_under_30(certs: Certs, tmp
     info, warning = caplog.records[-2:]
     assert info.levelname == "INFO" and "expires in 729 days" in info.getMessage()
     assert warning.levelname == "WARNING" and "soon.crt expires in 9 days" in warning.getMessage()
+
+
+# -- issue 19: diagnoses that are not Mosquitto's ------------------------------------------------
+
+
+@pytest.fixture
+def mqtt311(certs: Certs) -> Iterator[Callable[..., MQTT311Broker]]:
+    started: List[MQTT311Broker] = []
+
+    def start(**options: Any) -> MQTT311Broker:
+        b = MQTT311Broker(certs.ca, certs.broker_cert, certs.broker_key, **options)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.close()
+
+
+def _lines(checks: List[doctor.Check]) -> str:
+    return "\n".join(c.line() for c in checks)
+
+
+def test_an_mqtt5_connect_closed_by_a_3_1_1_only_broker_is_named_not_blamed_on_the_certificate(
+        certs: Certs, mqtt311: Callable[..., MQTT311Broker], tmp_path: Path) -> None:
+    b = mqtt311()
+    checks = _run(tmp_path, agent_config(certs, b.port, mqtt={"protocol": 5}))
+    connect = next(c for c in checks if c.check == "mqtt connect")
+    assert connect.status == doctor.PROBLEM, _lines(checks)
+    assert "this broker speaks MQTT 3.1.1 only: set mqtt.protocol: 4" in connect.detail, _lines(checks)
+    assert "certificate" not in connect.detail and "mqtt.protocol: 4" in connect.fix
+    # It was asked in both versions: 5 first, then 3.1.1.
+    assert b.connect_levels[:2] == [5, 4]
+    # And the advice works: with protocol 4 every check passes, the publish checks included.
+    checks = _run(tmp_path, agent_config(certs, b.port, mqtt={"protocol": 4}))
+    assert {c.status for c in checks} == {doctor.OK}, _lines(checks)
+
+
+def test_the_agent_logs_the_same_diagnosis(certs: Certs, mqtt311: Callable[..., MQTT311Broker],
+                                           run_agent: Callable[..., Any]) -> None:
+    b = mqtt311()
+    agent = run_agent(agent_config(certs, b.port, mqtt={"protocol": 5}))
+    line = agent.wait_for("speaks MQTT 3.1.1")
+    assert "this broker speaks MQTT 3.1.1 only: set mqtt.protocol: 4" in line and "certificate" not in line, line
+    # One probe, not one per retry: after several more MQTT 5 attempts, still a single 3.1.1 CONNECT.
+    deadline = time.monotonic() + 30
+    while b.connect_levels.count(5) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b.connect_levels.count(5) >= 4, agent.output
+    assert b.connect_levels.count(4) == 1, b.connect_levels
+
+
+def test_each_topic_the_agent_publishes_to_is_checked_and_a_refusing_close_names_the_topic(
+        certs: Certs, mqtt311: Callable[..., MQTT311Broker], tmp_path: Path) -> None:
+    # RabbitMQ's way: CONNECT accepted, the connection closed at a publish its topic permissions refuse.
+    b = mqtt311(refused_topics={"edison/thunder10/status"})
+    checks = _run(tmp_path, agent_config(certs, b.port))
+    by_name = {c.check: c for c in checks}
+    assert by_name["mqtt connect"].status == doctor.OK, _lines(checks)
+    status = by_name["publish status"]
+    assert status.status == doctor.PROBLEM, _lines(checks)
+    assert ("closed the connection right after our QoS 1 publish to edison/thunder10/status: it probably "
+            "refused the topic (ACL, topic permission)") in status.detail
+    assert "RabbitMQ topic permissions" in status.fix and "AWS IoT policy" in status.fix
+    # The other topics are still tried, on a new connection, and pass.
+    assert by_name["publish telemetry"].status == doctor.OK and by_name["publish health"].status == doctor.OK
+    # The probes are never retained (a device's retained status stays as it was) and say what they are.
+    assert {topic for topic, _, _ in b.published} == {"edison/thunder10/telemetry", "edison/thunder10/health"}
+    for _, payload, retained in b.published:
+        assert not retained and json.loads(payload) == {"device": "thunder10", "probe": True, "readings": []}
+
+
+def test_a_publish_refused_by_a_mosquitto_acl_shows_in_the_mqtt5_puback(certs: Certs, tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("pattern write edison/%u/telemetry\npattern write edison/%u/health\n")
+    b = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key, acl_file=acl)
+    b.start()
+    try:
+        checks = _run(tmp_path, agent_config(certs, b.port, mqtt={"protocol": 5}))
+    finally:
+        b.stop()
+    by_name = {c.check: c for c in checks}
+    assert by_name["publish status"].status == doctor.PROBLEM, _lines(checks)
+    assert "refused our publish to edison/thunder10/status (MQTT 5 PUBACK reason code 135" in \
+        by_name["publish status"].detail
+    assert by_name["publish telemetry"].status == doctor.OK, _lines(checks)
+
+
+@pytest.mark.parametrize("code, words", [
+    (4, ["bad user name or password", "use_identity_as_username", "ssl_cert_login", "peer_cert_as_username",
+         "AWS IoT"]),
+    (5, ["not authorized", "acl_file", "rabbitmqctl set_permissions", "EMQX", "iot:Connect"]),
+])
+def test_connack_4_and_5_say_what_to_check_on_each_broker(code: int, words: List[str], certs: Certs,
+                                                          mqtt311: Callable[..., MQTT311Broker],
+                                                          tmp_path: Path) -> None:
+    b = mqtt311(connack=code)
+    checks = _run(tmp_path, agent_config(certs, b.port))
+    connect = next(c for c in checks if c.check == "mqtt connect")
+    for w in words:
+        assert w in connect.detail, connect.line()
+    if code == 4:
+        assert connect.fix.startswith("the user name is 'thunder10' (the certificate's CN): create that user")
+    else:
+        assert "allow 'thunder10' (the certificate's CN) and client id 'thunder10'" in connect.fix

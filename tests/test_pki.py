@@ -383,7 +383,8 @@ def test_cli_issue_broker_prints_a_mosquitto_listener(
     monkeypatch.chdir(tmp_path)  # a relative DIR must come out as absolute paths
     assert run("pki", "issue-broker", ".", "localhost") == 0
     lines = capsys.readouterr().out.splitlines()
-    block = lines[lines.index("listener 8883"):]
+    start = lines.index("listener 8883")
+    block = lines[start:lines.index("", start)]
     assert block == [
         "listener 8883",
         f"cafile {tmp_path.resolve()}/ca.crt",

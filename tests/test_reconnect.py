@@ -6,11 +6,12 @@ import random
 import subprocess
 import sys
 import time
-from typing import List
+from typing import Callable, List
 
 import pytest
 
 from agent import config
+from agent.reconnect_schedule import AfterLoss
 from agent.session import backoff_delay
 from conftest import ONLINE, ROOT, Broker, Subscriber, agent_config
 
@@ -121,6 +122,62 @@ def test_the_spread_never_waits_beyond_max_delay_and_zero_means_min_delay():
     assert {backoff_delay(1, 1.0, 120.0, rng, spread=0.0) for _ in range(20)} == {1.0}
 
 
+def _returns(schedule: Callable[[random.Random], Callable[[float], float]], outage: float, boards: int,
+             seed: int) -> List[float]:
+    """When each of `boards` boards, all disconnected at 0, first tries after the broker is back at
+    `outage`: every attempt before that fails (at once, as a refused connection does)."""
+    rng = random.Random(seed)
+    times = []
+    for _ in range(boards):
+        next_delay = schedule(rng)
+        now = next_delay(0.0)
+        while now < outage:
+            now += next_delay(now)
+        times.append(now)
+    return times
+
+
+def _after_loss(rng: random.Random) -> Callable[[float], float]:
+    rc = config.ReconnectConfig()
+    return AfterLoss(rc.min_delay, rc.max_delay, rc.spread, rng, lost_at=0.0).next_delay
+
+
+def _redrawn_every_attempt(rng: random.Random) -> Callable[[float], float]:
+    """The session before issue 19: the first attempt over the spread (then 15 s), later ones full
+    jitter redrawn per attempt over a doubling cap."""
+    attempts = iter(range(1, 1000))
+
+    def next_delay(now: float) -> float:
+        attempt = next(attempts)
+        return backoff_delay(attempt, 1.0, 120.0, rng, spread=15.0 if attempt == 1 else None)
+
+    return next_delay
+
+
+def test_fifty_boards_back_from_a_10_s_outage_stay_under_a_fifth_in_any_second_with_the_defaults():
+    # 200 fleets, each a different draw: the bound must hold for every one, not on average.
+    worst = max(busiest_second(_returns(_after_loss, 10.0, 50, seed)) for seed in range(200))
+    assert worst <= 10, worst
+    # Before: full jitter redrawn per attempt bunched the retries of boards that failed early.
+    before = [busiest_second(_returns(_redrawn_every_attempt, 10.0, 50, seed)) for seed in range(200)]
+    assert sum(b > 10 for b in before) > 150, before
+
+
+def test_after_a_loss_each_board_keeps_its_place_in_windows_that_double():
+    rng = random.Random(4)
+    schedule = AfterLoss(1.0, 120.0, 30.0, rng, lost_at=100.0)
+    now, due = 100.0, []
+    for _ in range(5):
+        now += schedule.next_delay(now)
+        due.append(now)
+    place = (due[0] - 101.0) / 30.0
+    windows = [30.0, 60.0, 120.0, 120.0, 120.0]
+    starts = [101.0, 131.0, 191.0, 311.0, 431.0]
+    assert due == pytest.approx([s + place * w for s, w in zip(starts, windows)])
+    # Never two attempts closer than the spread, and never beyond max_delay's window.
+    assert min(b - a for a, b in zip(due, due[1:])) >= 30.0
+
+
 def test_later_attempts_keep_the_exponential_backoff():
     # The spread applies to the first attempt only; the session passes None for the others.
     first, second = random.Random(9), random.Random(9)
@@ -128,10 +185,10 @@ def test_later_attempts_keep_the_exponential_backoff():
         [backoff_delay(a, 1.0, 120.0, second, spread=None) for a in range(2, 8)]
 
 
-def test_the_spread_defaults_to_15_s_and_a_negative_one_is_refused(tmp_path):
+def test_the_spread_defaults_to_30_s_and_a_negative_one_is_refused(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("mqtt: {host: localhost}\nboard: simulated\nstate_dir: state\nsensors: []\n")
-    assert config.load(path).mqtt.reconnect.spread == 15.0
+    assert config.load(path).mqtt.reconnect.spread == 30.0
     path.write_text("mqtt: {host: localhost, reconnect: {spread: 2.5}}\nboard: simulated\nstate_dir: state\n"
                     "sensors: []\n")
     assert config.load(path).mqtt.reconnect.spread == 2.5
