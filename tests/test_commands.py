@@ -82,7 +82,7 @@ class FakeAgent:
 Sent = List[Tuple[str, Dict[str, Any], Optional[bytes]]]
 
 
-def commands(rate: float = 5.0, burst: int = 20, clock: Optional[FakeClock] = None
+def commands(rate: float = 5.0, burst: int = 20, clock: Optional[FakeClock] = None, **more: Any
              ) -> Tuple[Commands, FakeAgent, Sent]:
     """A Commands whose replies are recorded: (topic, decoded reply, correlation data)."""
     sent: Sent = []
@@ -92,7 +92,7 @@ def commands(rate: float = 5.0, burst: int = 20, clock: Optional[FakeClock] = No
         return True
 
     handler = FakeAgent()
-    cfg = CommandsConfig(enabled=True, topic=CMD, reply_topic=REPLY, rate=rate, burst=burst)
+    cfg = CommandsConfig(enabled=True, topic=CMD, reply_topic=REPLY, rate=rate, burst=burst, **more)
     return Commands(cfg, handler, publish, monotonic=clock or FakeClock()), handler, sent
 
 
@@ -197,7 +197,7 @@ def test_the_token_bucket_refills_at_its_rate_up_to_its_burst():
 
 
 def test_an_mqtt5_request_is_also_answered_on_its_response_topic_with_its_correlation_data():
-    cmds, _, sent = commands()
+    cmds, _, sent = commands(response_topics=("ops/console/+",))
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "ops/console/7"
     props.CorrelationData = b"\x00req-7"
