@@ -217,7 +217,7 @@ class Commands:
         except CommandError as exc:
             if exc.error != RATE_LIMITED:
                 log.warning("command %s (id %s): %s: %s", brief(request.command), request_id, exc.error,
-                            brief(exc.detail, 200))
+                            exc.detail[:200])
             elif not self._refused:
                 # One line when refusals start and one when they end, however long the flood.
                 log.warning("commands over the rate limit (%g a second, burst %d): refusing them until it "

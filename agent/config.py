@@ -478,6 +478,7 @@ def _check_topics(r: Reader, mqtt: MQTTConfig, commands: CommandsConfig) -> None
             r.problem("commands.topic", "the agent subscribes to %s, which covers %s (%s): it would read its own "
                       "messages as commands; give commands a topic of their own" % (brief(subscription),
                                                                                    key, brief(topic)))
+            return
 
 
 def _response_topics(r: Reader, c: Mapping[str, Any], device_id: str) -> Optional[Tuple[str, ...]]:
