@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import stat
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from agent import identifiers
+from agent import config_checks, identifiers
 from agent.config_reader import FileProblem, Reader, bounded, kind_of, parse_yaml, read_text, setting
 from agent.identifiers import brief
 from agent.sensor_config import SensorConfig, parse_sensors
@@ -210,24 +208,6 @@ def load(path: Path) -> AgentConfig:
     return config
 
 
-def warnings_for(cfg: AgentConfig) -> List[str]:
-    """What is allowed but probably not meant, one line each (check-config prints them, `run` logs them)."""
-    warnings = []
-    if not cfg.sensors:
-        # Allowed: the agent still connects, publishes status and health and answers commands, which is
-        # how a board is brought up before its sensors are wired. Telegraf refuses a config without
-        # inputs; a silent agent here would look like a broken one.
-        warnings.append("sensors: none configured: the agent connects and reports its health, but publishes no "
-                        "readings; add sensors (docs/sensors.md)")
-    directory = cfg.health.file.parent
-    kind = _kind(directory)
-    if kind == "unreachable" or (kind == "directory" and not os.access(directory, os.W_OK | os.X_OK)):
-        warnings.append("health.file: %s cannot be written by this user (the service's user may): if it cannot "
-                        "either, the daemon logs one warning and `edison-agent status` has nothing to read"
-                        % cfg.health.file)
-    return warnings
-
-
 def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = " line %d, column %d:" % (mark.line + 1, mark.column + 1) if mark is not None else ""
@@ -238,7 +218,7 @@ def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
 def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]:
     top = r.section(tree, "", TOP_KEYS)
     device = r.section(top.get("device"), "device", DEVICE_KEYS)
-    device_id = _device_id(r, device)
+    device_id = config_checks.device_id(r, device)
     mqtt = _mqtt(r, top.get("mqtt"), device_id or "")
     board = r.value(top, "board", "", str, default="auto", choices=BOARDS)
     log_level = r.value(top, "log_level", "", str, default="info", choices=LOG_LEVELS)
@@ -250,7 +230,7 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     health = _health(r, top.get("health"))
     commands = _commands(r, top.get("commands"), device_id or "")
     if mqtt is not None and commands is not None:
-        _check_topics(r, mqtt, commands)
+        config_checks.check_topics(r, mqtt, commands)
         commands = dataclasses.replace(commands, agent_topics=(mqtt.topic, mqtt.status_topic, mqtt.health_topic))
     if (r.problems or device_id is None or mqtt is None or spool is None or batch is None or health is None
             or commands is None):
@@ -260,31 +240,14 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
                        spool=spool, batch=batch, health=health, commands=commands)
 
 
-def _device_id(r: Reader, device: Mapping[str, Any]) -> Optional[str]:
-    if device.get("id") is None:
-        # The short host name: `edison.local` would put a '.' in every topic and the client id.
-        hostname = socket.gethostname().split(".")[0]
-        if identifiers.device_id_problem(hostname) is None:
-            return hostname
-        r.problem("device.id", "is not set and the host name %s is not a valid device id: set device.id, e.g. %s"
-                  % (brief(hostname), brief(identifiers.suggest_device_id(hostname))))
-        return None
-    device_id: Optional[str] = r.value(device, "id", "device", str)
-    problem = identifiers.device_id_problem(device_id) if device_id is not None else None
-    if problem is not None:
-        r.problem("device.id", "%s %s" % (brief(device_id), problem))
-        return None
-    return device_id
-
-
 def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
     raw = r.value(top, "state_dir", "", str, default=DEFAULT_STATE_DIR)
     state_dir = r.base_dir / os.path.expanduser(raw or DEFAULT_STATE_DIR)
     # It is created at start if missing: what matters is that this user can write there.
     existing = state_dir
-    while _kind(existing) == "missing" and existing != existing.parent:
+    while config_checks.path_kind(existing) == "missing" and existing != existing.parent:
         existing = existing.parent
-    kind = _kind(existing)
+    kind = config_checks.path_kind(existing)
     if kind == "unreachable":
         r.problem("state_dir", "%s cannot be reached by this user: run as the service user, or set state_dir "
                   "to a directory it can write (the spool lives there)" % existing)
@@ -296,19 +259,6 @@ def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
     return state_dir
 
 
-def _kind(path: Path) -> str:
-    """directory, file, other, missing, or unreachable (a parent this user may not search)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "missing"
-    except NotADirectoryError:
-        return "other"
-    except OSError:
-        return "unreachable"
-    return "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
-
-
 def _spool(r: Reader, raw: Any, state_dir: Path) -> Optional[SpoolConfig]:
     s = r.section(raw, "spool", SPOOL_KEYS)
     path = r.value(s, "path", "spool", str, default=None)
@@ -318,10 +268,10 @@ def _spool(r: Reader, raw: Any, state_dir: Path) -> Optional[SpoolConfig]:
     if max_bytes is None or max_age is None or commit_interval is None:
         return None
     spool_path = r.base_dir / os.path.expanduser(path) if path else state_dir / "spool.db"
-    if _kind(spool_path) == "directory":
+    if config_checks.path_kind(spool_path) == "directory":
         r.problem("spool.path", "%s is a directory: name the spool file, e.g. %s" % (spool_path,
                                                                                       spool_path / "spool.db"))
-    elif _kind(spool_path) == "other":
+    elif config_checks.path_kind(spool_path) == "other":
         r.problem("spool.path", "%s is not a regular file (a device, a pipe or a socket): name the spool file"
                   % spool_path)
     return SpoolConfig(path=spool_path, max_bytes=max_bytes, max_age=max_age, commit_interval=commit_interval)
@@ -346,7 +296,7 @@ def _health(r: Reader, raw: Any) -> Optional[HealthConfig]:
         # Not checked: the default directory is made at start, and only root may make it.
         return HealthConfig(interval=interval, file=default_health_file())
     path = r.base_dir / os.path.expanduser(raw_file)
-    if _kind(path) == "directory":
+    if config_checks.path_kind(path) == "directory":
         r.problem("health.file", "%s is a directory: name the file, e.g. %s" % (path, path / "health.json"))
     # A path this user cannot reach is for the daemon's user to write: check-config run by someone
     # else says so (cli.py), and the daemon logs one warning if it cannot write there.
@@ -358,7 +308,7 @@ def _commands(r: Reader, raw: Any, device_id: str) -> Optional[CommandsConfig]:
     enabled = r.value(c, "enabled", "commands", bool, default=False)
     topic = _topic(r, c, "topic", CommandsConfig.topic, device_id, section="commands")
     reply_topic = _topic(r, c, "reply_topic", CommandsConfig.reply_topic, device_id, section="commands")
-    response_topics = _response_topics(r, c, device_id)
+    response_topics = config_checks.response_topics(r, c, device_id)
     rate = r.setting(c, CommandsConfig, "rate", "commands")
     burst = r.setting(c, CommandsConfig, "burst", "commands")
     min_interval = r.setting(c, CommandsConfig, "min_interval", "commands")
@@ -380,10 +330,10 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
         return None
     m = r.section(raw, "mqtt", MQTT_KEYS)
-    host = _host(r, m)
+    host = config_checks.host(r, m)
     port = r.setting(m, MQTTConfig, "port", "mqtt", default=8883)
     target = r.value(m, "target", "mqtt", str, default="generic", choices=TARGETS)
-    client_id = _client_id(r, m, device_id)
+    client_id = config_checks.client_id(r, m, device_id)
     keepalive = r.setting(m, MQTTConfig, "keepalive", "mqtt", default=60)
     qos = r.value(m, "qos", "mqtt", int, default=1, choices=(0, 1))
     azure = target == "azure-iot-hub"
@@ -416,91 +366,6 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                       clean_session=bool(clean_session), inflight=inflight or 20, protocol=protocol or "3.1.1",
                       session_expiry=session_expiry or 0, message_expiry=message_expiry, username=username,
                       target=target or "generic", health_topic=health_topic)
-
-
-def _host(r: Reader, m: Mapping[str, Any]) -> Optional[str]:
-    host: Optional[str] = r.value(m, "host", "mqtt", str)
-    if host is None:
-        return None
-    stripped = host.strip()
-    if not stripped:
-        r.problem("mqtt.host", "is empty: give the broker's host name or address")
-        return None
-    if "://" in host or "/" in host:
-        r.problem("mqtt.host", "%s is a URL: give the host only (e.g. %s), and the port in mqtt.port"
-                  % (brief(host), brief(_url_host(host))))
-        return None
-    if host.count(":") == 1 and not host.startswith("["):
-        r.problem("mqtt.host", "%s: give the host only (%s), and the port in mqtt.port"
-                  % (brief(host), brief(host.split(":")[0])))
-        return None
-    if host != stripped or any(c.isspace() or ord(c) < 32 for c in host) or len(host) > 253:
-        r.problem("mqtt.host", "%s is not a host name or address (spaces, control characters, or longer than "
-                  "the 253 characters DNS allows)" % brief(host))
-        return None
-    return host
-
-
-def _url_host(url: str) -> str:
-    rest = url.split("://", 1)[-1]
-    return rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":")[0] or "broker.example"
-
-
-def _client_id(r: Reader, m: Mapping[str, Any], device_id: str) -> Optional[str]:
-    client_id: Optional[str] = r.value(m, "client_id", "mqtt", str, default=device_id)
-    if client_id is None or "client_id" not in m:
-        return client_id
-    # The client id goes in every CONNECT: a broker refuses U+0000 and strings past 65535 bytes, and
-    # a control character splits the log line that names it.
-    problem = identifiers.topic_problem(client_id, wildcards=True) if client_id else None
-    if problem is not None:
-        r.problem("mqtt.client_id", "%s %s" % (brief(client_id), problem))
-        return None
-    return client_id
-
-
-def _check_topics(r: Reader, mqtt: MQTTConfig, commands: CommandsConfig) -> None:
-    """Topics that would meet: the agent reading its own messages, or two documents on one topic."""
-    own = (("mqtt.topic", mqtt.topic), ("mqtt.status_topic", mqtt.status_topic),
-           ("mqtt.health_topic", mqtt.health_topic))
-    names = {"mqtt.topic": ("telemetry topic", "readings"), "mqtt.status_topic": ("status topic", "status"),
-             "mqtt.health_topic": ("health topic", "health document")}
-    for index, (key, topic) in enumerate(own):
-        for other_key, other in own[:index]:
-            if topic == other:
-                r.problem(key, "%s is also the %s: give the %s a topic of its own"
-                          % (brief(topic), names[other_key][0], names[key][1]))
-    if not commands.enabled:
-        return
-    subscription = commands.topic + "/+"
-    for key, topic in own + (("commands.reply_topic", commands.reply_topic + "/x"),):
-        if identifiers.matches(subscription, topic):
-            r.problem("commands.topic", "the agent subscribes to %s, which covers %s (%s): it would read its own "
-                      "messages as commands; give commands a topic of their own" % (brief(subscription),
-                                                                                   key, brief(topic)))
-            return
-
-
-def _response_topics(r: Reader, c: Mapping[str, Any], device_id: str) -> Optional[Tuple[str, ...]]:
-    raw = c.get("response_topics")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
-        r.problem("commands.response_topics", "expected a list of topic filters like [\"ops/+/answers\"], got %s"
-                  % brief(raw))
-        return None
-    result = []
-    for item in raw:
-        try:
-            topic_filter = item.replace("{device_id}", device_id)
-        except ValueError:
-            topic_filter = item
-        problem = identifiers.topic_problem(topic_filter, wildcards=True)
-        if problem is not None:
-            r.problem("commands.response_topics", "%s %s" % (brief(item), problem))
-            return None
-        result.append(topic_filter)
-    return tuple(result)
 
 
 def _protocol(r: Reader, m: Mapping[str, Any]) -> Optional[str]:

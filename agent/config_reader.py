@@ -361,8 +361,3 @@ def _coerce(raw: Any, kind: type) -> Any:
         # `id: 1234`, a YAML integer, is meant as a name; str() of a 5000-digit integer raises.
         return str(raw) if abs(raw) < 10 ** 30 else None
     return None
-
-
-def is_topic_safe(value: str) -> bool:
-    """Names that become MQTT topic levels: no separators, wildcards or spaces."""
-    return bool(value) and not any(c in value for c in "/+# \t")
