@@ -492,7 +492,9 @@ def _alpn(r: Reader, t: Mapping[str, Any]) -> Tuple[str, ...]:
 def _key_password(r: Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
     pass_file = r.file(t, "key_password_file", "mqtt.tls", required=False)
     if pass_file is not None and pass_file.is_file() and os.access(pass_file, os.R_OK):
-        lines = pass_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        # The first line is all that is used: a passphrase file is not read past 4 KiB.
+        with open(pass_file, "rb") as f:
+            lines = f.read(4096).decode("utf-8", errors="replace").splitlines()
         if not lines or not lines[0]:
             r.problem("mqtt.tls.key_password_file", "%s is empty: put the key's passphrase on its first line"
                       % pass_file)
@@ -509,7 +511,8 @@ def _check_key_file(r: Reader, key_file: Path, password: Optional[str]) -> None:
     if mode & 0o004:
         r.problem("mqtt.tls.key_file", "%s is readable by every user (mode %04o): run 'chmod 600 %s'"
                   % (key_file, mode & 0o777, key_file))
-    head = key_file.read_bytes()[:4096]
+    with open(key_file, "rb") as f:
+        head = f.read(4096)
     if b"PRIVATE KEY" not in head:
         r.problem("mqtt.tls.key_file", "%s holds no PEM private key (no 'BEGIN ... PRIVATE KEY' line)" % key_file)
     elif (b"ENCRYPTED" in head) and password is None:

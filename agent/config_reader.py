@@ -265,6 +265,10 @@ class Reader:
         if value is None:
             self.problem(where, "expected %s, got %s %s" % (_kind_name(kind), kind_of(raw), brief(raw)))
             return None if default is MISSING else default
+        if isinstance(value, str) and "\x00" in value:
+            # No path, name, host or topic may hold one, and os.stat() raises on it.
+            self.problem(where, "%s holds U+0000 (a NUL character)" % brief(value))
+            return None if default is MISSING else default
         if choices is not None and value not in choices:
             names = [str(c) for c in choices]
             close = difflib.get_close_matches(str(raw)[:100], names, n=1)
@@ -299,7 +303,8 @@ class Reader:
             self.problem(where, "expected a list of numbers like [0, 1.5], got %s %s" % (kind_of(raw), brief(raw)))
             return None
         if len(raw) < min_count or (max_count is not None and len(raw) > max_count):
-            count = str(min_count) if max_count == min_count else "at least %d" % min_count
+            count = (str(min_count) if max_count == min_count else "at least %d" % min_count if max_count is None
+                     else "%d-%d" % (min_count, max_count))
             self.problem(where, "expected %s numbers, got %d" % (count, len(raw)))
             return None
         try:

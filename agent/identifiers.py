@@ -20,6 +20,8 @@ MAX_TOPIC_BYTES = 65535
 MAX_DEVICE_ID = 64
 # A sensor (or channel) name travels in every reading and every log line about the sensor.
 MAX_SENSOR_NAME = 128
+# A unit travels in every reading: "degC", "%RH", "hPa", "m/s^2".
+MAX_UNIT = 32
 # A command id is echoed as the last level of the reply topic and in the log line of each command.
 MAX_COMMAND_ID = 64
 
@@ -58,6 +60,14 @@ def sensor_name_problem(value: str) -> Optional[str]:
         return "holds a control character or is not UTF-8 text"
     if any(c in value for c in "/+#") or any(c.isspace() for c in value):
         return "may not contain '/', '+', '#' or spaces"
+    return None
+
+
+def unit_problem(value: str) -> Optional[str]:
+    if len(value) > MAX_UNIT:
+        return "is %d characters long; a unit is at most %d" % (len(value), MAX_UNIT)
+    if _CONTROL.search(value) or _not_utf8(value):
+        return "holds a control character or is not UTF-8 text"
     return None
 
 

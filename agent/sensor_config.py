@@ -84,7 +84,7 @@ def _sensor(r: Reader, item: Mapping[str, Any], path: str, name: Optional[str]) 
     timeout = r.setting(item, SensorConfig, "timeout", path)
     error_after = r.setting(item, SensorConfig, "error_after", path)
     oversample = r.setting(item, SensorConfig, "oversample", path)
-    unit = r.value(item, "unit", path, str, default=None)
+    unit = _unit(r, item, path, None)
     processing = _processing(r, item, path)
     if kind is None:
         r.section(item, path, SENSOR_KEYS + tuple(_all_option_names()))
@@ -104,6 +104,15 @@ def _sensor(r: Reader, item: Mapping[str, Any], path: str, name: Optional[str]) 
         return None
     return SensorConfig(name=name, type=kind, interval=interval, options=options, channels=channels,
                         phase=phase, timeout=timeout, error_after=error_after, oversample=oversample)
+
+
+def _unit(r: Reader, item: Mapping[str, Any], path: str, default: Optional[str]) -> Optional[str]:
+    unit: Optional[str] = r.value(item, "unit", path, str, default=default)
+    problem = identifiers.unit_problem(unit) if unit is not None and "unit" in item else None
+    if problem is not None:
+        r.problem(path + ".unit", "%s %s" % (brief(unit), problem))
+        return default
+    return unit
 
 
 def _all_option_names() -> List[str]:
@@ -130,7 +139,7 @@ def _channels(r: Reader, item: Mapping[str, Any], path: str, name: str, declared
         problem = identifiers.sensor_name_problem(channel_name) if channel_name is not None else None
         if problem is not None:
             r.problem(where + ".name", "%s %s" % (brief(channel_name), problem))
-        channel_unit = r.value(c, "unit", where, str, default=channel.unit)
+        channel_unit = _unit(r, c, where, channel.unit)
         own = _processing(r, c, where)
         # A value's own processing keys replace the sensor's, key by key.
         merged = Processing(**{k: getattr(own, k) if k in c else getattr(processing, k)
@@ -153,7 +162,8 @@ def _calibration(r: Reader, raw: Any, path: str) -> Optional[Calibration]:
     if "polynomial" in c:
         if "scale" in c or "offset" in c:
             r.problem(path, "give either scale/offset or polynomial, not both")
-        coefficients = r.numbers(c, "polynomial", path, min_count=1)
+        # Evaluated at every reading: a degree past 15 is a mistake, not a calibration.
+        coefficients = r.numbers(c, "polynomial", path, min_count=1, max_count=16)
         return Calibration(polynomial=tuple(coefficients)) if coefficients else None
     return Calibration(scale=r.value(c, "scale", path, float, default=1.0),
                        offset=r.value(c, "offset", path, float, default=0.0))

@@ -230,7 +230,8 @@ def test_a_device_id_loads_exactly_when_it_is_1_to_64_letters_digits_dashes_or_u
 
 
 @pytest.mark.parametrize("device_id, says", [
-    ("a\x00b", "may hold only letters, digits, '-' and '_'"),
+    ("a\x00b", "'a\\x00b' holds U+0000 (a NUL character)"),
+    ("a\x01b", "may hold only letters, digits, '-' and '_'"),
     ("line\nbreak", "may hold only letters"),
     ("x" * 70000, "is 70000 characters long; at most 64"),
     ("edison.lab", "use 'edison-lab'"),
@@ -245,16 +246,34 @@ def test_a_device_id_a_broker_would_refuse_or_misroute_is_one_line_with_the_fix(
 @pytest.mark.parametrize("key, value, says", [
     ("mqtt.status_topic", "edison/{device_id}/telemetry", "mqtt.status_topic: 'edison/d1/telemetry' is also the "
                                                           "telemetry topic"),
-    ("mqtt.topic", "edison/{device_id}/\x00", "holds a control character"),
+    ("mqtt.topic", "edison/{device_id}/\x00", "holds U+0000"),
+    ("mqtt.topic", "edison/{device_id}/\n", "holds a control character"),
     ("mqtt.topic", "t/" + "x" * 70000, "is 70002 bytes long; MQTT allows 65535"),
     ("mqtt.topic", "edison/{device_id}/+", "holds '+' or '#'"),
     ("mqtt.host", "", "mqtt.host: is empty"),
     ("mqtt.host", "mqtts://broker.example:8883", "is a URL: give the host only (e.g. 'broker.example'), and "
                                                  "the port in mqtt.port"),
     ("mqtt.host", "broker.example:8883", "give the host only ('broker.example'), and the port in mqtt.port"),
-    ("mqtt.client_id", "a\x00b", "holds a control character"),
+    ("mqtt.client_id", "a\x00b", "holds U+0000"),
+    ("mqtt.client_id", "a\x1bb", "holds a control character"),
 ])
 def test_a_topic_or_host_a_broker_would_refuse_is_refused_at_load(tmp_path, key, value, says):
+    problems = problems_of(write(tmp_path, with_key(key, value)))
+    assert len(problems) == 1 and says in problems[0], problems
+
+
+@pytest.mark.parametrize("key", ["state_dir", "spool.path", "health.file", "log_level", "sensors[].unit",
+                                 "sensors[].name", "mqtt.tls.ca_file", "mqtt.host"])
+def test_a_nul_in_any_string_is_refused_before_it_reaches_a_path_or_a_topic(tmp_path, key):
+    problems = problems_of(write(tmp_path, with_key(key, "a\x00b")))
+    assert len(problems) == 1 and "'a\\x00b' holds U+0000 (a NUL character)" in problems[0], problems
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("sensors[].unit", "u" * 1000, "is 1000 characters long; a unit is at most 32"),
+    ("sensors[].calibration", {"polynomial": [1] * 100000}, "expected 1-16 numbers, got 100000"),
+])
+def test_what_travels_in_every_reading_or_runs_at_every_reading_is_bounded(tmp_path, key, value, says):
     problems = problems_of(write(tmp_path, with_key(key, value)))
     assert len(problems) == 1 and says in problems[0], problems
 
