@@ -268,10 +268,13 @@ def _spool(r: Reader, raw: Any, state_dir: Path) -> Optional[SpoolConfig]:
     if max_bytes is None or max_age is None or commit_interval is None:
         return None
     spool_path = r.base_dir / os.path.expanduser(path) if path else state_dir / "spool.db"
-    if config_checks.path_kind(spool_path) == "directory":
+    kind = config_checks.path_kind(spool_path)
+    if kind == "directory":
         r.problem("spool.path", "%s is a directory: name the spool file, e.g. %s" % (spool_path,
                                                                                       spool_path / "spool.db"))
-    elif config_checks.path_kind(spool_path) == "other":
+    elif kind == "under-a-file":
+        r.problem("spool.path", "%s: a directory above it is a file" % spool_path)
+    elif kind == "other":
         r.problem("spool.path", "%s is not a regular file (a device, a pipe or a socket): name the spool file"
                   % spool_path)
     return SpoolConfig(path=spool_path, max_bytes=max_bytes, max_age=max_age, commit_interval=commit_interval)

@@ -56,13 +56,14 @@ def device_id(r: Reader, device: Mapping[str, Any]) -> Optional[str]:
 
 
 def path_kind(path: Path) -> str:
-    """directory, file, other, missing, or unreachable (a parent this user may not search)."""
+    """directory, file, other (a device, a pipe, a socket), missing, under-a-file (a parent is not a
+    directory), or unreachable (a parent this user may not search)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return "missing"
     except NotADirectoryError:
-        return "other"
+        return "under-a-file"
     except OSError:
         return "unreachable"
     return "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"

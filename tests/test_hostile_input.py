@@ -402,6 +402,13 @@ def test_a_spool_path_that_is_a_directory_is_refused(tmp_path):
     assert len(problems) == 1 and "spool.path: %s is a directory" % (tmp_path / "spooldir") in problems[0]
 
 
+def test_a_spool_path_under_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    problems = problems_of(write(tmp_path, with_key("spool.path", "file/spool.db")))
+    assert problems == ["%s: spool.path: %s: a directory above it is a file" % (tmp_path / "config.yaml",
+                                                                               tmp_path / "file" / "spool.db")]
+
+
 def test_no_sensors_at_all_is_a_warning_that_says_what_the_agent_will_still_do(tmp_path, capsys):
     tree = dict(BASE, sensors=[])
     code, out, err = check_config(write(tmp_path, tree), capsys)
@@ -427,3 +434,35 @@ def test_check_config_by_a_user_who_cannot_reach_the_health_file_warns(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "warning: health.file: %s cannot be written by this user" % health in result.stdout
+
+
+# -- whatever the file holds: a ConfigError or a config, never anything else ----------------
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 40, 10 ** 40), st.floats(),
+                    st.text(max_size=30), st.sampled_from(["", "a\x00b", "edison/{device_id}/#", "{x}", "{",
+                                                           "mqtts://h:1", ".nan", "x" * 300]))
+TREES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                      st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+                     max_leaves=20)
+KEYS = ["device.id", "mqtt.host", "mqtt.port", "mqtt.topic", "mqtt.tls", "mqtt.reconnect", "mqtt.username",
+        "mqtt.protocol", "spool", "spool.path", "batch", "health", "health.file", "commands", "commands.topic",
+        "commands.response_topics", "sensors", "sensors[].name", "sensors[].type", "sensors[].channels",
+        "sensors[].calibration", "sensors[].filter", "sensors[].deadband", "sensors[].range", "state_dir",
+        "log_level", "board"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(KEYS), value=TREES)
+def test_any_value_at_any_key_is_a_config_or_one_line_problems(tmp_path_factory, key, value):
+    path = write(tmp_path_factory.mktemp("c"), with_key(key, value))
+    for problem in problems_of(path):
+        assert "\n" not in problem and len(problem) < 1000
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_any_text_as_a_config_file_is_a_config_or_one_line_problems(tmp_path_factory, text):
+    path = write(tmp_path_factory.mktemp("c"), text=text)
+    for problem in problems_of(path):
+        assert "\n" not in problem and len(problem) < 1000
