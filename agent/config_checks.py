@@ -130,6 +130,11 @@ def check_topics(r: Reader, mqtt: MQTTConfig, commands: CommandsConfig) -> None:
                       "messages as commands; give commands a topic of their own" % (brief(subscription),
                                                                                    key, brief(topic)))
             return
+    # A reply goes to <reply_topic>/<id>, and the sender picks the id.
+    for key, topic in own:
+        if identifiers.matches(commands.reply_topic + "/+", topic):
+            r.problem("commands.reply_topic", "a command with id %s would be answered on %s (%s): give replies a "
+                      "topic of their own" % (brief(topic.rsplit("/", 1)[1]), key, brief(topic)))
 
 
 def response_topics(r: Reader, c: Mapping[str, Any], device_id: str) -> Optional[Tuple[str, ...]]:

@@ -287,6 +287,14 @@ def test_a_command_topic_that_covers_the_agents_own_topics_is_refused(tmp_path):
     assert "it would read its own messages as commands" in problems[0]
 
 
+def test_a_reply_topic_whose_replies_could_land_on_the_agents_own_topics_is_refused(tmp_path):
+    tree = with_key("commands.reply_topic", "edison/{device_id}")
+    tree["commands"]["enabled"] = True
+    problems = problems_of(write(tmp_path, tree))
+    assert len(problems) == 3 and "commands.reply_topic: a command with id 'telemetry' would be answered on " \
+                                  "mqtt.topic ('edison/d1/telemetry')" in problems[0], problems
+
+
 def test_an_ipv6_address_is_a_host(tmp_path):
     assert config.load(write(tmp_path, with_key("mqtt.host", "::1"))).mqtt.host == "::1"
 
