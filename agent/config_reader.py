@@ -247,7 +247,10 @@ class Reader:
         known = tuple(known)
         for key in value:
             if key not in known:
-                self.problem(join(path, str(key)), "unknown key (known keys: %s)" % ", ".join(known))
+                # A key is quoted like a value when it is long or holds what would split the line.
+                name = str(key) if isinstance(key, (str, int)) and len(str(key)) <= 40 \
+                    and str(key).isprintable() else brief(key)
+                self.problem(join(path, name), "unknown key (known keys: %s)" % ", ".join(known))
         return value
 
     def value(self, section: Mapping[str, Any], key: str, path: str, kind: type,

@@ -59,7 +59,7 @@ def parse_sensors(r: Reader, raw: Any) -> Tuple[SensorConfig, ...]:
             r.problem(path, "expected a mapping (name:, type:, ...), got %s" % kind_of(item))
             continue
         name = r.value(item, "name", path, str)
-        if name is not None:
+        if name is not None and identifiers.sensor_name_problem(name) is None:
             path = "sensors[%d](%s)" % (index, name)
         config = _sensor(r, item, path, name)
         if config is None:
@@ -177,6 +177,8 @@ def _filter(r: Reader, raw: Any, path: str) -> Optional[Filter]:
         r.problem(path, "give one of median: N or mean: N")
         return None
     kind = next(iter(f))
+    if kind not in ("median", "mean"):
+        return None  # reported as an unknown key by section()
     size = r.value(f, kind, path, int, minimum=1, maximum=1000)
     return Filter(kind, size) if size is not None else None
 
