@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import stat
@@ -208,6 +209,7 @@ def bounded(minimum: Optional[float] = None, maximum: Optional[float] = None,
     return {"bounds": Bounds(minimum, maximum, too_low)}
 
 
+@functools.cache
 def bounds_of(cls: type, name: str) -> Optional[Bounds]:
     for f in dataclasses.fields(cls):
         if f.name == name:
@@ -216,6 +218,12 @@ def bounds_of(cls: type, name: str) -> Optional[Bounds]:
     raise KeyError("%s has no field %s" % (cls.__name__, name))
 
 
+def _field_default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return MISSING if field.default is dataclasses.MISSING else field.default
+
+
+@functools.cache
 def field_kind(cls: type, name: str) -> type:
     """int, float, str or bool, with Optional[...] taken off."""
     kind = typing.get_type_hints(cls)[name]
@@ -292,9 +300,7 @@ class Reader:
     def setting(self, section: Mapping[str, Any], cls: type, key: str, path: str, default: Any = MISSING) -> Any:
         """A key read by its dataclass field: the kind from its type, the default and bounds from the field."""
         if default is MISSING:
-            field = next(f for f in dataclasses.fields(cls) if f.name == key)
-            if field.default is not dataclasses.MISSING:
-                default = field.default
+            default = _field_default(cls, key)
         return self.value(section, key, path, field_kind(cls, key), default=default,
                           bounds=bounds_of(cls, key) or Bounds())
 
