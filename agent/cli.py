@@ -104,6 +104,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         return daemon.run(cfg)
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        # A file or directory of the config the service's user cannot use: a person must fix it.
+        print("%s: %s: %s (check the paths in the config and the service's user)"
+              % (args.config, exc.filename or "a file", exc.strerror or exc), file=sys.stderr)
     except TLSSetupError as exc:
         print("%s: %s" % (args.config, exc), file=sys.stderr)
     except BoardUnavailable as exc:

@@ -2,7 +2,12 @@
 
 A command arrives on `<commands.topic>/<name>` with a JSON payload carrying an `id`; the reply
 goes to `<commands.reply_topic>/<id>` (and, for an MQTT 5 request, to its ResponseTopic with its
-CorrelationData). The network thread only queues what arrives; one worker thread runs commands,
+CorrelationData). Everything in a message is hostile until checked (agent/identifiers.py): an `id`
+that is not a valid command id is never put in a topic (the answer, `bad payload`, goes to
+`<commands.reply_topic>/unknown`), and a ResponseTopic is used only if it is a valid topic under
+`<commands.reply_topic>/` or a filter of `commands.response_topics`, and never one of the agent's
+own topics; otherwise the answer goes to the reply topic only, and one log line says why.
+The network thread only queues what arrives; one worker thread runs commands,
 so neither a slow command nor a flood holds up the session or the schedule. Who may send
 commands is the broker's decision (its ACL): see docs/operations.md.
 """
@@ -18,8 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
+from agent import identifiers
 from agent.config import CommandsConfig
-from agent.config_reader import is_topic_safe
+from agent.identifiers import brief
 from agent.sampler import UnknownSensor
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,9 @@ UNKNOWN_SENSOR = "unknown sensor"
 RATE_LIMITED = "rate limited"
 FAILED = "failed"
 # A reply topic level: the id is echoed into it.
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = identifiers.MAX_COMMAND_ID
+# A command is a few dozen bytes of JSON; past this it is not one (and json.loads is not made to chew it).
+MAX_PAYLOAD = 64 * 1024
 # Where the answer to a payload without a usable id goes.
 NO_ID = "unknown"
 # At least this many commands wait for the worker; past it they are dropped, not answered.
@@ -107,19 +115,24 @@ def request_from(topic: str, payload: bytes, properties: Any, prefix: str) -> Re
 
 def parse(payload: bytes) -> Dict[str, Any]:
     """The payload as a JSON object with a usable `id`; raises CommandError(BAD_PAYLOAD)."""
+    if len(payload) > MAX_PAYLOAD:
+        raise CommandError(BAD_PAYLOAD, "%d bytes: a command is at most %d" % (len(payload), MAX_PAYLOAD))
     try:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CommandError(BAD_PAYLOAD, "not JSON: %s" % exc) from None
+        raise CommandError(BAD_PAYLOAD, "not JSON: %s" % str(exc)[:80]) from None
+    except RecursionError:
+        raise CommandError(BAD_PAYLOAD, "not JSON: nested too deep") from None
     if not isinstance(body, dict):
         raise CommandError(BAD_PAYLOAD, "expected a JSON object like {\"id\": \"1\"}")
     request_id = body.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
         raise CommandError(BAD_PAYLOAD, "\"id\" is missing or not a string or integer")
-    text = str(request_id)
-    if not is_topic_safe(text) or len(text) > MAX_ID_LENGTH:
-        raise CommandError(BAD_PAYLOAD, "\"id\" must be 1-%d characters without '/', '+', '#' or spaces: it "
-                           "is a level of the reply topic" % MAX_ID_LENGTH)
+    # An integer past 1e64 is too long an id anyway; str() of one past 4300 digits raises.
+    text = str(request_id) if isinstance(request_id, str) or abs(request_id) < 10 ** MAX_ID_LENGTH else ""
+    problem = identifiers.command_id_problem(text)
+    if problem is not None:
+        raise CommandError(BAD_PAYLOAD, "\"id\" %s" % problem)
     return body
 
 
@@ -129,6 +142,7 @@ class Commands:
     def __init__(self, config: CommandsConfig, handler: Handler, publish: Publish,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._config = config
+        self._responses = ResponseTopics(config)
         self._handler = handler
         self._publish = publish
         self._monotonic = monotonic
@@ -202,7 +216,8 @@ class Commands:
             result = self._run(request.command, body)
         except CommandError as exc:
             if exc.error != RATE_LIMITED:
-                log.warning("command %s (id %s): %s: %s", request.command, request_id, exc.error, exc.detail)
+                log.warning("command %s (id %s): %s: %s", brief(request.command), request_id, exc.error,
+                            exc.detail[:200])
             elif not self._refused:
                 # One line when refusals start and one when they end, however long the flood.
                 log.warning("commands over the rate limit (%g a second, burst %d): refusing them until it "
@@ -210,7 +225,7 @@ class Commands:
             self._refused += exc.error == RATE_LIMITED
             self._reply(request, request_id, {"ok": False, "error": exc.error, "detail": exc.detail})
             return
-        log.info("command %s (id %s) done", request.command, request_id)
+        log.info("command %s (id %s) done", brief(request.command), request_id)
         self._reply(request, request_id, {"ok": True, "result": result})
 
     def _run(self, command: str, body: Dict[str, Any]) -> Any:
@@ -230,15 +245,21 @@ class Commands:
                 return {"published": True}
         except UnknownSensor as exc:
             raise CommandError(UNKNOWN_SENSOR, "no sensor named %s" % exc) from None
-        raise CommandError(UNKNOWN_COMMAND, "%r is not one of: ping, read, set-interval, reload, health" % command)
+        raise CommandError(UNKNOWN_COMMAND, "%s is not one of: ping, read, set-interval, reload, health"
+                           % brief(command))
 
     def _set_interval(self, body: Dict[str, Any]) -> Dict[str, Any]:
         sensor = _optional_str(body, "sensor")
         if sensor is None:
             raise CommandError(BAD_PAYLOAD, "\"sensor\" is required")
-        seconds = body.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-            raise CommandError(BAD_PAYLOAD, "\"seconds\" must be a number")
+        raw = body.get("seconds")
+        try:
+            # JSON integers have no bound: float() of one past 1e308 raises, and NaN compares false.
+            seconds = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
+        except OverflowError:
+            seconds = math.nan
+        if not math.isfinite(seconds):
+            raise CommandError(BAD_PAYLOAD, "\"seconds\" must be a finite number")
         persist = body.get("persist", False)
         if not isinstance(persist, bool):
             raise CommandError(BAD_PAYLOAD, "\"persist\" must be true or false")
@@ -247,24 +268,54 @@ class Commands:
             raise CommandError(OUT_OF_RANGE, "seconds %g is outside %g-%g (commands.min_interval, "
                                "commands.max_interval)" % (seconds, low, high))
         try:
-            self._handler.set_interval(sensor, float(seconds), persist)
+            self._handler.set_interval(sensor, seconds, persist)
         except OSError as exc:
             raise CommandError(FAILED, "the interval applies until restart, but the overlay could not be "
                                "written: %s" % exc) from None
-        return {"sensor": sensor, "interval": float(seconds), "persisted": persist}
+        return {"sensor": sensor, "interval": seconds, "persisted": persist}
 
     def _reply(self, request: Request, request_id: Any, fields: Dict[str, Any]) -> None:
         message = json.dumps(dict({"id": request_id}, **fields), separators=(",", ":")).encode()
         level = NO_ID if request_id is None else str(request_id)
         self._publish("%s/%s" % (self._config.reply_topic, level), message, None)
         if request.response_topic is not None:
-            self._publish(request.response_topic, message, request.correlation)
+            problem = self._responses.problem(request.response_topic)
+            if problem is None:
+                self._publish(request.response_topic, message, request.correlation)
+            else:
+                log.warning("command %s (id %s): its response topic %s %s: answered on %s/%s only",
+                            brief(request.command), request_id, brief(request.response_topic), problem,
+                            self._config.reply_topic, level)
+
+
+class ResponseTopics:
+    """Where an MQTT 5 request may have its answer sent: a topic for anyone with publish rights
+    to the command topic to choose, so not one the agent or its consumers trust."""
+
+    def __init__(self, config: CommandsConfig) -> None:
+        self._prefix = config.reply_topic + "/"
+        self._allowed = tuple(config.response_topics)
+        # The agent's own topics: an answer there would pose as telemetry, status or health, or
+        # come back as a command (and be answered, and come back ...).
+        self._own = tuple(config.agent_topics)
+        self._commands = config.topic + "/+"
+
+    def problem(self, topic: str) -> Optional[str]:
+        """None if an answer may go to `topic`, else why not."""
+        problem = identifiers.topic_problem(topic)
+        if problem is not None:
+            return problem
+        if topic in self._own or identifiers.matches(self._commands, topic):
+            return "is one of the agent's own topics"
+        if not topic.startswith(self._prefix) and not any(identifiers.matches(f, topic) for f in self._allowed):
+            return "is not under %s (commands.response_topics allows more)" % self._prefix
+        return None
 
 
 def _optional_str(body: Dict[str, Any], key: str) -> Optional[str]:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise CommandError(BAD_PAYLOAD, "%r must be a sensor name (a string)" % key)
+    if not isinstance(value, str) or identifiers.sensor_name_problem(value) is not None:
+        raise CommandError(BAD_PAYLOAD, "%r must be a sensor name (a string without spaces, '/', '+' or '#')" % key)
     return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from agent import config_broker
-from agent.config_reader import Reader, UniqueKeyLoader, is_topic_safe, kind_of
+from agent import config_broker, config_checks, identifiers
+from agent.config_reader import FileProblem, Reader, bounded, kind_of, parse_yaml, read_text, setting
+from agent.identifiers import brief
 from agent.sensor_config import SensorConfig, parse_sensors
 
 KEY_PASSWORD_ENV = "EDISON_AGENT_KEY_PASSWORD"  # noqa: S105 - a variable name, not a secret
@@ -27,7 +27,8 @@ TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout
 SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
 BATCH_KEYS = ("max_readings", "max_delay")
 HEALTH_KEYS = ("interval", "file")
-COMMANDS_KEYS = ("enabled", "topic", "reply_topic", "rate", "burst", "min_interval", "max_interval")
+COMMANDS_KEYS = ("enabled", "topic", "reply_topic", "rate", "burst", "min_interval", "max_interval",
+                 "response_topics")
 DEFAULT_RUNTIME_DIR = "/run/edison-agent"
 DEFAULT_STATE_DIR = "/var/lib/edison-agent"
 DEVICE_KEYS = ("id",)
@@ -57,13 +58,13 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ReconnectConfig:
-    min_delay: float = 1.0
-    max_delay: float = 120.0
+    min_delay: float = setting(1.0, minimum=0.1, maximum=3600)
+    max_delay: float = setting(120.0, minimum=0.1, maximum=86400)
     # The window the first attempt after a lost connection is drawn from (later ones: windows
     # doubling from it, agent/reconnect_schedule.py): a broker restart drops the whole fleet in one
     # instant. 30 s keeps 50 boards under 20% in any one second even after a 10 s outage, with a
     # margin for chance (at 15 s, 50 boards drawn at random exceed it in ~3% of restarts).
-    spread: float = 30.0
+    spread: float = setting(30.0, minimum=0.0, maximum=86400)
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,10 @@ class TLSConfig:
 @dataclass(frozen=True)
 class MQTTConfig:
     host: str
-    port: int
+    port: int = dataclasses.field(metadata=bounded(1, 65535))
     client_id: str
-    keepalive: int
-    qos: int
+    keepalive: int = dataclasses.field(metadata=bounded(5, 65535))
+    qos: int = dataclasses.field(metadata=bounded(0, 1))
     topic: str
     status_topic: str
     reconnect: ReconnectConfig
@@ -99,14 +100,14 @@ class MQTTConfig:
     # correctness never depends on it: the spool is the source of truth.
     clean_session: bool = True
     # Messages published but not yet acknowledged, at most: bounds a backlog's burst.
-    inflight: int = 20
+    inflight: int = setting(20, minimum=1, maximum=65535)
     # Retained health document (agent/health_report.py); "" only where a test builds this by hand.
     health_topic: str = ""
     protocol: str = "3.1.1"
     # MQTT 5: seconds the broker keeps the session after the connection ends (0: it ends with it).
-    session_expiry: int = 0
+    session_expiry: int = setting(0, minimum=0, maximum=MAX_EXPIRY)
     # MQTT 5: seconds a telemetry message may wait at the broker for a subscriber; None: forever.
-    message_expiry: Optional[int] = None
+    message_expiry: Optional[int] = setting(None, minimum=1, maximum=MAX_EXPIRY)
     # Sent without a password (the client certificate authenticates); Azure IoT Hub requires one.
     username: Optional[str] = None
     target: str = "generic"
@@ -116,28 +117,31 @@ class MQTTConfig:
     # Every broker, the preferred first; (host, port) is hosts[0]. () only where a test builds this by hand.
     hosts: Tuple[Tuple[str, int], ...] = ()
     # Seconds between looks at the preferred broker while on another; 0: never move back.
-    failback: float = 300.0
+    failback: float = setting(300.0, minimum=0, maximum=86400)
 
 
 @dataclass(frozen=True)
 class SpoolConfig:
     path: Path
-    max_bytes: int = 64 * 1024 * 1024
-    max_age: float = 7 * 24 * 3600.0
+    max_bytes: int = setting(64 * 1024 * 1024, minimum=64 * 1024, maximum=2 ** 40)
+    # Ten years at most: a bound that keeps `now - max_age` a sane time on a 32-bit board.
+    max_age: float = setting(7 * 24 * 3600.0, minimum=1.0, maximum=315360000)
     # At most one fsync per interval, whatever the sample rate: flash wears with every write.
-    commit_interval: float = 1.0
+    commit_interval: float = setting(1.0, minimum=0.0, maximum=3600)
 
 
 @dataclass(frozen=True)
 class BatchConfig:
-    max_readings: int = 1
-    max_delay: float = 0.0
+    max_readings: int = setting(1, minimum=1, maximum=1000)
+    max_delay: float = setting(0.0, minimum=0.0, maximum=3600)
 
 
 @dataclass(frozen=True)
 class HealthConfig:
     # Seconds between health documents (topic and file); rides on the sampler's tick.
-    interval: float = 60.0
+    # Each document is a retained publish and a file write: more than one a second is load, not health.
+    interval: float = setting(60.0, minimum=1, maximum=86400,
+                              too_low="must be at least 1 (seconds between health documents; default 60)")
     # Written atomically for `edison-agent status`; see default_health_file().
     file: Path = Path(DEFAULT_RUNTIME_DIR) / "health.json"
 
@@ -150,11 +154,16 @@ class CommandsConfig:
     topic: str = "edison/{device_id}/cmd"
     reply_topic: str = "edison/{device_id}/reply"
     # A token bucket: `rate` commands per second sustained, `burst` at once.
-    rate: float = 5.0
-    burst: int = 20
+    rate: float = setting(5.0, minimum=0.01, maximum=1000)
+    burst: int = setting(20, minimum=1, maximum=10000)
     # The bounds of set-interval, in seconds.
-    min_interval: float = 1.0
-    max_interval: float = 86400.0
+    min_interval: float = setting(1.0, minimum=0.01, maximum=86400)
+    max_interval: float = setting(86400.0, minimum=0.01, maximum=86400)
+    # Topic filters an MQTT 5 request's ResponseTopic may match besides `<reply_topic>/...`; the
+    # agent's own topics are refused whatever these allow (see agent/commands.py).
+    response_topics: Tuple[str, ...] = ()
+    # The agent's telemetry, status and health topics (filled in at load): never a response topic.
+    agent_topics: Tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -165,12 +174,19 @@ class AgentConfig:
     board: str
     sensors: Tuple[SensorConfig, ...]
     log_level: str = "info"
-    shutdown_timeout: float = 5.0
+    shutdown_timeout: float = setting(5.0, minimum=0.0, maximum=300)
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     spool: Optional[SpoolConfig] = None
     batch: BatchConfig = BatchConfig()
     health: HealthConfig = HealthConfig()
     commands: CommandsConfig = CommandsConfig()
+
+
+# Where each config dataclass sits in config.yaml ("sensors[]": each sensor). A numeric key's bounds are
+# declared once on its field (config_reader.setting); the reader, the tests and the reference read them there.
+SECTIONS: Tuple[Tuple[str, type], ...] = (
+    ("", AgentConfig), ("mqtt", MQTTConfig), ("mqtt.reconnect", ReconnectConfig), ("spool", SpoolConfig),
+    ("batch", BatchConfig), ("health", HealthConfig), ("commands", CommandsConfig), ("sensors[]", SensorConfig))
 
 
 def default_health_file(environ: Mapping[str, str] = os.environ) -> Path:
@@ -183,13 +199,11 @@ def load(path: Path) -> AgentConfig:
     """Load and validate; raise ConfigError listing every problem."""
     label = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(["%s: cannot read the config file: %s" % (label, exc.strerror or exc)]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(["%s: not UTF-8 text (byte %d): save it as UTF-8" % (label, exc.start)]) from None
+        text = read_text(Path(path))
+    except FileProblem as exc:
+        raise ConfigError(["%s: %s" % (label, exc)]) from None
     try:
-        tree = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        tree = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_problem(label, exc)]) from None
     if not isinstance(tree, dict):
@@ -213,20 +227,22 @@ def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
 def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]:
     top = r.section(tree, "", TOP_KEYS)
     device = r.section(top.get("device"), "device", DEVICE_KEYS)
-    device_id = r.value(device, "id", "device", str, default=socket.gethostname())
-    if device_id is not None and not is_topic_safe(device_id):
-        r.problem("device.id", "%r may not contain '/', '+', '#' or spaces: it is part of MQTT topics" % device_id)
+    device_id = config_checks.device_id(r, device)
     mqtt = _mqtt(r, top.get("mqtt"), device_id or "")
     board = r.value(top, "board", "", str, default="auto", choices=BOARDS)
     log_level = r.value(top, "log_level", "", str, default="info", choices=LOG_LEVELS)
-    shutdown_timeout = r.value(top, "shutdown_timeout", "", float, default=5.0, minimum=0.0, maximum=300.0)
+    shutdown_timeout = r.setting(top, AgentConfig, "shutdown_timeout", "")
     sensor_list = parse_sensors(r, top.get("sensors"))
     state_dir = _state_dir(r, top)
     spool = _spool(r, top.get("spool"), state_dir)
     batch = _batch(r, top.get("batch"))
     health = _health(r, top.get("health"))
     commands = _commands(r, top.get("commands"), device_id or "")
-    if r.problems or mqtt is None or spool is None or batch is None or health is None or commands is None:
+    if mqtt is not None and commands is not None:
+        config_checks.check_topics(r, mqtt, commands)
+        commands = dataclasses.replace(commands, agent_topics=(mqtt.topic, mqtt.status_topic, mqtt.health_topic))
+    if (r.problems or device_id is None or mqtt is None or spool is None or batch is None or health is None
+            or commands is None):
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
@@ -238,9 +254,13 @@ def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
     state_dir = r.base_dir / os.path.expanduser(raw or DEFAULT_STATE_DIR)
     # It is created at start if missing: what matters is that this user can write there.
     existing = state_dir
-    while not existing.exists() and existing != existing.parent:
+    while config_checks.path_kind(existing) == "missing" and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir():
+    kind = config_checks.path_kind(existing)
+    if kind == "unreachable":
+        r.problem("state_dir", "%s cannot be reached by this user: run as the service user, or set state_dir "
+                  "to a directory it can write (the spool lives there)" % existing)
+    elif kind != "directory":
         r.problem("state_dir", "%s is not a directory" % existing)
     elif not os.access(existing, os.W_OK | os.X_OK):
         r.problem("state_dir", "%s is not writable by this user: run as the service user, or set state_dir "
@@ -251,19 +271,28 @@ def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
 def _spool(r: Reader, raw: Any, state_dir: Path) -> Optional[SpoolConfig]:
     s = r.section(raw, "spool", SPOOL_KEYS)
     path = r.value(s, "path", "spool", str, default=None)
-    max_bytes = r.value(s, "max_bytes", "spool", int, default=SpoolConfig.max_bytes, minimum=64 * 1024)
-    max_age = r.value(s, "max_age", "spool", float, default=SpoolConfig.max_age, minimum=1.0)
-    commit_interval = r.value(s, "commit_interval", "spool", float, default=1.0, minimum=0.0, maximum=3600)
+    max_bytes = r.setting(s, SpoolConfig, "max_bytes", "spool")
+    max_age = r.setting(s, SpoolConfig, "max_age", "spool")
+    commit_interval = r.setting(s, SpoolConfig, "commit_interval", "spool")
     if max_bytes is None or max_age is None or commit_interval is None:
         return None
     spool_path = r.base_dir / os.path.expanduser(path) if path else state_dir / "spool.db"
+    kind = config_checks.path_kind(spool_path)
+    if kind == "directory":
+        r.problem("spool.path", "%s is a directory: name the spool file, e.g. %s" % (spool_path,
+                                                                                      spool_path / "spool.db"))
+    elif kind == "under-a-file":
+        r.problem("spool.path", "%s: a directory above it is a file" % spool_path)
+    elif kind == "other":
+        r.problem("spool.path", "%s is not a regular file (a device, a pipe or a socket): name the spool file"
+                  % spool_path)
     return SpoolConfig(path=spool_path, max_bytes=max_bytes, max_age=max_age, commit_interval=commit_interval)
 
 
 def _batch(r: Reader, raw: Any) -> Optional[BatchConfig]:
     b = r.section(raw, "batch", BATCH_KEYS)
-    max_readings = r.value(b, "max_readings", "batch", int, default=1, minimum=1, maximum=1000)
-    max_delay = r.value(b, "max_delay", "batch", float, default=0.0, minimum=0.0, maximum=3600)
+    max_readings = r.setting(b, BatchConfig, "max_readings", "batch")
+    max_delay = r.setting(b, BatchConfig, "max_delay", "batch")
     if max_readings is None or max_delay is None:
         return None
     return BatchConfig(max_readings=max_readings, max_delay=max_delay)
@@ -271,20 +300,18 @@ def _batch(r: Reader, raw: Any) -> Optional[BatchConfig]:
 
 def _health(r: Reader, raw: Any) -> Optional[HealthConfig]:
     h = r.section(raw, "health", HEALTH_KEYS)
-    interval = r.value(h, "interval", "health", float, default=60.0, maximum=86400)
+    interval = r.setting(h, HealthConfig, "interval", "health")
     raw_file = r.value(h, "file", "health", str, default=None)
     if interval is None:
         return None
-    if interval < 1:
-        # Each document is a retained publish and a file write: more than one a second is load, not health.
-        r.problem("health.interval", "%s: must be at least 1 (seconds between health documents; default 60)"
-                  % interval)
     if not raw_file:
         # Not checked: the default directory is made at start, and only root may make it.
         return HealthConfig(interval=interval, file=default_health_file())
     path = r.base_dir / os.path.expanduser(raw_file)
-    if path.is_dir():
+    if config_checks.path_kind(path) == "directory":
         r.problem("health.file", "%s is a directory: name the file, e.g. %s" % (path, path / "health.json"))
+    # A path this user cannot reach is for the daemon's user to write: check-config run by someone
+    # else says so (cli.py), and the daemon logs one warning if it cannot write there.
     return HealthConfig(interval=interval, file=path)
 
 
@@ -293,22 +320,21 @@ def _commands(r: Reader, raw: Any, device_id: str) -> Optional[CommandsConfig]:
     enabled = r.value(c, "enabled", "commands", bool, default=False)
     topic = _topic(r, c, "topic", CommandsConfig.topic, device_id, section="commands")
     reply_topic = _topic(r, c, "reply_topic", CommandsConfig.reply_topic, device_id, section="commands")
-    rate = r.value(c, "rate", "commands", float, default=CommandsConfig.rate, minimum=0.01, maximum=1000)
-    burst = r.value(c, "burst", "commands", int, default=CommandsConfig.burst, minimum=1, maximum=10000)
-    min_interval = r.value(c, "min_interval", "commands", float, default=CommandsConfig.min_interval,
-                           minimum=0.01, maximum=86400)
-    max_interval = r.value(c, "max_interval", "commands", float, default=CommandsConfig.max_interval,
-                           minimum=0.01, maximum=86400)
+    response_topics = config_checks.response_topics(r, c, device_id)
+    rate = r.setting(c, CommandsConfig, "rate", "commands")
+    burst = r.setting(c, CommandsConfig, "burst", "commands")
+    min_interval = r.setting(c, CommandsConfig, "min_interval", "commands")
+    max_interval = r.setting(c, CommandsConfig, "max_interval", "commands")
     if min_interval is not None and max_interval is not None and max_interval < min_interval:
         r.problem("commands.max_interval", "%s is below min_interval %s" % (max_interval, min_interval))
     if topic is not None and reply_topic is not None and topic == reply_topic:
-        r.problem("commands.reply_topic", "%r is also commands.topic: replies would be read back as commands; "
-                  "use e.g. \"edison/{device_id}/reply\"" % reply_topic)
+        r.problem("commands.reply_topic", "%s is also commands.topic: replies would be read back as commands; "
+                  "use e.g. \"edison/{device_id}/reply\"" % brief(reply_topic))
     if (enabled is None or topic is None or reply_topic is None or rate is None or burst is None
-            or min_interval is None or max_interval is None):
+            or min_interval is None or max_interval is None or response_topics is None):
         return None
     return CommandsConfig(enabled=bool(enabled), topic=topic, reply_topic=reply_topic, rate=rate, burst=burst,
-                          min_interval=min_interval, max_interval=max_interval)
+                          min_interval=min_interval, max_interval=max_interval, response_topics=response_topics)
 
 
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
@@ -316,13 +342,13 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
         r.problem("mqtt", "required section is missing (at least mqtt.host)")
         return None
     m = r.section(raw, "mqtt", MQTT_KEYS)
-    port = r.value(m, "port", "mqtt", int, default=8883, minimum=1, maximum=65535)
+    port = r.setting(m, MQTTConfig, "port", "mqtt", default=8883)
     hosts = config_broker.hosts(r, m, port or 8883)
     host, port = hosts[0] if hosts else (None, port)
     failback = config_broker.failback(r, m)
     target = r.value(m, "target", "mqtt", str, default="generic", choices=TARGETS)
-    client_id = r.value(m, "client_id", "mqtt", str, default=device_id)
-    keepalive = r.value(m, "keepalive", "mqtt", int, default=60, minimum=5, maximum=65535)
+    client_id = config_checks.client_id(r, m, device_id)
+    keepalive = r.setting(m, MQTTConfig, "keepalive", "mqtt", default=60)
     qos = r.value(m, "qos", "mqtt", int, default=1, choices=(0, 1))
     azure = target == "azure-iot-hub"
     topic = _topic(r, m, "topic", AZURE_TOPIC if azure else "edison/{device_id}/telemetry", device_id)
@@ -331,24 +357,20 @@ def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                           device_id)
     health_topic = _topic(r, m, "health_topic", AZURE_TOPIC + "kind=health" if azure else "edison/{device_id}/health",
                           device_id)
-    if health_topic is not None and health_topic in (topic, status_topic):
-        r.problem("mqtt.health_topic", "%r is also the %s: give the health document a topic of its own"
-                  % (health_topic, "telemetry topic" if health_topic == topic else "status topic"))
     username = _username(r, m, AZURE_USERNAME if azure else None, device_id, host or "")
     password, password_source = config_broker.password(r, m, username)
     rc = r.section(m.get("reconnect"), "mqtt.reconnect", RECONNECT_KEYS)
-    min_delay = r.value(rc, "min_delay", "mqtt.reconnect", float, default=1.0, minimum=0.1, maximum=3600)
-    max_delay = r.value(rc, "max_delay", "mqtt.reconnect", float, default=120.0, minimum=0.1, maximum=86400)
+    min_delay = r.setting(rc, ReconnectConfig, "min_delay", "mqtt.reconnect")
+    max_delay = r.setting(rc, ReconnectConfig, "max_delay", "mqtt.reconnect")
     if min_delay is not None and max_delay is not None and max_delay < min_delay:
         r.problem("mqtt.reconnect.max_delay", "%s is below min_delay %s" % (max_delay, min_delay))
-    spread = r.value(rc, "spread", "mqtt.reconnect", float, default=ReconnectConfig.spread, minimum=0.0,
-                     maximum=86400)
+    spread = r.setting(rc, ReconnectConfig, "spread", "mqtt.reconnect")
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
-    inflight = r.value(m, "inflight", "mqtt", int, default=20, minimum=1, maximum=65535)
+    inflight = r.setting(m, MQTTConfig, "inflight", "mqtt")
     protocol = _protocol(r, m)
     clean_session = r.value(m, "clean_session", "mqtt", bool, default=True)
-    session_expiry = r.value(m, "session_expiry", "mqtt", int, default=0, minimum=0, maximum=MAX_EXPIRY)
-    message_expiry = r.value(m, "message_expiry", "mqtt", int, default=None, minimum=1, maximum=MAX_EXPIRY)
+    session_expiry = r.setting(m, MQTTConfig, "session_expiry", "mqtt")
+    message_expiry = r.setting(m, MQTTConfig, "message_expiry", "mqtt")
     _version_specific_keys(r, m, protocol)
     if (host is None or port is None or client_id is None or keepalive is None or qos is None
             or topic is None or status_topic is None or min_delay is None or max_delay is None or spread is None
@@ -371,8 +393,8 @@ def _protocol(r: Reader, m: Mapping[str, Any]) -> Optional[str]:
     # 4 is MQTT 3.1.1's protocol level: what brokers' logs and paho (MQTTv311) call it.
     text = "3.1.1" if text == "4" else text
     if text not in PROTOCOLS:
-        r.problem("mqtt.protocol", "%r is not an MQTT version this agent speaks: use \"3.1.1\" (or 4: the "
-                  "default, for any broker) or 5" % (raw,))
+        r.problem("mqtt.protocol", "%s is not an MQTT version this agent speaks: use \"3.1.1\" (or 4: the "
+                  "default, for any broker) or 5" % brief(raw))
         return None
     return text
 
@@ -398,7 +420,7 @@ def _username(r: Reader, m: Mapping[str, Any], default: Optional[str], device_id
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        r.problem("mqtt.username", "bad template %r: %s" % (template, exc))
+        r.problem("mqtt.username", "bad template %s: %s" % (brief(template), exc))
         return None
     unknown = [f for f in fields if f not in USERNAME_FIELDS]
     if unknown:
@@ -407,6 +429,10 @@ def _username(r: Reader, m: Mapping[str, Any], default: Optional[str], device_id
     username = str(template).format(device_id=device_id, host=host)
     if not username:
         r.problem("mqtt.username", "is empty: remove the key to send no user name")
+        return None
+    problem = identifiers.topic_problem(username, wildcards=True)
+    if problem is not None:
+        r.problem("mqtt.username", "%s %s" % (brief(username), problem))
         return None
     return username
 
@@ -419,15 +445,16 @@ def _topic(r: Reader, m: Mapping[str, Any], key: str, default: str, device_id: s
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        r.problem(section + "." + key, "bad template %r: %s" % (template, exc))
+        r.problem(section + "." + key, "bad template %s: %s" % (brief(template), exc))
         return None
     unknown = [f for f in fields if f not in TOPIC_FIELDS]
     if unknown:
         r.problem(section + "." + key, "unknown placeholder {%s} (known: {device_id})" % unknown[0])
         return None
     topic = str(template).format(device_id=device_id)
-    if "+" in topic or "#" in topic or not topic:
-        r.problem(section + "." + key, "%r is not a valid topic to publish to (no '+', '#' or empty topic)" % topic)
+    problem = identifiers.topic_problem(topic)
+    if problem is not None:
+        r.problem(section + "." + key, "%s is not a valid topic to publish to: it %s" % (brief(topic), problem))
         return None
     return topic
 
@@ -443,15 +470,16 @@ def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
         r.problem("mqtt.tls.cert_file", "key_file is set but cert_file is not: the broker needs both")
     min_version = r.value(t, "min_version", "mqtt.tls", str, default="1.2")
     if min_version is not None and min_version not in TLS_VERSIONS:
-        r.problem("mqtt.tls.min_version", "%r is refused: TLS below 1.2 is broken and OpenSSL 3 will not "
-                  "speak it; use \"1.2\" or \"1.3\" (and tls_version tlsv1.2 on the broker)" % min_version)
+        r.problem("mqtt.tls.min_version", "%s is refused: TLS below 1.2 is broken and OpenSSL 3 will not "
+                  "speak it; use \"1.2\" or \"1.3\" (and tls_version tlsv1.2 on the broker)" % brief(min_version))
     verify_hostname = r.value(t, "verify_hostname", "mqtt.tls", bool, default=True)
     session_resumption = r.value(t, "session_resumption", "mqtt.tls", bool, default=True)
     alpn = _alpn(r, t)
     server_name = r.value(t, "server_name", "mqtt.tls", str, default=None)
-    if server_name is not None and (not server_name or any(c.isspace() for c in server_name)):
-        r.problem("mqtt.tls.server_name", "%r is not a host name: give the name in the broker's certificate"
-                  % server_name)
+    if server_name is not None and (not server_name or len(server_name) > 253
+                                   or any(c.isspace() or ord(c) < 32 for c in server_name)):
+        r.problem("mqtt.tls.server_name", "%s is not a host name: give the name in the broker's certificate"
+                  % brief(server_name))
     password, source = _key_password(r, t)
     if key_file is not None and key_file.is_file() and os.access(key_file, os.R_OK):
         _check_key_file(r, key_file, password)
@@ -468,13 +496,13 @@ def _alpn(r: Reader, t: Mapping[str, Any]) -> Tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw or not all(isinstance(p, str) and p for p in raw):
-        r.problem("mqtt.tls.alpn", "expected a list of protocol names like [x-amzn-mqtt-ca], got %s %r"
-                  % (kind_of(raw), raw))
+        r.problem("mqtt.tls.alpn", "expected a list of protocol names like [x-amzn-mqtt-ca], got %s %s"
+                  % (kind_of(raw), brief(raw)))
         return ()
     # RFC 7301: each name is 1-255 bytes.
     for name in raw:
         if len(name.encode("utf-8")) > 255:
-            r.problem("mqtt.tls.alpn", "%r is longer than the 255 bytes ALPN allows" % name)
+            r.problem("mqtt.tls.alpn", "%s is longer than the 255 bytes ALPN allows" % brief(name))
             return ()
     return tuple(raw)
 
@@ -482,7 +510,9 @@ def _alpn(r: Reader, t: Mapping[str, Any]) -> Tuple[str, ...]:
 def _key_password(r: Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
     pass_file = r.file(t, "key_password_file", "mqtt.tls", required=False)
     if pass_file is not None and pass_file.is_file() and os.access(pass_file, os.R_OK):
-        lines = pass_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        # The first line is all that is used: a passphrase file is not read past 4 KiB.
+        with open(pass_file, "rb") as f:
+            lines = f.read(4096).decode("utf-8", errors="replace").splitlines()
         if not lines or not lines[0]:
             r.problem("mqtt.tls.key_password_file", "%s is empty: put the key's passphrase on its first line"
                       % pass_file)
@@ -499,7 +529,8 @@ def _check_key_file(r: Reader, key_file: Path, password: Optional[str]) -> None:
     if mode & 0o004:
         r.problem("mqtt.tls.key_file", "%s is readable by every user (mode %04o): run 'chmod 600 %s'"
                   % (key_file, mode & 0o777, key_file))
-    head = key_file.read_bytes()[:4096]
+    with open(key_file, "rb") as f:
+        head = f.read(4096)
     if b"PRIVATE KEY" not in head:
         r.problem("mqtt.tls.key_file", "%s holds no PEM private key (no 'BEGIN ... PRIVATE KEY' line)" % key_file)
     elif (b"ENCRYPTED" in head) and password is None:

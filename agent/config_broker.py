@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Tuple
 
+from agent import config_checks
 from agent.config_reader import Reader, kind_of
+from agent.identifiers import brief
 
 MQTT_PASSWORD_ENV = "EDISON_AGENT_MQTT_PASSWORD"  # noqa: S105 - a variable name, not a secret
 # Seconds between looks at the preferred (first) broker while on another one. Five minutes: a
@@ -21,14 +23,14 @@ def hosts(r: Reader, m: Mapping[str, Any], port: int) -> Optional[Tuple[Address,
     """The brokers in order of preference, or None when the config names none (or badly)."""
     raw = m.get("hosts")
     if raw is None:
-        host = r.value(m, "host", "mqtt", str)
+        host = config_checks.host(r, m)
         return ((host, port),) if host else None
     if "host" in m:
         r.problem("mqtt.hosts", "set mqtt.host (one broker) or mqtt.hosts (a list, the first preferred), not both")
         return None
     if not isinstance(raw, list) or not raw:
-        r.problem("mqtt.hosts", "expected a list like [gw1.example, \"gw2.example:8884\"], got %s %r"
-                  % (kind_of(raw), raw))
+        r.problem("mqtt.hosts", "expected a list like [gw1.example, \"gw2.example:8884\"], got %s %s"
+                  % (kind_of(raw), brief(raw)))
         return None
     out = []
     for i, item in enumerate(raw):
@@ -44,7 +46,7 @@ def hosts(r: Reader, m: Mapping[str, Any], port: int) -> Optional[Tuple[Address,
 
 def _address(r: Reader, where: str, item: Any, port: int) -> Optional[Address]:
     if not isinstance(item, str) or not item.strip() or any(c.isspace() for c in item):
-        r.problem(where, "expected \"host\" or \"host:port\", got %s %r" % (kind_of(item), item))
+        r.problem(where, "expected \"host\" or \"host:port\", got %s %s" % (kind_of(item), brief(item)))
         return None
     host, text_port = item, None
     if item.startswith("["):  # [IPv6]:port
@@ -54,18 +56,25 @@ def _address(r: Reader, where: str, item: Any, port: int) -> Optional[Address]:
         host, text_port = item.split(":")
     if text_port is not None:
         if not text_port.isdigit() or not 1 <= int(text_port) <= 65535:
-            r.problem(where, "%r: the port must be a number from 1 to 65535" % item)
+            r.problem(where, "%s: the port must be a number from 1 to 65535" % brief(item))
             return None
         port = int(text_port)
     if not host:
-        r.problem(where, "%r has no host name" % item)
+        r.problem(where, "%s has no host name" % brief(item))
+        return None
+    # The same rule as mqtt.host: a host name or address, never a URL or something with control characters.
+    if "/" in host or any(ord(c) < 32 for c in host) or len(host) > 253:
+        r.problem(where, "%s is not \"host\" or \"host:port\" (a URL, control characters, or longer than the 253 "
+                  "characters DNS allows)" % brief(item))
         return None
     return host, port
 
 
 def failback(r: Reader, m: Mapping[str, Any]) -> Optional[float]:
     """0 turns failback off: the agent stays on whichever broker works until it is lost."""
-    value = r.value(m, "failback", "mqtt", float, default=DEFAULT_FAILBACK, minimum=0, maximum=86400)
+    from agent.config import MQTTConfig  # the field that declares failback's bounds (config imports this module)
+
+    value = r.setting(m, MQTTConfig, "failback", "mqtt", default=DEFAULT_FAILBACK)
     if value is not None and 0 < value < 10:
         r.problem("mqtt.failback", "%s s would test the preferred broker with a TLS handshake every few seconds: "
                   "use 0 (off) or at least 10" % value)

@@ -206,6 +206,11 @@ def _handshake(t: Target, raw: socket.socket, checks: List[Check],
         checks.append(Check("tls handshake", PROBLEM, detail,
                             _refusal_fix(t, detail) or "see docs/troubleshooting.md (raw error: %s)" % exc))
         return None
+    except ConnectionResetError as exc:
+        # What a plain MQTT port does with a ClientHello; the words are tls.describe_failure's, as in the log.
+        checks.append(Check("tls handshake", PROBLEM, tls.describe_failure(exc, t.host, t.port),
+                            "set mqtt.port to the broker's TLS listener"))
+        return None
     except OSError as exc:
         checks.append(Check("tls handshake", PROBLEM, "the broker closed the connection during the TLS "
                             "handshake (%s): it probably refused our client certificate, or the port does "

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
+import os
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import yaml
 
+from agent import identifiers
 from agent.atomic_file import replace_file
+from agent.config_reader import Bounds, FileProblem, bounds_of, parse_yaml, read_text
+from agent.identifiers import brief
 from agent.sensor_config import SensorConfig
 
 log = logging.getLogger(__name__)
@@ -22,8 +25,9 @@ log = logging.getLogger(__name__)
 FILE_NAME = "overrides.yaml"
 HEADER = ("# Written by edison-agent (the set-interval command with persist: true); laid over\n"
           "# config.yaml at every start and reload. Delete a line (or the file) to go back to the config.\n")
-# The bounds a sensor's interval has in config.yaml.
-MIN_INTERVAL, MAX_INTERVAL = 0.01, 86400.0
+# The bounds a sensor's interval has in config.yaml (agent/sensor_config.py declares them).
+INTERVAL: Bounds = bounds_of(SensorConfig, "interval") or Bounds()
+MIN_INTERVAL, MAX_INTERVAL = float(INTERVAL.minimum or 0.0), float(INTERVAL.maximum or 0.0)
 
 
 def path_in(state_dir: Path) -> Path:
@@ -33,14 +37,15 @@ def path_in(state_dir: Path) -> Path:
 def load(path: Path) -> Dict[str, float]:
     """Sensor name -> interval; a missing file is empty, a broken one is logged and ignored."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("%s: cannot read it (%s): the intervals in the config apply", path, exc)
+        # The same limits as config.yaml: a regular file, no alias bomb, no deep nesting.
+        text = read_text(path, what="overlay")
+    except FileProblem as exc:
+        if not os.path.lexists(path):
+            return {}
+        log.error("%s: %s: the intervals in the config apply", path, exc)
         return {}
     try:
-        tree = yaml.safe_load(text)
+        tree = parse_yaml(text)
     except yaml.YAMLError as exc:
         log.error("%s: invalid YAML (%s): the intervals in the config apply; fix or delete the file",
                   path, str(exc).splitlines()[0])
@@ -52,10 +57,13 @@ def load(path: Path) -> Dict[str, float]:
     intervals: Dict[str, float] = {}
     for name, entry in (sensors or {}).items():
         value = entry.get("interval") if isinstance(entry, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not MIN_INTERVAL <= value <= MAX_INTERVAL:
-            log.error("%s: sensors.%s.interval: expected seconds between %g and %g, got %r; ignored",
-                      path, name, MIN_INTERVAL, MAX_INTERVAL, value)
+        if not isinstance(name, str) or identifiers.sensor_name_problem(name) is not None:
+            log.error("%s: %s is not a sensor name; ignored", path, brief(name))
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or INTERVAL.problem(brief(value), value) is not None:
+            log.error("%s: sensors.%s.interval: expected seconds, %s, got %s; ignored",
+                      path, name, INTERVAL.text(), brief(value))
             continue
         intervals[str(name)] = float(value)
     return intervals

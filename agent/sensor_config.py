@@ -7,8 +7,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from agent import sensors
-from agent.config_reader import MISSING, Reader, is_topic_safe, join, kind_of
+from agent import identifiers, sensors
+from agent.config_reader import MISSING, Reader, bounded, join, kind_of, setting
+from agent.identifiers import brief
 from agent.processing import Calibration, Deadband, Filter, Processing
 
 # Keys every sensor may have; the rest belong to its driver's Options.
@@ -31,17 +32,17 @@ class ChannelConfig:
 class SensorConfig:
     name: str
     type: str
-    interval: float
+    interval: float = dataclasses.field(metadata=bounded(0.01, 86400))
     # The driver's own options dataclass (see agent/sensors): typed, validated.
     options: Any
     channels: Tuple[ChannelConfig, ...]
     # Seconds after start of the first reading, so sensors on one interval do not fire together.
-    phase: float = 0.0
+    phase: float = setting(0.0, minimum=0.0, maximum=86400)
     # A read still running after this long counts as failed (a hung bus, a stuck driver).
-    timeout: float = 10.0
+    timeout: float = setting(10.0, minimum=0.01, maximum=3600)
     # Consecutive failures before one reading with quality "error" is published.
-    error_after: int = 3
-    oversample: int = 1
+    error_after: int = setting(3, minimum=1, maximum=1000)
+    oversample: int = setting(1, minimum=1, maximum=100)
 
 
 def parse_sensors(r: Reader, raw: Any) -> Tuple[SensorConfig, ...]:
@@ -58,14 +59,15 @@ def parse_sensors(r: Reader, raw: Any) -> Tuple[SensorConfig, ...]:
             r.problem(path, "expected a mapping (name:, type:, ...), got %s" % kind_of(item))
             continue
         name = r.value(item, "name", path, str)
-        if name is not None:
+        if name is not None and identifiers.sensor_name_problem(name) is None:
             path = "sensors[%d](%s)" % (index, name)
         config = _sensor(r, item, path, name)
         if config is None:
             continue
         for channel in config.channels:
             if channel.name in names:
-                r.problem(path + ".name", "duplicate sensor name %r (also %s)" % (channel.name, names[channel.name]))
+                r.problem(path + ".name", "duplicate sensor name %s (also %s)"
+                          % (brief(channel.name), names[channel.name]))
             names[channel.name] = path
         result.append(config)
     return tuple(result)
@@ -73,15 +75,16 @@ def parse_sensors(r: Reader, raw: Any) -> Tuple[SensorConfig, ...]:
 
 def _sensor(r: Reader, item: Mapping[str, Any], path: str, name: Optional[str]) -> Optional[SensorConfig]:
     before = len(r.problems)
-    if name is not None and not is_topic_safe(name):
-        r.problem(path + ".name", "%r may not contain '/', '+', '#' or spaces" % name)
+    problem = identifiers.sensor_name_problem(name) if name is not None else None
+    if problem is not None:
+        r.problem(path + ".name", "%s %s" % (brief(name), problem))
     kind = r.value(item, "type", path, str, choices=tuple(sorted(sensors.DRIVERS)))
-    interval = r.value(item, "interval", path, float, default=10.0, minimum=0.01, maximum=86400)
-    phase = r.value(item, "phase", path, float, default=0.0, minimum=0.0, maximum=86400)
-    timeout = r.value(item, "timeout", path, float, default=10.0, minimum=0.01, maximum=3600)
-    error_after = r.value(item, "error_after", path, int, default=3, minimum=1, maximum=1000)
-    oversample = r.value(item, "oversample", path, int, default=1, minimum=1, maximum=100)
-    unit = r.value(item, "unit", path, str, default=None)
+    interval = r.setting(item, SensorConfig, "interval", path, default=10.0)
+    phase = r.setting(item, SensorConfig, "phase", path)
+    timeout = r.setting(item, SensorConfig, "timeout", path)
+    error_after = r.setting(item, SensorConfig, "error_after", path)
+    oversample = r.setting(item, SensorConfig, "oversample", path)
+    unit = _unit(r, item, path, None)
     processing = _processing(r, item, path)
     if kind is None:
         r.section(item, path, SENSOR_KEYS + tuple(_all_option_names()))
@@ -101,6 +104,15 @@ def _sensor(r: Reader, item: Mapping[str, Any], path: str, name: Optional[str]) 
         return None
     return SensorConfig(name=name, type=kind, interval=interval, options=options, channels=channels,
                         phase=phase, timeout=timeout, error_after=error_after, oversample=oversample)
+
+
+def _unit(r: Reader, item: Mapping[str, Any], path: str, default: Optional[str]) -> Optional[str]:
+    unit: Optional[str] = r.value(item, "unit", path, str, default=default)
+    problem = identifiers.unit_problem(unit) if unit is not None and "unit" in item else None
+    if problem is not None:
+        r.problem(path + ".unit", "%s %s" % (brief(unit), problem))
+        return default
+    return unit
 
 
 def _all_option_names() -> List[str]:
@@ -124,9 +136,10 @@ def _channels(r: Reader, item: Mapping[str, Any], path: str, name: str, declared
         where = "%s.channels.%s" % (path, channel.key)
         c = r.section(overrides.get(channel.key), where, CHANNEL_KEYS)
         channel_name = r.value(c, "name", where, str, default="%s.%s" % (name, channel.key))
-        if channel_name is not None and not is_topic_safe(channel_name.replace(".", "_")):
-            r.problem(where + ".name", "%r may not contain '/', '+', '#' or spaces" % channel_name)
-        channel_unit = r.value(c, "unit", where, str, default=channel.unit)
+        problem = identifiers.sensor_name_problem(channel_name) if channel_name is not None else None
+        if problem is not None:
+            r.problem(where + ".name", "%s %s" % (brief(channel_name), problem))
+        channel_unit = _unit(r, c, where, channel.unit)
         own = _processing(r, c, where)
         # A value's own processing keys replace the sensor's, key by key.
         merged = Processing(**{k: getattr(own, k) if k in c else getattr(processing, k)
@@ -149,7 +162,8 @@ def _calibration(r: Reader, raw: Any, path: str) -> Optional[Calibration]:
     if "polynomial" in c:
         if "scale" in c or "offset" in c:
             r.problem(path, "give either scale/offset or polynomial, not both")
-        coefficients = r.numbers(c, "polynomial", path, min_count=1)
+        # Evaluated at every reading: a degree past 15 is a mistake, not a calibration.
+        coefficients = r.numbers(c, "polynomial", path, min_count=1, max_count=16)
         return Calibration(polynomial=tuple(coefficients)) if coefficients else None
     return Calibration(scale=r.value(c, "scale", path, float, default=1.0),
                        offset=r.value(c, "offset", path, float, default=0.0))
@@ -163,6 +177,8 @@ def _filter(r: Reader, raw: Any, path: str) -> Optional[Filter]:
         r.problem(path, "give one of median: N or mean: N")
         return None
     kind = next(iter(f))
+    if kind not in ("median", "mean"):
+        return None  # reported as an unknown key by section()
     size = r.value(f, kind, path, int, minimum=1, maximum=1000)
     return Filter(kind, size) if size is not None else None
 
@@ -173,7 +189,8 @@ def _deadband(r: Reader, raw: Any, path: str) -> Optional[Deadband]:
     d = r.section(raw, path, ("abs", "pct", "max_silence"))
     return Deadband(abs=r.value(d, "abs", path, float, default=None, minimum=0.0),
                     pct=r.value(d, "pct", path, float, default=None, minimum=0.0),
-                    max_silence=r.value(d, "max_silence", path, float, default=300.0, minimum=0.01))
+                    max_silence=r.value(d, "max_silence", path, float, default=300.0, minimum=0.01,
+                                        maximum=86400))
 
 
 def _range(r: Reader, item: Mapping[str, Any], path: str) -> Optional[Tuple[float, float]]:

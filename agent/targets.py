@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional
 
 from agent.config import AZURE_TOPIC, AgentConfig
+from agent.config_checks import warnings_for as config_warnings
 from agent.reading import OUT_OF_RANGE, Reading, encode_telemetry
 
 KIB = 1024
@@ -147,5 +148,6 @@ RULES: Dict[str, Callable[[AgentConfig], List[str]]] = {
 
 
 def warnings_for(cfg: AgentConfig) -> List[str]:
-    """The target service's documented limits this config breaks, one line each."""
-    return RULES[cfg.mqtt.target](cfg)
+    """What check-config prints and the daemon logs at start as `warning:` lines: what the config allows
+    but probably does not mean, then the target service's documented limits it breaks."""
+    return config_warnings(cfg) + RULES[cfg.mqtt.target](cfg)

@@ -98,6 +98,10 @@ def build_context(cfg: TLSConfig) -> ssl.SSLContext:
 
 
 def _load_client_certificate(ctx: ssl.SSLContext, cfg: TLSConfig) -> None:
+    # load_cert_chain says "PEM lib" for a damaged certificate, a damaged key and a wrong passphrase
+    # alike: each file is checked on its own first, so the message names the one at fault.
+    _check_certificate_file(str(cfg.cert_file))
+    encrypted = _check_key_file(str(cfg.key_file))
     try:
         ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file), password=_password_callback(cfg))
     except TLSSetupError:
@@ -107,13 +111,52 @@ def _load_client_certificate(ctx: ssl.SSLContext, cfg: TLSConfig) -> None:
         if "KEY_VALUES_MISMATCH" in text:
             raise TLSSetupError("mqtt.tls.key_file", "%s is not the private key of %s (mqtt.tls.cert_file)"
                                 % (cfg.key_file, cfg.cert_file)) from None
-        if cfg.key_password is not None and "PEM lib" in text:
+        if cfg.key_password is not None and encrypted:
             raise TLSSetupError("mqtt.tls.key_password_file", "wrong passphrase for %s (passphrase from %s)"
                                 % (cfg.key_file, cfg.key_password_source)) from None
-        raise TLSSetupError("mqtt.tls.cert_file", "cannot load %s with key %s: %s"
-                            % (cfg.cert_file, cfg.key_file, _reason(exc))) from None
+        # The certificate loaded on its own (above): what failed is the key.
+        raise TLSSetupError("mqtt.tls.key_file", "%s holds no usable private key (damaged, or not PEM?): %s"
+                            % (cfg.key_file, _reason(exc))) from None
     except OSError as exc:
         raise TLSSetupError("mqtt.tls.key_file", "cannot load %s: %s" % (cfg.key_file, exc)) from None
+
+
+def _check_certificate_file(path: str) -> None:
+    """A PEM certificate that OpenSSL parses, or TLSSetupError naming mqtt.tls.cert_file."""
+    text = _head(path, "mqtt.tls.cert_file")
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise TLSSetupError("mqtt.tls.cert_file", "%s holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' "
+                            "line)" % path)
+    if b"-----END CERTIFICATE-----" not in text:
+        raise TLSSetupError("mqtt.tls.cert_file", "%s is truncated: its certificate has no '-----END "
+                            "CERTIFICATE-----' line; copy the file again" % path)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSetupError("mqtt.tls.cert_file", "%s holds no usable certificate (damaged or truncated: %s); "
+                            "copy the file again" % (path, _reason(exc))) from None
+
+
+def _check_key_file(path: str) -> bool:
+    """Whether the key is encrypted; TLSSetupError naming mqtt.tls.key_file when it is cut short."""
+    text = _head(path, "mqtt.tls.key_file")
+    begin = re.search(rb"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----", text)
+    if begin is None:
+        raise TLSSetupError("mqtt.tls.key_file", "%s holds no PEM private key (no '-----BEGIN ... PRIVATE "
+                            "KEY-----' line)" % path)
+    if b"-----END " + begin.group(1) + b"-----" not in text:
+        raise TLSSetupError("mqtt.tls.key_file", "%s is truncated: its key has no '-----END %s-----' line; copy "
+                            "the file again" % (path, begin.group(1).decode("ascii")))
+    return b"ENCRYPTED" in text
+
+
+def _head(path: str, key: str) -> bytes:
+    # Certificates and keys are a few KB; a chain of several is rarely past 64 KB.
+    try:
+        with open(path, "rb") as f:
+            return f.read(1024 * 1024)
+    except OSError as exc:
+        raise TLSSetupError(key, "cannot read %s: %s" % (path, exc.strerror or exc)) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -169,7 +212,8 @@ _ALERTS = {
     "unsupported certificate": "the broker rejected our client certificate as not meant for this use: "
                                "it lacks extendedKeyUsage clientAuth; issue it with 'edison-agent pki "
                                "issue-device'",
-    "wrong version number": "the broker port does not speak TLS (is it a plain MQTT port?)",
+    "wrong version number": "the port answered but not with TLS: is it the plain MQTT port (1883), or another "
+                            "service? mqtt.port should be the broker's TLS listener (8883)",
 }
 
 
@@ -272,6 +316,12 @@ def describe_failure(exc: BaseException, host: str, port: Optional[int] = None) 
             return ("the broker's certificate is not a server certificate (%s): it lacks extendedKeyUsage "
                     "serverAuth; issue it with 'edison-agent pki issue-broker'" % message)
         return "the broker's certificate failed verification: %s" % message
+    if isinstance(exc, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        # A port that speaks plain MQTT reads the ClientHello as a malformed packet and drops the
+        # connection: OpenSSL sees a reset (or an EOF) in the middle of its handshake.
+        return ("%s answered but not with TLS: is it the plain MQTT port (1883)? The connection was %s during "
+                "the TLS handshake; mqtt.port should be the broker's TLS listener (8883)"
+                % (where, "reset" if isinstance(exc, ConnectionResetError) else "closed"))
     if isinstance(exc, ssl.SSLError):
         return describe_alert(str(exc)) or "TLS handshake failed: %s" % _reason(exc)
     if isinstance(exc, socket.gaierror):

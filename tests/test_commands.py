@@ -82,7 +82,7 @@ class FakeAgent:
 Sent = List[Tuple[str, Dict[str, Any], Optional[bytes]]]
 
 
-def commands(rate: float = 5.0, burst: int = 20, clock: Optional[FakeClock] = None
+def commands(rate: float = 5.0, burst: int = 20, clock: Optional[FakeClock] = None, **more: Any
              ) -> Tuple[Commands, FakeAgent, Sent]:
     """A Commands whose replies are recorded: (topic, decoded reply, correlation data)."""
     sent: Sent = []
@@ -92,7 +92,7 @@ def commands(rate: float = 5.0, burst: int = 20, clock: Optional[FakeClock] = No
         return True
 
     handler = FakeAgent()
-    cfg = CommandsConfig(enabled=True, topic=CMD, reply_topic=REPLY, rate=rate, burst=burst)
+    cfg = CommandsConfig(enabled=True, topic=CMD, reply_topic=REPLY, rate=rate, burst=burst, **more)
     return Commands(cfg, handler, publish, monotonic=clock or FakeClock()), handler, sent
 
 
@@ -197,7 +197,7 @@ def test_the_token_bucket_refills_at_its_rate_up_to_its_burst():
 
 
 def test_an_mqtt5_request_is_also_answered_on_its_response_topic_with_its_correlation_data():
-    cmds, _, sent = commands()
+    cmds, _, sent = commands(response_topics=("ops/console/+",))
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "ops/console/7"
     props.CorrelationData = b"\x00req-7"
@@ -592,6 +592,25 @@ def test_bad_commands_get_error_replies_and_the_agent_goes_on(certs, acl_broker,
         assert sum(text in line for line in agent.lines) == 1, text
     assert "Traceback" not in agent.output
     assert agent.stop() == 0
+
+
+def test_a_command_id_holding_nul_costs_one_command_and_never_the_session(certs, acl_broker, watcher, people,
+                                                                          run_agent):
+    # Issue 14's first case: the reply topic was built from the id, the broker refused it and
+    # dropped the connection, and paho sent it again after every reconnect: no telemetry until restart.
+    agent = command_agent(certs, acl_broker, run_agent, interval=0.2)
+    inbox = Inbox(watcher)
+    inbox.find("edison/thunder10/telemetry")
+    mark = len(agent.lines)
+    publish(acl_broker, certs, people.operator, CMD + "/ping", json.dumps({"id": "a\u0000b"}))
+    index, payload = inbox.find(REPLY + "/unknown")
+    assert json.loads(payload)["error"] == BAD_PAYLOAD
+    publish(acl_broker, certs, people.operator, CMD + "/ping", json.dumps({"id": "after"}))
+    assert json.loads(inbox.find(REPLY + "/after", index)[1])["ok"] is True
+    seqs = [reading["seq"] for _, reading in itertools.islice(inbox.readings(after=index), 5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert agent.stop() == 0
+    assert not any("connected to" in line or "connection lost" in line.lower() for line in agent.lines[mark:])
 
 
 def test_a_flood_of_1000_commands_loses_no_reading_and_keeps_the_schedule(certs, acl_broker, watcher, people,

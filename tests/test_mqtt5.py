@@ -210,7 +210,8 @@ def test_doctor_reads_a_reason_string_among_the_connack_properties():
 
 def test_a_v5_command_is_answered_on_its_response_topic_with_its_correlation_data(certs, broker, subscriber5,
                                                                                    run_agent):
-    cfg = agent_config(certs, broker.port, mqtt={"protocol": 5}, commands={"enabled": True})
+    cfg = agent_config(certs, broker.port, mqtt={"protocol": 5},
+                       commands={"enabled": True, "response_topics": ["edison/console/#"]})
     agent = run_agent(cfg)
     agent.wait_for(r"subscribed to edison/thunder10/cmd/\+", timeout=30)
     request = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]

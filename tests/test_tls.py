@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import config, tls
+from agent import cli, config, doctor, tls
 from agent.session import Session
 from conftest import ONLINE, PASSPHRASE, Broker, Certs, agent_config
 
@@ -203,3 +203,61 @@ def test_the_posts_whole_openssl_setup_works_with_the_agent(certs, tmp_path, run
         assert agent.stop() == 0
     finally:
         broker.stop()
+
+
+# -- a damaged file is named as the file it is ----------------------------------------------
+
+
+def _cut(source: Path, target: Path, how: str) -> Path:
+    text = source.read_text()
+    if how == "truncated":
+        target.write_text(text[:len(text) // 2])
+    else:
+        # A line of base64 cut short: the BEGIN and END lines are still there.
+        lines = text.splitlines()
+        lines[2] = lines[2][:10]
+        target.write_text("\n".join(lines) + "\n")
+    target.chmod(0o600)
+    return target
+
+
+@pytest.mark.parametrize("how, says", [("truncated", "is truncated: its certificate has no '-----END CERTIFICATE"),
+                                       ("damaged", "holds no usable certificate")])
+def test_a_broken_certificate_is_reported_as_the_certificate_file(certs, tmp_path, capsys, how, says):
+    cert = _cut(certs.device_cert, tmp_path / "client.crt", how)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, 8883, tls={"cert_file": str(cert)})))
+    assert cli.main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [err.strip()]
+    assert "mqtt.tls.cert_file: %s %s" % (cert, says) in err
+    assert "key" not in err.split(str(cert))[1]
+
+
+@pytest.mark.parametrize("how, says", [("truncated", "is truncated: its key has no '-----END PRIVATE KEY-----'"),
+                                       ("damaged", "holds no usable private key")])
+def test_a_broken_key_is_reported_as_the_key_file(certs, tmp_path, capsys, how, says):
+    key = _cut(certs.device_key, tmp_path / "client.key", how)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, 8883, tls={"key_file": str(key)})))
+    assert cli.main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [err.strip()]
+    assert "mqtt.tls.key_file: %s %s" % (key, says) in err
+
+
+def test_a_plain_mqtt_port_is_named_as_one_in_the_log_and_by_doctor(certs, tmp_path, run_agent):
+    plain = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key, tls=False)
+    plain.start()
+    try:
+        said = "answered but not with TLS: is it the plain MQTT port (1883)?"
+        agent = run_agent(agent_config(certs, plain.port))
+        agent.wait_for(said, timeout=15)
+        assert agent.stop() == 0
+        assert "Connection reset by peer" not in agent.output
+        path = tmp_path / "doctor.yaml"
+        path.write_text(yaml.safe_dump(agent_config(certs, plain.port)))
+        checks = {c.check: c for c in doctor.run_checks(path)}
+        assert said in checks["tls handshake"].detail
+    finally:
+        plain.stop()

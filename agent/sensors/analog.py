@@ -39,8 +39,9 @@ class AnalogSensor(Sensor):
     @classmethod
     def check_options(cls, options: AnalogOptions) -> List[Tuple[str, str]]:
         problems = []
-        if options.pin < 0:
-            problems.append(("pin", "%d is not an analog pin (A0-A5 are 0-5)" % options.pin))
+        # The Edison Arduino breakout has six analog inputs, A0-A5.
+        if not 0 <= options.pin <= 5:
+            problems.append(("pin", "%d is not an analog pin: the board has A0-A5 (pin: 0-5)" % options.pin))
         if options.bits not in (10, 12):
             problems.append(("bits", "%d is not supported: use 10 or 12" % options.bits))
         if options.output is not None and options.output not in OUTPUTS:

@@ -25,8 +25,8 @@ ROTARY_FULL_ANGLE = 300.0
 
 def _pin_and_bits(pin: int, bits: int) -> List[Tuple[str, str]]:
     problems = []
-    if pin < 0:
-        problems.append(("pin", "%d is not an analog pin (A0-A5 are 0-5)" % pin))
+    if not 0 <= pin <= 5:
+        problems.append(("pin", "%d is not an analog pin: the board has A0-A5 (pin: 0-5)" % pin))
     if bits not in (10, 12):
         problems.append(("bits", "%d is not supported: use 10 or 12" % bits))
     return problems
