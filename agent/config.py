@@ -22,10 +22,11 @@ TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
 # The known keys of each section: anything else is reported as unknown.
 TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch",
-            "health", "commands")
+            "health", "commands", "homeassistant")
 SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
 BATCH_KEYS = ("max_readings", "max_delay")
 HEALTH_KEYS = ("interval", "file")
+HOMEASSISTANT_KEYS = ("discovery", "prefix")
 COMMANDS_KEYS = ("enabled", "topic", "reply_topic", "rate", "burst", "min_interval", "max_interval")
 DEFAULT_RUNTIME_DIR = "/run/edison-agent"
 DEFAULT_STATE_DIR = "/var/lib/edison-agent"
@@ -148,6 +149,14 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True)
+class HomeAssistantConfig:
+    # MQTT discovery: each sensor channel announced as an entity (agent/discovery.py).
+    discovery: bool = False
+    # Home Assistant's discovery prefix (its MQTT integration's setting).
+    prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -161,6 +170,7 @@ class AgentConfig:
     batch: BatchConfig = BatchConfig()
     health: HealthConfig = HealthConfig()
     commands: CommandsConfig = CommandsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
 
 def default_health_file(environ: Mapping[str, str] = os.environ) -> Path:
@@ -216,11 +226,13 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     batch = _batch(r, top.get("batch"))
     health = _health(r, top.get("health"))
     commands = _commands(r, top.get("commands"), device_id or "")
-    if r.problems or mqtt is None or spool is None or batch is None or health is None or commands is None:
+    homeassistant = _homeassistant(r, top.get("homeassistant"))
+    if r.problems or mqtt is None or spool is None or batch is None or health is None or commands is None \
+            or homeassistant is None:
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
-                       spool=spool, batch=batch, health=health, commands=commands)
+                       spool=spool, batch=batch, health=health, commands=commands, homeassistant=homeassistant)
 
 
 def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
@@ -299,6 +311,19 @@ def _commands(r: Reader, raw: Any, device_id: str) -> Optional[CommandsConfig]:
         return None
     return CommandsConfig(enabled=bool(enabled), topic=topic, reply_topic=reply_topic, rate=rate, burst=burst,
                           min_interval=min_interval, max_interval=max_interval)
+
+
+def _homeassistant(r: Reader, raw: Any) -> Optional[HomeAssistantConfig]:
+    h = r.section(raw, "homeassistant", HOMEASSISTANT_KEYS)
+    discovery = r.value(h, "discovery", "homeassistant", bool, default=False)
+    prefix = r.value(h, "prefix", "homeassistant", str, default=HomeAssistantConfig.prefix)
+    if prefix is not None and (not prefix or any(c in prefix for c in "+# ") or prefix.strip("/") != prefix):
+        r.problem("homeassistant.prefix", "%r is not a discovery prefix: one or more topic levels without '+', "
+                  "'#', spaces or a leading or trailing '/' (Home Assistant's default: homeassistant)" % prefix)
+        return None
+    if discovery is None or prefix is None:
+        return None
+    return HomeAssistantConfig(discovery=bool(discovery), prefix=prefix)
 
 
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:

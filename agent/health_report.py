@@ -56,6 +56,9 @@ class Readings:
     dropped_full: int
     dropped_age: int
     dropped_corrupt: int
+    # Where this run's seqs start (the retained online status says it too): a consumer tells
+    # the reservation jump after a crash from lost readings with it (docs/delivery.md).
+    seq_start: Optional[int] = None
 
     @property
     def dropped(self) -> int:
@@ -131,8 +134,10 @@ class HealthReport:
 
 
 def _record(kind: Any, raw: Mapping[str, Any]) -> Any:
-    # Fields a newer agent added are ignored; a missing one is a KeyError for from_json.
-    return kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)})
+    # Fields a newer agent added are ignored; a missing one is a KeyError for from_json, unless
+    # it has a default (a field added later, absent from an older agent's document).
+    return kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)
+                   if f.name in raw or f.default is dataclasses.MISSING})
 
 
 def _optional(kind: Any, raw: Optional[Mapping[str, Any]]) -> Any:
@@ -189,10 +194,21 @@ class LastErrorHandler(logging.Handler):
         self.last = LastError(time=round(record.created, 3), message=message)
 
 
+def online_status(seq_start: int) -> bytes:
+    """The retained status payload while connected: the one place it is built.
+
+    JSON, so it can say where this run's seqs start; the Last Will (and a clean stop) stays the
+    plain text "offline". A consumer reads `status` from the object, or takes a payload that is
+    not JSON as the status itself (Home Assistant: the availability template in
+    agent/discovery.py)."""
+    status = {"status": "online", "seq_start": seq_start, "version": __version__}
+    return json.dumps(status, separators=(",", ":")).encode("utf-8")
+
+
 def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int, delivered: int,
            started: float, config_digest: str, resumed: Optional[bool], last_error: Optional[LastError],
            cert_not_after: Optional[datetime.datetime], stopped: bool = False,
-           now: Optional[float] = None) -> HealthReport:
+           now: Optional[float] = None, seq_start: Optional[int] = None) -> HealthReport:
     """The document as of now; `started` is time.monotonic() at the agent's start."""
     now = time.time() if now is None else now
     info = session.connection_info()
@@ -213,7 +229,8 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
                               tls_version=info.tls_version if info else None, cipher=info.cipher if info else None,
                               resumed=resumed),
         readings=Readings(sampled=sampled, delivered=delivered, dropped_full=stats.dropped_full,
-                          dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt),
+                          dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt,
+                          seq_start=seq_start),
         spool=SpoolState(depth=stats.depth, in_flight=stats.in_flight, bytes=stats.bytes,
                          file_bytes=stats.file_bytes, durable=stats.durable),
         certificate=certificate(cert_not_after, now),

@@ -17,7 +17,7 @@ from conftest import ROOT, Broker, Subscriber, agent_config
 
 def test_broker_restart_mid_run_reconnects_and_publishing_resumes(certs, broker, subscriber, run_agent):
     agent = run_agent(agent_config(certs, broker.port))
-    subscriber.next("edison/thunder10/status", payload="online")
+    subscriber.online()
     before = subscriber.telemetry()["readings"][0]["seq"]
 
     lost_at = len(agent.lines)

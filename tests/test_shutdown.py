@@ -13,7 +13,7 @@ from conftest import agent_config
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_publishes_offline_and_exits_zero(certs, broker, subscriber, run_agent, sig):
     agent = run_agent(agent_config(certs, broker.port))
-    subscriber.next("edison/thunder10/status", payload="online")
+    subscriber.online()
     last_seen = subscriber.telemetry()["readings"][0]["seq"]
 
     started = time.monotonic()
