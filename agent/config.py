@@ -516,3 +516,25 @@ def _check_key_file(r: Reader, key_file: Path, password: Optional[str]) -> None:
                   "mqtt.tls.key_password_file or the environment variable %s" % (key_file, KEY_PASSWORD_ENV))
 
 
+
+
+def load_mqtt(path: Path) -> MQTTConfig:
+    """Only a config file's `mqtt` section (and device.id, for its topics): how an operator tool
+    (`edison-agent watch -c FILE`) reaches the broker. The rest of the file is not checked, so a
+    file holding nothing but `mqtt:` will do. Raises ConfigError."""
+    label = str(path)
+    try:
+        tree = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - SafeLoader
+    except OSError as exc:
+        raise ConfigError(["%s: cannot read the config file: %s" % (label, exc.strerror or exc)]) from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(["%s: not a YAML config file: %s" % (label, str(exc).splitlines()[0])]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["%s: expected a YAML mapping with an mqtt: section" % label])
+    reader = Reader(label, Path(path).resolve().parent)
+    device = reader.section(tree.get("device"), "device", DEVICE_KEYS)
+    device_id = reader.value(device, "id", "device", str, default=socket.gethostname())
+    mqtt = _mqtt(reader, tree.get("mqtt"), device_id or "")
+    if reader.problems or mqtt is None:
+        raise ConfigError(reader.problems or ["%s: mqtt: cannot be read" % label])
+    return mqtt
