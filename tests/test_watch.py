@@ -249,7 +249,8 @@ def test_watch_once_json_reports_exactly_the_crash_and_the_broker_restart_over_2
             watcher.communicate()
 
     rows = {row["device"]: row for row in json.loads(out)["boards"]}
-    print("watch: lost, duplicates, readings:", {d: (r["lost"], r["duplicates"], r["readings"]) for d, r in rows.items()})
+    print("watch: lost, duplicates, readings:",
+          {d: (r["lost"], r["duplicates"], r["readings"]) for d, r in rows.items()})
     assert set(rows) == {"watch-%02d" % n for n in range(FLEET)}
     # What board 0 itself counted as dropped (its health file, written at its stop).
     dropped = _dropped(configs[0])
