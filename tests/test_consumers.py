@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Iterator, List, Tuple
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import ROOT, Broker, Certs, agent_config
 
@@ -78,6 +82,66 @@ class Consumer:
         self.proc.stdout.close()
 
 
+class Recorder:
+    """Every message under edison/, in arrival order, from a persistent session of the test's own."""
+
+    def __init__(self, broker: Broker, certs: Certs) -> None:
+        self.messages: List[Tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="consumers-recorder", clean_session=False)
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        ctx.load_cert_chain(str(certs.monitor_cert), str(certs.monitor_key))
+        self.client.tls_set_context(ctx)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_message = self._message
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("edison/#", 1)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(15)
+
+    def _message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def close(self) -> List[Tuple[str, bytes]]:
+        self.client.disconnect()
+        self.client.loop_stop()
+        with self._lock:
+            return list(self.messages)
+
+
+# Node-RED's function node, as far as this code uses it: `msg` in, `context.get/set`, the returned
+# [output 1, output 2] arrays; the mqtt in node's "auto-detect" output (JSON parsed when it parses).
+NODE_RED_HARNESS = r"""
+const fs = require("fs");
+const body = fs.readFileSync(process.argv[2], "utf8");
+const store = {};
+const context = {get: (k) => store[k], set: (k, v) => { store[k] = v; }};
+const fn = new Function("msg", "context", "node", body);
+const lines = fs.readFileSync(0, "utf8").split("\n").filter((l) => l);
+for (const line of lines) {
+    const m = JSON.parse(line);
+    let payload = m.payload;
+    try { payload = JSON.parse(m.payload); } catch (e) { /* a string, like "offline" */ }
+    const result = fn({topic: m.topic, payload: payload}, context, {});
+    console.log(JSON.stringify(result));
+}
+"""
+
+
+def run_node_red_function(tmp_path: Path, messages: List[Tuple[str, bytes]]) -> List[Any]:
+    function = tmp_path / "function.js"
+    function.write_text(doc_block("javascript"))
+    harness = tmp_path / "harness.js"
+    harness.write_text(NODE_RED_HARNESS)
+    feed = "".join(json.dumps({"topic": t, "payload": p.decode()}) + "\n" for t, p in messages)
+    done = subprocess.run(["node", str(harness), str(function)], input=feed.encode(), capture_output=True,
+                          timeout=60, check=True)
+    return [json.loads(line) for line in done.stdout.decode().splitlines()]
+
+
 @pytest.fixture
 def persistent_broker(tmp_path: Path, certs: Certs) -> Iterator[Broker]:
     # Persistence: the consumer's session (and what is queued for it) outlives a broker restart.
@@ -116,8 +180,15 @@ def test_a_run_after_a_crash_announces_its_seq_start_in_the_status_and_the_healt
     assert second.stop() == 0
 
 
-def test_the_python_consumer_in_the_docs_reports_the_loss_and_not_the_crash_jump(
-        certs, persistent_broker, consumer, run_agent):
+@pytest.fixture
+def recorder(persistent_broker: Broker, certs: Certs) -> Iterator[Recorder]:
+    r = Recorder(persistent_broker, certs)
+    yield r
+    r.close()
+
+
+def test_the_consumers_in_the_docs_report_the_loss_and_not_the_crash_jump(
+        certs, persistent_broker, consumer, recorder, run_agent, tmp_path):
     broker = persistent_broker
     # Readings older than a second are dropped while the broker is away: a loss inside the run, on purpose.
     cfg = agent_config(certs, broker.port, spool={"max_age": 1}, health={"interval": 1})
@@ -147,3 +218,19 @@ def test_the_python_consumer_in_the_docs_reports_the_loss_and_not_the_crash_jump
     # Exactly what the agent dropped, and nothing else.
     assert sum(int(m.group(1)) for m in consumer.matching(r"^thunder10 lost (\d+) readings")) == dropped
     assert second.stop() == 0
+    messages = recorder.close()
+
+    # The Node-RED function, under node, on the same messages as they came from the broker.
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the Node-RED function was not run")
+    results = [r for r in run_node_red_function(tmp_path, messages) if r]
+    readings = [m for out, _ in results for m in out]
+    alerts = [a["payload"] for _, out in results for a in out]
+    distinct = {r["seq"] for t, p in messages if t.endswith("/telemetry") for r in json.loads(p)["readings"]}
+    assert len(readings) == len(distinct)
+    assert readings[0]["topic"] == "thunder10/temperature" and isinstance(readings[0]["payload"], float)
+    lost = [int(a.split()[1]) for a in alerts if a.startswith("lost ")]
+    assert sum(lost) == dropped
+    duplicates = [a for a in alerts if a.startswith("duplicate ")]
+    assert len(duplicates) == sum(1 for t, p in messages if t.endswith("/telemetry")
+                                  for r in json.loads(p)["readings"]) - len(distinct)
