@@ -197,9 +197,14 @@ class Discovery:
 
     def _save(self) -> None:
         topics: List[str] = sorted(set(self._entities) | self._clearing)
-        if not topics and not self._path.exists():
-            return
         text = json.dumps({"announced": topics}, indent=1) + "\n"
+        # Only when it changes: every connect announces, and the file lives on flash.
+        try:
+            if self._path.read_text(encoding="utf-8") == text:
+                return
+        except (OSError, ValueError):
+            if not topics:
+                return
         try:
             replace_file(self._path, text.encode("utf-8"), 0o644, durable=True)
         except OSError as exc:

@@ -64,6 +64,7 @@ class Board:
     online: Optional[bool] = None
     # Wall time the online/offline state began, as best known (see Fleet.status).
     since: Optional[float] = None
+    since_exact: bool = True
     seq_start: Optional[int] = None
     version: Optional[str] = None
     readings: int = 0
@@ -77,10 +78,11 @@ class Board:
     def lost(self) -> int:
         return sum(run.lost for run in self.runs.values())
 
-    def rate(self, now: float) -> float:
+    def rate(self, now: float, watched: float) -> float:
+        """Readings a second over the last RATE_WINDOW seconds (or since the watcher started)."""
         while self.arrivals and self.arrivals[0][0] < now - RATE_WINDOW:
             self.arrivals.popleft()
-        return sum(n for _, n in self.arrivals) / RATE_WINDOW
+        return sum(n for _, n in self.arrivals) / max(1.0, min(RATE_WINDOW, watched))
 
     def run_for(self, seq: int) -> Run:
         starts = [s for s in self.runs if s <= seq]
@@ -91,7 +93,7 @@ class Board:
             run = self.runs[key] = Run(None, announced_live=False)
         return run
 
-    def row(self, now: float) -> Dict[str, Any]:
+    def row(self, now: float, watched: float) -> Dict[str, Any]:
         """What the table shows, as plain values (also the --json output)."""
         health = self.health or {}
         spool = health.get("spool") or {}
@@ -101,7 +103,9 @@ class Board:
             "device": self.device,
             "online": self.online,
             "since": self.since,
-            "readings_per_s": round(self.rate(now), 2),
+            # False: `since` is a bound (offline since at most then), from the last health document.
+            "since_exact": self.since_exact,
+            "readings_per_s": round(self.rate(now, watched), 2),
             "readings": self.readings,
             "last_reading": self.last,
             "lost": self.lost,
@@ -125,6 +129,7 @@ class Fleet:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._boards: Dict[str, Board] = {}
+        self._started = monotonic()
         self.ignored = 0
 
     @property
@@ -182,6 +187,7 @@ class Fleet:
             board.online = online
             # A retained status is old news of unknown age: the health document may say when.
             board.since = None if retained else now
+            board.since_exact = True
             self._since_from_health(board)
 
     def _announce(self, board: Board, start: int, live: bool) -> None:
@@ -206,6 +212,7 @@ class Fleet:
         elif board.online is False:
             # Offline since at most the last document it sent.
             board.since = board.health.get("time")
+            board.since_exact = False
 
     def lost_continuity(self) -> None:
         """The watcher's own session was not resumed: what came meanwhile is unknown, so no gap
@@ -218,4 +225,4 @@ class Fleet:
     def rows(self) -> List[Dict[str, Any]]:
         now = self._monotonic()
         with self._lock:
-            return [board.row(now) for _, board in sorted(self._boards.items())]
+            return [board.row(now, now - self._started) for _, board in sorted(self._boards.items())]

@@ -44,6 +44,8 @@ def _last(reading: Optional[Dict[str, Any]], now: float) -> str:
 def cells(row: Dict[str, Any], now: float) -> List[str]:
     state = {True: "online", False: "OFFLINE", None: "?"}[row["online"]]
     since = ago(now - row["since"]) if row["since"] is not None else "-"
+    if row["since"] is not None and not row["since_exact"]:
+        since = "<" + since
     return [row["device"], state, since, "%.1f" % row["readings_per_s"], str(row["lost"]), str(row["duplicates"]),
             _number(row["spool_depth"]), _number(row["reconnects"]), _number(row["cert_days_left"]),
             _last(row["last_reading"], now)]

@@ -107,6 +107,27 @@ def test_the_health_document_gives_spool_reconnects_and_certificate_days():
     assert (row["spool_depth"], row["reconnects"], row["cert_days_left"], row["since"]) == (12, 3, 29, 100.0)
 
 
+def test_readings_per_second_count_the_time_watched_not_a_fixed_window():
+    clock = [100.0]
+    fleet = Fleet(monotonic=lambda: clock[0])
+    fleet.message("edison/b1/status", status(1))
+    for t, seqs in ((101.0, (1, 2, 3)), (102.0, (4, 5, 6))):
+        clock[0] = t
+        fleet.message("edison/b1/telemetry", telemetry(*seqs))
+    assert board(fleet)["readings_per_s"] == 3.0
+    clock[0] = 200.0
+    assert board(fleet)["readings_per_s"] == 0.0
+
+
+def test_a_board_found_offline_is_offline_since_at_most_its_last_health_document():
+    fleet = Fleet()
+    fleet.message("edison/b1/health", json.dumps({"time": 50.0, "connection": {"state": "connected"}}).encode(),
+                  retained=True)
+    fleet.message("edison/b1/status", b"offline", retained=True)
+    row = board(fleet)
+    assert (row["online"], row["since"], row["since_exact"]) == (False, 50.0, False)
+
+
 # -- against a real mosquitto ------------------------------------------------------------------
 
 
