@@ -170,7 +170,11 @@ class Fleet:
             elif not redelivered:
                 board.duplicates += 1
         board.readings += fresh
-        board.arrivals.append((self._monotonic(), fresh))
+        now = self._monotonic()
+        board.arrivals.append((now, fresh))
+        # Pruned here too, not only when drawn: --once may watch for hours without drawing.
+        while board.arrivals[0][0] < now - RATE_WINDOW:
+            board.arrivals.popleft()
 
     def _status(self, board: Board, payload: bytes, retained: bool) -> None:
         now = self._clock()

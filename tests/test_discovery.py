@@ -78,6 +78,16 @@ def retained(broker: Broker, certs: Certs, topic_filter: str) -> Dict[str, bytes
         listener.close()
 
 
+def retained_becomes(broker: Broker, certs: Certs, topic_filter: str, expected: Any) -> None:
+    """Polls (the clearing is published after the log line says so) until the retained topics are `expected`."""
+    deadline = time.monotonic() + 30
+    while True:
+        topics = set(retained(broker, certs, topic_filter))
+        if topics == expected:
+            return
+        assert time.monotonic() < deadline, "retained under %s: %s, expected %s" % (topic_filter, topics, expected)
+
+
 def config_with_sensors(certs: Certs, port: int, sensors: List[Dict[str, Any]], **extra: Any) -> Dict[str, Any]:
     cfg = agent_config(certs, port, **extra)
     cfg["sensors"] = sensors
@@ -89,6 +99,15 @@ TEMPERATURE = {"name": "temperature", "type": "analog", "pin": 0, "interval": 0.
                "unit": "degC"}
 ENV = {"name": "env", "type": "bme280", "interval": 0.5}
 DOOR = {"name": "door", "type": "digital", "pin": 4, "pull": "up", "interval": 0.5}
+
+
+ALL_FIVE = {
+    "homeassistant/sensor/thunder10/temperature/config",
+    "homeassistant/sensor/thunder10/env_temperature/config",
+    "homeassistant/sensor/thunder10/env_humidity/config",
+    "homeassistant/sensor/thunder10/env_pressure/config",
+    "homeassistant/binary_sensor/thunder10/door/config",
+}
 
 
 def render(template: str, payload: bytes) -> str:
@@ -118,16 +137,8 @@ def wait_for_configs(listener: Listener, count: int) -> Dict[str, Dict[str, Any]
 def test_each_channel_is_announced_retained_as_home_assistant_expects(certs, broker, run_agent):
     agent = run_agent(config_with_sensors(certs, broker.port, [TEMPERATURE, ENV, DOOR]))
     agent.wait_for("connected to")
-    time.sleep(1.0)
+    retained_becomes(broker, certs, PREFIX + "/#", ALL_FIVE)
     configs = {t: json.loads(p) for t, p in retained(broker, certs, PREFIX + "/#").items()}
-
-    assert set(configs) == {
-        "homeassistant/sensor/thunder10/temperature/config",
-        "homeassistant/sensor/thunder10/env_temperature/config",
-        "homeassistant/sensor/thunder10/env_humidity/config",
-        "homeassistant/sensor/thunder10/env_pressure/config",
-        "homeassistant/binary_sensor/thunder10/door/config",
-    }
     temperature = configs["homeassistant/sensor/thunder10/temperature/config"]
     assert temperature["unique_id"] == "edison-agent_thunder10_temperature"
     assert temperature["name"] == "temperature"
@@ -158,7 +169,7 @@ def test_unique_ids_and_configs_are_the_same_after_a_restart(certs, broker, run_
     cfg = config_with_sensors(certs, broker.port, [TEMPERATURE, ENV])
     first = run_agent(cfg)
     first.wait_for("connected to")
-    time.sleep(1.0)
+    retained_becomes(broker, certs, PREFIX + "/#", {t for t in ALL_FIVE if "door" not in t})
     before = retained(broker, certs, PREFIX + "/#")
     assert first.stop() == 0
 
@@ -179,8 +190,7 @@ def test_a_sensor_removed_from_the_config_is_cleared_at_reload_and_at_the_next_s
     cfg = config_with_sensors(certs, broker.port, [TEMPERATURE, ENV, DOOR])
     agent = run_agent(cfg)
     agent.wait_for("connected to")
-    time.sleep(1.0)
-    assert len(retained(broker, certs, PREFIX + "/#")) == 5
+    retained_becomes(broker, certs, PREFIX + "/#", ALL_FIVE)
     config_file = Path(agent.proc.args[-1])
 
     # Reload without the bme280: its three entities go.
@@ -200,8 +210,8 @@ def test_a_sensor_removed_from_the_config_is_cleared_at_reload_and_at_the_next_s
     # An empty retained payload: Home Assistant removes the entity, the broker forgets the message.
     assert cleared == gone
     agent.wait_for("cleared 3 entities")
-    assert set(retained(broker, certs, PREFIX + "/#")) == {
-        "homeassistant/sensor/thunder10/temperature/config", "homeassistant/binary_sensor/thunder10/door/config"}
+    retained_becomes(broker, certs, PREFIX + "/#", {
+        "homeassistant/sensor/thunder10/temperature/config", "homeassistant/binary_sensor/thunder10/door/config"})
     assert agent.stop() == 0
 
     # Stopped, the door goes from the config: the next start clears it.
@@ -209,14 +219,14 @@ def test_a_sensor_removed_from_the_config_is_cleared_at_reload_and_at_the_next_s
     config_file.write_text(yaml.safe_dump(cfg))
     again = run_agent(cfg)
     again.wait_for("cleared 1 entities")
-    assert set(retained(broker, certs, PREFIX + "/#")) == {"homeassistant/sensor/thunder10/temperature/config"}
+    retained_becomes(broker, certs, PREFIX + "/#", {"homeassistant/sensor/thunder10/temperature/config"})
 
     # Discovery switched off: what it announced goes too.
     assert again.stop() == 0
     cfg["homeassistant"] = {"discovery": False}
     off = run_agent(cfg)
     off.wait_for("cleared 1 entities")
-    assert retained(broker, certs, PREFIX + "/#") == {}
+    retained_becomes(broker, certs, PREFIX + "/#", set())
     assert off.stop() == 0
 
 
@@ -226,11 +236,16 @@ def test_the_templates_render_each_entitys_latest_value_from_real_telemetry(cert
         # Batches of several channels' readings: the telemetry message never carries just one entity's.
         agent = run_agent(config_with_sensors(certs, broker.port, [TEMPERATURE, ENV, DOOR],
                                               batch={"max_readings": 4, "max_delay": 0.5}))
-        messages = listener.collect(6.0)
-        agent.stop(signal.SIGKILL)
-        will = listener.next(STATUS, where=lambda p: p == b"offline")
+        messages = listener.collect(5.0)
+        # A clean stop delivers every batch, then says offline (the same text as the Last Will).
+        assert agent.stop() == 0
+        deadline = time.monotonic() + 20
+        while not any(t == STATUS and p == b"offline" for t, p, _ in messages):
+            assert time.monotonic() < deadline, "no offline status"
+            messages += listener.collect(1.0)
     finally:
         listener.close()
+    offline = next(p for t, p, _ in messages if t == STATUS and not p.startswith(b"{"))
     configs = {t: json.loads(p) for t, p, _ in messages if t.startswith(PREFIX + "/") and p}
     telemetry = [json.loads(p) for t, p, _ in messages if t.endswith("/telemetry")]
     latest: Dict[str, Any] = {}
@@ -259,8 +274,25 @@ def test_the_templates_render_each_entitys_latest_value_from_real_telemetry(cert
         availability = entity["availability"][0]
         online = next(p for t, p, _ in messages if t == STATUS and p.startswith(b"{"))
         assert render(availability["value_template"], online) == availability["payload_available"]
-        # The Last Will, plain text: the entity becomes unavailable.
-        assert render(availability["value_template"], will) == availability["payload_not_available"]
+        # Offline, plain text (a clean stop's, or the Last Will's): the entity becomes unavailable.
+        assert render(availability["value_template"], offline) == availability["payload_not_available"]
+
+
+def test_the_last_will_makes_the_entities_unavailable_for_a_home_assistant_that_starts_later(certs, broker,
+                                                                                           run_agent):
+    agent = run_agent(config_with_sensors(certs, broker.port, [TEMPERATURE]))
+    agent.wait_for("connected to")
+    retained_becomes(broker, certs, PREFIX + "/#", {"homeassistant/sensor/thunder10/temperature/config"})
+    (entity,) = [json.loads(p) for p in retained(broker, certs, PREFIX + "/#").values()]
+    availability = entity["availability"][0]
+    online = retained(broker, certs, STATUS)[STATUS]
+    assert render(availability["value_template"], online) == "online"
+    agent.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while retained(broker, certs, STATUS).get(STATUS) != b"offline":
+        assert time.monotonic() < deadline, "the broker never published the Last Will"
+    # What Home Assistant gets when it subscribes after the board died: the retained Will.
+    assert render(availability["value_template"], retained(broker, certs, STATUS)[STATUS]) == "offline"
 
 
 def test_a_failed_reading_renders_as_unknown_not_as_a_number():
