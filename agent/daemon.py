@@ -276,7 +276,10 @@ class Agent:
         self.config = new
         self._config_digest = health_report.config_hash(new.path)
         self.discovery = Discovery(new, self.board.name)
+        if new.homeassistant != old.homeassistant:
+            changed.append("home assistant")
         if self.session.connected:
+            # Announces the new config's entities and clears those it no longer has.
             self.discovery.announce(self.session)
         log.info("reloaded %s: %s", new.path, ", ".join(changed) or "nothing changed")
         self.notifier.ready(self.health.status_line())
