@@ -26,7 +26,8 @@ setup(
         # Only the certificate tool needs it, and it runs off the board.
         "pki": ["cryptography>=3.4"],
         # The tests check chains with verify_directly_issued_by (cryptography 40+).
-        "test": ["pytest>=7", "cryptography>=40", "hypothesis>=6"],
+        # jinja2: the Home Assistant discovery templates are rendered as Home Assistant renders them.
+        "test": ["pytest>=7", "cryptography>=40", "hypothesis>=6", "jinja2>=3"],
         # Pinned: a new linter release must not fail CI on code nobody changed.
         "check": ["ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
     },

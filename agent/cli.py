@@ -48,6 +48,9 @@ def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
         doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
         status.add_status_parser(commands)
         add_install_parsers(commands)
+        # An operator's tool (it imports paho): registered here, never loaded by `run`.
+        from agent.watch_cli import add_watch_parser
+        add_watch_parser(commands)
     return parser
 
 

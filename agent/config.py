@@ -23,10 +23,11 @@ TLS_VERSIONS = ("1.2", "1.3")
 TOPIC_FIELDS = ("device_id",)
 # The known keys of each section: anything else is reported as unknown.
 TOP_KEYS = ("device", "mqtt", "board", "sensors", "log_level", "shutdown_timeout", "state_dir", "spool", "batch",
-            "health", "commands")
+            "health", "commands", "homeassistant")
 SPOOL_KEYS = ("path", "max_bytes", "max_age", "commit_interval")
 BATCH_KEYS = ("max_readings", "max_delay")
 HEALTH_KEYS = ("interval", "file")
+HOMEASSISTANT_KEYS = ("discovery", "prefix")
 COMMANDS_KEYS = ("enabled", "topic", "reply_topic", "rate", "burst", "min_interval", "max_interval",
                  "response_topics")
 DEFAULT_RUNTIME_DIR = "/run/edison-agent"
@@ -167,6 +168,14 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True)
+class HomeAssistantConfig:
+    # MQTT discovery: each sensor channel announced as an entity (agent/discovery.py).
+    discovery: bool = False
+    # Home Assistant's discovery prefix (its MQTT integration's setting).
+    prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     device_id: str
@@ -180,13 +189,15 @@ class AgentConfig:
     batch: BatchConfig = BatchConfig()
     health: HealthConfig = HealthConfig()
     commands: CommandsConfig = CommandsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
 
 # Where each config dataclass sits in config.yaml ("sensors[]": each sensor). A numeric key's bounds are
 # declared once on its field (config_reader.setting); the reader, the tests and the reference read them there.
 SECTIONS: Tuple[Tuple[str, type], ...] = (
     ("", AgentConfig), ("mqtt", MQTTConfig), ("mqtt.reconnect", ReconnectConfig), ("spool", SpoolConfig),
-    ("batch", BatchConfig), ("health", HealthConfig), ("commands", CommandsConfig), ("sensors[]", SensorConfig))
+    ("batch", BatchConfig), ("health", HealthConfig), ("commands", CommandsConfig),
+    ("homeassistant", HomeAssistantConfig), ("sensors[]", SensorConfig))
 
 
 def default_health_file(environ: Mapping[str, str] = os.environ) -> Path:
@@ -241,12 +252,13 @@ def _build(r: Reader, tree: Dict[str, Any], path: Path) -> Optional[AgentConfig]
     if mqtt is not None and commands is not None:
         config_checks.check_topics(r, mqtt, commands)
         commands = dataclasses.replace(commands, agent_topics=(mqtt.topic, mqtt.status_topic, mqtt.health_topic))
+    homeassistant = _homeassistant(r, top.get("homeassistant"))
     if (r.problems or device_id is None or mqtt is None or spool is None or batch is None or health is None
-            or commands is None):
+            or commands is None or homeassistant is None):
         return None
     return AgentConfig(path=path, device_id=device_id, mqtt=mqtt, board=board, sensors=sensor_list,
                        log_level=log_level, shutdown_timeout=shutdown_timeout, state_dir=state_dir,
-                       spool=spool, batch=batch, health=health, commands=commands)
+                       spool=spool, batch=batch, health=health, commands=commands, homeassistant=homeassistant)
 
 
 def _state_dir(r: Reader, top: Mapping[str, Any]) -> Path:
@@ -335,6 +347,19 @@ def _commands(r: Reader, raw: Any, device_id: str) -> Optional[CommandsConfig]:
         return None
     return CommandsConfig(enabled=bool(enabled), topic=topic, reply_topic=reply_topic, rate=rate, burst=burst,
                           min_interval=min_interval, max_interval=max_interval, response_topics=response_topics)
+
+
+def _homeassistant(r: Reader, raw: Any) -> Optional[HomeAssistantConfig]:
+    h = r.section(raw, "homeassistant", HOMEASSISTANT_KEYS)
+    discovery = r.value(h, "discovery", "homeassistant", bool, default=False)
+    prefix = r.value(h, "prefix", "homeassistant", str, default=HomeAssistantConfig.prefix)
+    if prefix is not None and (not prefix or any(c in prefix for c in "+# ") or prefix.strip("/") != prefix):
+        r.problem("homeassistant.prefix", "%s is not a discovery prefix: one or more topic levels without '+', "
+                  "'#', spaces or a leading or trailing '/' (Home Assistant's default: homeassistant)" % brief(prefix))
+        return None
+    if discovery is None or prefix is None:
+        return None
+    return HomeAssistantConfig(discovery=bool(discovery), prefix=prefix)
 
 
 def _mqtt(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
@@ -538,3 +563,25 @@ def _check_key_file(r: Reader, key_file: Path, password: Optional[str]) -> None:
                   "mqtt.tls.key_password_file or the environment variable %s" % (key_file, KEY_PASSWORD_ENV))
 
 
+
+
+def load_mqtt(path: Path) -> MQTTConfig:
+    """Only a config file's `mqtt` section (and device.id, for its topics): how an operator tool
+    (`edison-agent watch -c FILE`) reaches the broker. The rest of the file is not checked, so a
+    file holding nothing but `mqtt:` will do. The file is read with load()'s limits. Raises ConfigError."""
+    label = str(path)
+    try:
+        tree = parse_yaml(read_text(Path(path)))
+    except FileProblem as exc:
+        raise ConfigError(["%s: %s" % (label, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(label, exc)]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["%s: expected a YAML mapping with an mqtt: section" % label])
+    reader = Reader(label, Path(path).resolve().parent)
+    device = reader.section(tree.get("device"), "device", DEVICE_KEYS)
+    device_id = config_checks.device_id(reader, device)
+    mqtt = _mqtt(reader, tree.get("mqtt"), device_id or "")
+    if reader.problems or mqtt is None:
+        raise ConfigError(reader.problems or ["%s: mqtt: cannot be read" % label])
+    return mqtt

@@ -19,13 +19,14 @@ from agent import health_report, overlay, sensor_process, targets, tls
 from agent.board import Board, BoardUnavailable, open_board
 from agent.commands import Commands
 from agent.config import AgentConfig, MQTTConfig
+from agent.discovery import Discovery
 from agent.health import Health
 from agent.notify import Notifier
 from agent.reading import Sample
 from agent.sampler import Alarm, Sampler
 from agent.sensor_config import SensorConfig
 from agent.sensors import Sensor
-from agent.session import ONLINE, ConnectionInfo, Session
+from agent.session import ConnectionInfo, Session
 from agent.spool import Spool
 from agent.uplink import Uplink
 
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 
 # How often the status line is refreshed when systemd listens but has no watchdog for us.
 STATUS_INTERVAL = 10.0
-# The retained status of an agent whose readings are made up: never the plain "online" of a real board.
-ONLINE_SIMULATED = b"online (simulated board)"
 
 
 class Agent:
@@ -52,9 +51,12 @@ class Agent:
         self._tls_fingerprint = _fingerprint(config.mqtt)
         sc = config.spool
         self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval) if sc else Spool()
+        # A run's seqs start here; the status and the health document announce it (docs/delivery.md).
+        self.seq_start = self.spool.next_seq
         self.session = Session(config.mqtt, ssl_context, on_io=self._pump, on_connected=self._connected,
-                               online=_online(board))
+                               online=health_report.online_status(self.seq_start, simulated=board.simulated))
         self.uplink = self._new_uplink(config, self.session)
+        self.discovery = Discovery(config, board.name)
         # Intervals set by command: the persisted ones are in the overlay file too; all of them
         # outlive a reload, only the overlay's outlive a restart.
         self._overlay_path = overlay.path_in(config.state_dir)
@@ -88,10 +90,14 @@ class Agent:
         return Uplink(self.spool, session, config.device_id, m.topic, m.qos, window=m.inflight, batch=config.batch)
 
     def _record(self, sample: Sample) -> None:
-        self.spool.append(sample)
+        reading = self.spool.append(sample)
         with self._count_lock:
             self.sampled += 1
         self.uplink.pump()
+        # Home Assistant's per-channel state: the latest value, QoS 0 (the telemetry is the record).
+        state = self.discovery.state(reading)
+        if state is not None:
+            self.session.publish(state[0], state[1], qos=0, retain=True)
 
     def _pump(self) -> None:
         self.uplink.pump()
@@ -100,6 +106,7 @@ class Agent:
         # On the network thread, right after a CONNACK: the document is small and the file
         # lives on tmpfs, so publishing here does not hold the session up.
         self._resumed = info.resumed if info.tls_version else None
+        self.discovery.announce(self.session)
         self.publish_health()
 
     def publish_health(self) -> None:
@@ -119,7 +126,7 @@ class Agent:
                                     delivered=self.uplink.delivered, started=self._started,
                                     config_digest=self._config_digest, resumed=self._resumed,
                                     last_error=self.errors.last, cert_not_after=self._cert_not_after,
-                                    stopped=stopped, simulated=self.board.simulated)
+                                    stopped=stopped, simulated=self.board.simulated, seq_start=self.seq_start)
 
     def _tick(self) -> None:
         if self.notifier.enabled:
@@ -270,6 +277,12 @@ class Agent:
             changed.append("health")
         self.config = new
         self._config_digest = health_report.config_hash(new.path)
+        self.discovery = Discovery(new, self.board.name)
+        if new.homeassistant != old.homeassistant:
+            changed.append("home assistant")
+        if self.session.connected:
+            # Announces the new config's entities and clears those it no longer has.
+            self.discovery.announce(self.session)
         log.info("reloaded %s: %s", new.path, ", ".join(changed) or "nothing changed")
         self.notifier.ready(self.health.status_line())
         self.publish_health()
@@ -277,7 +290,8 @@ class Agent:
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session
         session = Session(new.mqtt, ssl_context, on_io=self._pump, resume_from=old_session,
-                          on_connected=self._connected, online=_online(self.board))
+                          on_connected=self._connected,
+                          online=health_report.online_status(self.seq_start, simulated=self.board.simulated))
         self.uplink.retire()
         old_session.stop(timeout=min(5.0, new.shutdown_timeout))
         # What the old session had in flight is sent again by the new one, in order.
@@ -291,11 +305,6 @@ class Agent:
         delivered = self.uplink.delivered
         self.uplink = self.health.uplink = self._new_uplink(new, session)
         self.uplink.delivered = delivered
-
-
-def _online(board: Board) -> bytes:
-    # Only a simulated board changes the online status; a real one keeps the plain "online".
-    return ONLINE_SIMULATED if board.simulated else ONLINE
 
 
 def _with_interval(sensor: SensorConfig, seconds: float) -> SensorConfig:

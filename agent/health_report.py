@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from agent import __version__, tls
 from agent.atomic_file import replace_file
@@ -58,6 +58,9 @@ class Readings:
     dropped_full: int
     dropped_age: int
     dropped_corrupt: int
+    # Where this run's seqs start (the retained online status says it too): a consumer tells
+    # the reservation jump after a crash from lost readings with it (docs/delivery.md).
+    seq_start: Optional[int] = None
 
     @property
     def dropped(self) -> int:
@@ -135,8 +138,8 @@ class HealthReport:
 
 
 def _record(kind: Any, raw: Mapping[str, Any]) -> Any:
-    # Fields a newer agent added are ignored; a missing one is a KeyError for from_json, unless it
-    # has a default (a field added later, absent from an older agent's document).
+    # Fields a newer agent added are ignored; a missing one is a KeyError for from_json, unless
+    # it has a default (a field added later, absent from an older agent's document).
     return kind(**{f.name: raw[f.name] for f in dataclasses.fields(kind)
                    if f.name in raw or f.default is dataclasses.MISSING})
 
@@ -195,10 +198,25 @@ class LastErrorHandler(logging.Handler):
         self.last = LastError(time=round(record.created, 3), message=message)
 
 
+def online_status(seq_start: int, simulated: bool = False) -> bytes:
+    """The retained status payload while connected: the one place it is built.
+
+    JSON, so it can say where this run's seqs start; the Last Will (and a clean stop) stays the
+    plain text "offline". A consumer reads `status` from the object, or takes a payload that is
+    not JSON as the status itself (Home Assistant: the availability template in
+    agent/discovery.py)."""
+    status: Dict[str, Any] = {"status": "online", "seq_start": seq_start, "version": __version__}
+    if simulated:
+        # Made-up readings must be visible where the data is (issue 13), not only in the log.
+        status["board"] = "simulated"
+    return json.dumps(status, separators=(",", ":")).encode("utf-8")
+
+
 def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int, delivered: int,
            started: float, config_digest: str, resumed: Optional[bool], last_error: Optional[LastError],
            cert_not_after: Optional[datetime.datetime], stopped: bool = False,
-           now: Optional[float] = None, simulated: bool = False) -> HealthReport:
+           now: Optional[float] = None, simulated: bool = False,
+           seq_start: Optional[int] = None) -> HealthReport:
     """The document as of now; `started` is time.monotonic() at the agent's start."""
     now = time.time() if now is None else now
     info = session.connection_info()
@@ -219,7 +237,8 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
                               tls_version=info.tls_version if info else None, cipher=info.cipher if info else None,
                               resumed=resumed, broker=session.broker),
         readings=Readings(sampled=sampled, delivered=delivered, dropped_full=stats.dropped_full,
-                          dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt),
+                          dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt,
+                          seq_start=seq_start),
         spool=SpoolState(depth=stats.depth, in_flight=stats.in_flight, bytes=stats.bytes,
                          file_bytes=stats.file_bytes, durable=stats.durable),
         certificate=certificate(cert_not_after, now),

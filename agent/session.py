@@ -106,8 +106,10 @@ class Session:
                  on_connected: Callable[[ConnectionInfo], None] = lambda info: None,
                  online: bytes = ONLINE) -> None:
         self._config = config
-        # The retained status after each CONNACK: plain "online" on a real board.
+        # The retained status after each CONNACK: the daemon's is a JSON object that says where
+        # this run's seqs start (agent/health_report.online_status).
         self._online = online
+        self._online_type = TEXT if online == ONLINE else JSON
         self._on_io = on_io
         # After each CONNACK, on the network thread, once the connect is logged.
         self._on_connected_hook = on_connected
@@ -356,7 +358,7 @@ class Session:
         self._had_connack = True
         self._session_present = bool(getattr(flags, "session_present", False))
         client.publish(self._config.status_topic, self._online, qos=1, retain=True,
-                       properties=self._properties(PacketTypes.PUBLISH, TEXT, expires=False))
+                       properties=self._properties(PacketTypes.PUBLISH, self._online_type, expires=False))
         self.connected_since = time.time()
         self.disconnected_since = None
         # Under the lock subscribe() takes: a filter added meanwhile is sent by one side or the other.

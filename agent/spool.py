@@ -302,6 +302,12 @@ class Spool:
             return self._depth
 
     @property
+    def next_seq(self) -> int:
+        """The seq the next append gets; read right after opening, where this run's seqs start."""
+        with self._lock:
+            return self._next_seq
+
+    @property
     def in_flight(self) -> int:
         with self._lock:
             return len(self._in_flight)

@@ -210,6 +210,14 @@ class Subscriber:
             if got_topic == topic and (payload is None or got == payload):
                 return got
 
+    def online(self, device: str = "thunder10", timeout: float = 15.0) -> Dict[str, Any]:
+        """The next status saying online: a JSON object since each run announces its seq start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            payload = self.next("edison/%s/status" % device, max(0.0, deadline - time.monotonic()))
+            if payload.startswith("{") and json.loads(payload)["status"] == "online":
+                return dict(json.loads(payload))
+
     def telemetry(self, topic: str = "edison/thunder10/telemetry", timeout: float = 15.0) -> Dict[str, Any]:
         return dict(json.loads(self.next(topic, timeout)))
 
@@ -231,8 +239,6 @@ def subscriber(broker: Broker, certs: Certs) -> Iterator[Subscriber]:
 
 
 _STATE_DIRS = itertools.count()
-# The retained status of agent_config's agent: its board is simulated, and the status says so.
-ONLINE = "online (simulated board)"
 
 
 def agent_config(certs: Certs, port: int, **overrides: Any) -> Dict[str, Any]:

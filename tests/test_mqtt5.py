@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import doctor, mqtt_wire
-from conftest import ONLINE, Broker, Certs, agent_config
+from conftest import Broker, Certs, agent_config
 
 STATUS = "edison/thunder10/status"
 TELEMETRY = "edison/thunder10/telemetry"
@@ -54,6 +54,13 @@ class Subscriber5:
         while True:
             msg = self.next_of({topic}, max(0.0, deadline - time.monotonic()))
             if payload is None or msg.payload == payload:
+                return msg
+
+    def online(self) -> mqtt.MQTTMessage:
+        deadline = time.monotonic() + 20.0
+        while True:
+            msg = self.next(STATUS, timeout=max(0.0, deadline - time.monotonic()))
+            if msg.payload.startswith(b"{") and json.loads(msg.payload)["status"] == "online":
                 return msg
 
     def next_of(self, topics: Set[str], timeout: float = 20.0) -> mqtt.MQTTMessage:
@@ -99,8 +106,9 @@ def test_mqtt5_messages_carry_their_content_type_and_the_telemetry_its_expiry(br
     agent = run_agent(agent_config(certs, broker.port, mqtt={"protocol": 5, "message_expiry": 600}))
     agent.wait_for(r"connected to 127\.0\.0\.1:%d, TLSv1\.[23] .*, MQTT 5, new session" % broker.port)
 
-    online = subscriber5.next(STATUS, ONLINE.encode())
-    assert online.properties.ContentType == "text/plain"
+    online = subscriber5.online()
+    # The online status is a JSON object (it says where the run's seqs start); the Will stays text.
+    assert online.properties.ContentType == "application/json"
     # The retained status must not expire: a late subscriber still learns the device is online.
     assert not hasattr(online.properties, "MessageExpiryInterval")
 
@@ -120,7 +128,7 @@ def test_the_broker_keeps_the_session_of_a_killed_agent_for_session_expiry(broke
     cfg = agent_config(certs, broker.port, mqtt={"protocol": "5", "session_expiry": expiry})
     agent = run_agent(cfg)
     agent.wait_for("connected to")
-    subscriber5.next(STATUS, ONLINE.encode())
+    subscriber5.online()
     agent.stop(signal.SIGKILL)
     # The Last Will shows the broker has handled the dead connection (and what became of its session).
     will = subscriber5.next(STATUS, b"offline")

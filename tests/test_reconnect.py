@@ -13,12 +13,12 @@ import pytest
 from agent import config
 from agent.reconnect_schedule import AfterLoss
 from agent.session import backoff_delay
-from conftest import ONLINE, ROOT, Broker, Subscriber, agent_config
+from conftest import ROOT, Broker, Subscriber, agent_config
 
 
 def test_broker_restart_mid_run_reconnects_and_publishing_resumes(certs, broker, subscriber, run_agent):
     agent = run_agent(agent_config(certs, broker.port))
-    subscriber.next("edison/thunder10/status", payload=ONLINE)
+    subscriber.online()
     before = subscriber.telemetry()["readings"][0]["seq"]
 
     lost_at = len(agent.lines)

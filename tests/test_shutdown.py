@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from conftest import ONLINE, agent_config
+from conftest import agent_config
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_publishes_offline_and_exits_zero(certs, broker, subscriber, run_agent, sig):
     agent = run_agent(agent_config(certs, broker.port))
-    subscriber.next("edison/thunder10/status", payload=ONLINE)
+    subscriber.online()
     last_seen = subscriber.telemetry()["readings"][0]["seq"]
 
     started = time.monotonic()

@@ -125,7 +125,7 @@ def test_a_simulated_board_is_said_in_the_status_the_health_document_and_the_log
                                                                                  run_agent, tmp_path):
     agent = run_agent(agent_config(certs, broker.port, health={"interval": 1}))
     agent.wait_for(r"board: simulated: every reading is made up")
-    assert subscriber.next("edison/thunder10/status", payload="online (simulated board)")
+    assert subscriber.online()["board"] == "simulated"
     health = json.loads(subscriber.next("edison/thunder10/health"))
     assert health["board"]["simulated"] is True
     assert agent.stop() == 0

@@ -12,7 +12,7 @@ import yaml
 
 from agent import cli, config, doctor, tls
 from agent.session import Session
-from conftest import ONLINE, PASSPHRASE, Broker, Certs, agent_config
+from conftest import PASSPHRASE, Broker, Certs, agent_config
 
 
 def test_encrypted_key_loads_with_its_passphrase_file(certs, broker, subscriber, run_agent, tmp_path):
@@ -21,7 +21,7 @@ def test_encrypted_key_loads_with_its_passphrase_file(certs, broker, subscriber,
     agent = run_agent(agent_config(certs, broker.port, tls={
         "cert_file": str(certs.encrypted_cert), "key_file": str(certs.encrypted_key),
         "key_password_file": str(pass_file)}))
-    subscriber.next("edison/thunder10/status", payload=ONLINE)
+    subscriber.online()
     assert agent.stop() == 0
 
 
@@ -29,7 +29,7 @@ def test_encrypted_key_loads_with_the_passphrase_from_the_environment(certs, bro
     agent = run_agent(agent_config(certs, broker.port, tls={
         "cert_file": str(certs.encrypted_cert), "key_file": str(certs.encrypted_key)}),
         env={"EDISON_AGENT_KEY_PASSWORD": PASSPHRASE.decode()})
-    subscriber.next("edison/thunder10/status", payload=ONLINE)
+    subscriber.online()
     assert agent.stop() == 0
 
 
@@ -46,7 +46,7 @@ def test_keys_made_with_the_posts_openssl_commands_work(certs, broker, subscribe
     key.chmod(0o600)
     agent = run_agent(agent_config(certs, broker.port, tls={"cert_file": str(crt), "key_file": str(key)}),
                       env={"EDISON_AGENT_KEY_PASSWORD": "edison"})
-    subscriber.next("edison/thunder10/status", payload=ONLINE)
+    subscriber.online()
     assert agent.stop() == 0
 
 
