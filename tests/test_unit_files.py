@@ -192,6 +192,13 @@ def test_the_hardened_unit_scores_ok_or_better(scratch_root):
     exposure, level = float(match.group(1)), match.group(2)
     assert level in ("OK", "SAFE", "PERFECT"), "exposure %.1f %s:\n%s" % (exposure, level, result.stdout)
     assert exposure < 5.0
+    # The drop-in's comment tells the reader the score: it must be the one systemd gives.
+    said = re.search(r"\((\d+\.\d) (\w+) with systemd (\d+)\)", DROPIN.read_text())
+    assert said, "the drop-in's comment does not give its systemd-analyze security score"
+    version = subprocess.run([_require("systemctl"), "--version"], capture_output=True, text=True).stdout.split()[1]
+    if said.group(3) == version:
+        assert (float(said.group(1)), said.group(2)) == (exposure, level), (
+            "hardening.conf says %s %s with systemd %s; measured %.1f %s" % (*said.groups(), exposure, level))
 
 
 def test_the_base_unit_alone_scores_badly_which_is_why_the_dropin_exists(scratch_root):
