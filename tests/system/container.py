@@ -47,7 +47,11 @@ class Container:
                 raise ContainerError("no init in the container after %g s (see %s)" % (timeout, self.log_path))
             time.sleep(0.1)
         # "running" or "degraded" (a unit that does not fit a container, which is no concern here).
-        state = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout).stdout.strip()
+        # Just after init starts, systemctl cannot reach it yet and answers nothing: ask again.
+        state = ""
+        while not state and time.monotonic() < deadline:
+            state = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout).stdout.strip()
+            time.sleep(0 if state else 0.2)
         if state not in ("running", "degraded"):
             raise ContainerError("the container's systemd says %r after boot (see %s)" % (state, self.log_path))
 
