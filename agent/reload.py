@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from agent.atomic_file import replace_file
 
@@ -59,27 +59,25 @@ class Acknowledgement:
             replace_file(self.path, (json.dumps(document) + "\n").encode("utf-8"), 0o644)
         except OSError as exc:
             # The reload itself is done; only a waiting `edison-agent reload` will time out.
-            log.warning("cannot write %s: %s ('systemctl reload' will time out)",
-                                                self.path, exc.strerror or exc)
+            log.warning("cannot write %s: %s ('systemctl reload' will time out)", self.path, exc.strerror or exc)
 
 
-def wait_for_reload(pid: int, directory: Path, timeout: float,
-                    kill: Callable[[int, int], None] = os.kill) -> int:
+def wait_for_reload(pid: int, directory: Path, timeout: float) -> int:
     """SIGHUP to `pid`, then wait for its acknowledgement; prints why on stderr unless it applied."""
     path = Path(directory) / ACK_NAME
     sent = time.monotonic()
     try:
-        kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGHUP)
     except OSError as exc:
         return _fail("cannot signal PID %d: %s" % (pid, exc.strerror or exc))
     deadline = sent + timeout
     while True:
         ack = _read(path)
-        if ack is not None and ack.get("pid") == pid and float(ack.get("started", 0.0)) >= sent:
-            problems = [str(p) for p in ack.get("problems") or []]
-            if ack.get("accepted") and not problems:
+        if ack is not None and ack["pid"] == pid and ack["started"] >= sent:
+            problems = [str(p) for p in ack["problems"]]
+            if ack["accepted"] and not problems:
                 return EXIT_APPLIED
-            for problem in problems:
+            for problem in problems or ["(no reason given)"]:
                 _error("reload refused, the previous config stays: %s" % problem)
             return EXIT_REFUSED
         if not _alive(pid):
@@ -90,11 +88,15 @@ def wait_for_reload(pid: int, directory: Path, timeout: float,
 
 
 def _read(path: Path) -> Optional[Dict[str, Any]]:
+    """The acknowledgement, or None while there is none (or a file that is not one)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return document if isinstance(document, dict) else None
+    if not (isinstance(document, dict) and isinstance(document.get("pid"), int)
+            and isinstance(document.get("started"), (int, float)) and isinstance(document.get("problems"), list)):
+        return None
+    return document
 
 
 def _alive(pid: int) -> bool:
