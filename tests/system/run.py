@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,8 @@ def main() -> int:
     if reason is not None:
         print("SKIP test-system: %s" % reason)
         return 0
+    # A CI job cancelled (SIGTERM) still shuts the container down, in the finally below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="edison-system-", dir="/var/tmp"))
     started = time.monotonic()
     try:
