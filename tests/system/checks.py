@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import board_steps
+import faults
 from container import Container, ContainerError, kill_group
 
 UNIT = "edison-agent"
@@ -37,33 +38,6 @@ workstation/bin/edison-agent pki init-ca pki/
 workstation/bin/edison-agent pki issue-device pki/ thunder10
 workstation/bin/edison-agent pki issue-device pki/ monitor
 """
-
-
-# Faults to prove the checks can fail: `EDISON_SYSTEM_BREAK=name[,name...] make test-system` applies
-# them after the install; the check named beside each must then FAIL.
-
-
-def _dropin(name: str, lines: str) -> str:
-    directory = "/etc/systemd/system/%s.service.d" % UNIT
-    return "mkdir -p %s && cat > %s/zz-%s.conf <<'EOF'\n[Service]\n%s\nEOF\nsystemctl daemon-reload" % (
-        directory, directory, name, lines)
-
-
-BREAKS = {
-    "type-simple": (_dropin("type-simple", "Type=simple"), "start"),
-    "no-hardening": ("rm /etc/systemd/system/%s.service.d/hardening.conf && systemctl daemon-reload" % UNIT,
-                     "hardening"),
-    "no-binding": ("rm -r /usr/lib/python3/dist-packages/systemd", "journal: SENSOR"),
-    "kill-reload": (_dropin("kill-reload", "ExecReload=\nExecReload=/bin/kill -HUP $MAINPID"),
-                    "reload x50, reload of an invalid config"),
-    "no-watchdog": (_dropin("no-watchdog", "WatchdogSec=0"), "watchdog"),
-    "slow-commit": ("echo 'spool: {commit_interval: 3600}' >> %s" % CONFIG, "kill -9"),
-    "stop-sigkill": (_dropin("stop-sigkill", "KillSignal=SIGKILL"), "stop"),
-    "restart-always": (_dropin("restart-always", "RestartPreventExitStatus="), "bad config at start"),
-    "no-prefix": (_dropin("no-prefix", "SyslogLevelPrefix=no"), "bad config at start"),
-    "user-dropin": ("mkdir -p /etc/systemd/system/%s.service.d.keep" % UNIT, "uninstall (a stand-in leftover)"),
-    "broker-down": ("systemctl stop mosquitto", "status line, telemetry"),
-}
 
 
 class Failed(Exception):
@@ -159,7 +133,7 @@ class Steps:
         self.box.sh(board_steps.script(self.work / "edison-agent" / "docs" / "operations.md"), env=PIP_ENV,
                     timeout=600)
         for name in filter(None, os.environ.get("EDISON_SYSTEM_BREAK", "").split(",")):
-            script, breaks = BREAKS[name]
+            script, breaks = faults.BREAKS[name]
             print("BREAK %s: %s (must fail: %s)" % (name, script, breaks), flush=True)
             self.box.sh(script)
 
