@@ -44,10 +44,12 @@ def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
         # memory (issue 7's footprint), and none of these is needed there.
         from agent import doctor, pki_cli, status
         from agent.install import add_install_parsers
+        from agent.reload import add_reload_parser
         pki_cli.add_pki_parser(commands)
         doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
         status.add_status_parser(commands)
         add_install_parsers(commands)
+        add_reload_parser(commands)
         # An operator's tool (it imports paho): registered here, never loaded by `run`.
         from agent.watch_cli import add_watch_parser
         add_watch_parser(commands)
@@ -72,8 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - one line for a person, the traceback for the log
         log.debug("internal error", exc_info=True)
-        print("edison-agent: internal error: %s: %s (run with --log-level debug for the traceback)"
-              % (type(exc).__name__, exc), file=sys.stderr)
+        logging_setup.print_error("edison-agent: internal error: %s: %s (run with --log-level debug for the "
+                                  "traceback)" % (type(exc).__name__, exc))
         return EXIT_INTERNAL
 
 
@@ -91,7 +93,7 @@ def _load(path: Path) -> Optional[config.AgentConfig]:
         return config.load(path)
     except config.ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            logging_setup.print_error(problem)
         return None
 
 
@@ -109,14 +111,14 @@ def _run(args: argparse.Namespace) -> int:
         return daemon.run(cfg)
     except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         # A file or directory of the config the service's user cannot use: a person must fix it.
-        print("%s: %s: %s (check the paths in the config and the service's user)"
-              % (args.config, exc.filename or "a file", exc.strerror or exc), file=sys.stderr)
+        logging_setup.print_error("%s: %s: %s (check the paths in the config and the service's user)"
+                                  % (args.config, exc.filename or "a file", exc.strerror or exc))
     except TLSSetupError as exc:
-        print("%s: %s" % (args.config, exc), file=sys.stderr)
+        logging_setup.print_error("%s: %s" % (args.config, exc))
     except BoardUnavailable as exc:
-        print("%s: board: %s" % (args.config, exc), file=sys.stderr)
+        logging_setup.print_error("%s: board: %s" % (args.config, exc))
     except SpoolBusy as exc:
-        print("%s: spool: %s" % (args.config, exc), file=sys.stderr)
+        logging_setup.print_error("%s: spool: %s" % (args.config, exc))
     return EXIT_CONFIG
 
 
@@ -129,7 +131,7 @@ def _check_config(args: argparse.Namespace) -> int:
         try:
             build_context(cfg.mqtt.tls)
         except TLSSetupError as exc:
-            print("%s: %s" % (args.config, exc), file=sys.stderr)
+            logging_setup.print_error("%s: %s" % (args.config, exc))
             return EXIT_CONFIG
     print(summary(cfg))
     # Warnings, not errors: a service's limits change, and some can be raised for an account.

@@ -23,6 +23,7 @@ from agent.discovery import Discovery
 from agent.health import Health
 from agent.notify import Notifier
 from agent.reading import Sample
+from agent.reload import Acknowledgement
 from agent.sampler import Alarm, Sampler
 from agent.sensor_config import SensorConfig
 from agent.sensors import Sensor
@@ -76,6 +77,8 @@ class Agent:
         self._config_digest = health_report.config_hash(self.config.path)
         self._cert_not_after = health_report.certificate_expiry(self.config)
         self._health_file = health_report.HealthFile(self.config.health.file)
+        # Beside the health file: what `edison-agent reload` (ExecReload=) waits for.
+        self._reload_ack = Acknowledgement(self.config.health.file.parent)
         self._next_health: Optional[float] = None
         # Whether the last connect resumed a TLS session (None before one, or over plain MQTT).
         self._resumed: Optional[bool] = None
@@ -231,6 +234,8 @@ class Agent:
 
     def reload(self) -> None:
         """Apply a new config; an invalid one is rejected with its errors and the running one stays."""
+        # Before the config is read: a waiter that signalled earlier than this sees its config applied.
+        started = time.monotonic()
         self.notifier.reloading()
         try:
             new = config_module.load(self.config.path)
@@ -246,6 +251,7 @@ class Agent:
             for problem in problems:
                 log.error("reload rejected, still running the previous config: %s", problem)
             self.notifier.ready(self.health.status_line())
+            self._reload_ack.write(started, problems)
             return
         old, changed = self.config, []
         was_simulated = self.board.simulated
@@ -273,6 +279,7 @@ class Agent:
             changed.append("log level")
         if new.health != old.health:
             self._health_file = health_report.HealthFile(new.health.file)
+            self._reload_ack = Acknowledgement(new.health.file.parent)
             self._next_health = None
             changed.append("health")
         self.config = new
@@ -286,6 +293,7 @@ class Agent:
         log.info("reloaded %s: %s", new.path, ", ".join(changed) or "nothing changed")
         self.notifier.ready(self.health.status_line())
         self.publish_health()
+        self._reload_ack.write(started, [])
 
     def _replace_session(self, new: AgentConfig, ssl_context: Optional[ssl.SSLContext]) -> None:
         old_session = self.session

@@ -254,7 +254,9 @@ def unit_with_exec(unit_text: str, command: str) -> str:
     new, count = re.subn(r"^ExecStart=\S+", lambda _: "ExecStart=" + quoted, unit_text, flags=re.MULTILINE)
     if count != 1:
         raise InstallError("the packaged unit has %d ExecStart= lines, expected 1" % count)
-    return new
+    # ExecReload= runs the same command (`edison-agent reload`), so it moves with ExecStart=.
+    return re.sub(r"^ExecReload=/usr/bin/edison-agent(?=\s)", lambda _: "ExecReload=" + quoted, new,
+                  flags=re.MULTILINE)
 
 
 def packaged_file(name: str) -> bytes:

@@ -9,6 +9,9 @@ and the record's structured fields. Modules attach fields with UPPER_CASE names:
 journald keeps only names made of A-Z, 0-9 and '_' (and drops those starting with '_', which
 are its own); JOURNAL_FIELDS lists the ones the agent uses, for `journalctl SENSOR=temperature`.
 
+What the CLI prints for a person (print_error, print_warning: a bad config at start) goes to
+stderr in both cases, with the same `<N>` prefix when stderr is the journal, plain otherwise.
+
 Under systemd without the binding, lines go to stderr with a `<N>` syslog priority prefix,
 which journald turns into PRIORITY (the structured fields are lost). Elsewhere (a terminal,
 a test), plain stderr lines with a timestamp.
@@ -97,6 +100,25 @@ def stderr_is_journal(environ: Mapping[str, str] = os.environ, fd: int = 2) -> b
             return bool(sock.family == socket.AF_UNIX and sock.getpeername() == JOURNAL_STDOUT)
     except OSError:
         return False
+
+
+def print_error(text: str) -> None:
+    """A line for a person: plain on a terminal, at PRIORITY=err (3) when stderr is the journal."""
+    _print(3, text)
+
+
+def print_warning(text: str) -> None:
+    """As print_error, at PRIORITY=warning (4)."""
+    _print(4, text)
+
+
+def _print(priority: int, text: str) -> None:
+    # Start-up failures (a bad config, a key that cannot be read) are printed, not logged: on a
+    # terminal they are one line each with no timestamp. Without the prefix journald would file
+    # them at info, and `journalctl -p err` would show only systemd's "Failed to start".
+    prefix = "<%d>" % priority if stderr_is_journal() else ""
+    sys.stderr.write("".join(prefix + line + "\n" for line in text.splitlines() or [""]))
+    sys.stderr.flush()
 
 
 def destination(environ: Mapping[str, str] = os.environ) -> str:

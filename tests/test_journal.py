@@ -229,7 +229,8 @@ NAMESPACE_SCRIPT = textwrap.dedent("""
         i=$((i + 1)); [ $i -le 100 ] || { echo "journald did not start" >&2; exit 1; }; sleep 0.05
     done
     for mode in $MODES; do
-        systemd-cat --identifier=edison-agent "$PYTHON" -c "$CHILD" "$mode"
+        # A child may fail on purpose (a refused config exits 2): the test reads what it logged.
+        systemd-cat --identifier=edison-agent "$PYTHON" -c "$CHILD" "$mode" || true
     done
     journalctl --sync
     journalctl --no-pager -o json SYSLOG_IDENTIFIER=edison-agent
@@ -241,9 +242,8 @@ def _require(condition: bool, what: str) -> None:
         pytest.fail(what)
 
 
-@pytest.fixture(scope="module")
-def journal_entries() -> Dict[str, List[Dict[str, Any]]]:
-    """The journal entries of each mode's child, read back with journalctl -o json."""
+def _journal_of(child: str, **env: str) -> List[Dict[str, Any]]:
+    """Run `child` in each mode under a standalone journald; its entries, read back with journalctl -o json."""
     _require(os.geteuid() == 0, "the journald test runs journald in a private mount namespace and needs root "
                                 "(CI runs as root)")
     journald = next((p for p in JOURNALD_CANDIDATES if os.access(p, os.X_OK)), None)
@@ -251,22 +251,31 @@ def journal_entries() -> Dict[str, List[Dict[str, Any]]]:
         _require(shutil.which(tool) is not None, "%s is missing: apt-get install systemd util-linux" % tool)
     _require(journald is not None, "systemd-journald is missing: apt-get install systemd")
     _binding()
-    env = dict(os.environ, JOURNALD=str(journald), MODES=" ".join(MODES), PYTHON=sys.executable, CHILD=CHILD,
-               PYTHONPATH=str(ROOT))
+    full_env = dict(os.environ, JOURNALD=str(journald), MODES=" ".join(MODES), PYTHON=sys.executable, CHILD=child,
+                    PYTHONPATH=str(ROOT), **env)
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT],
-                            env=env, capture_output=True, text=True, timeout=60)
+                            env=full_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _by_mode(journal: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
     # Each child is one process: its entries are those of its PID (traceback lines name no mode).
     by_pid: Dict[str, List[Dict[str, Any]]] = {}
-    for line in result.stdout.splitlines():
-        entry = json.loads(line)
+    for entry in journal:
         by_pid.setdefault(entry["_PID"], []).append(entry)
     entries: Dict[str, List[Dict[str, Any]]] = {}
     for pid_entries in by_pid.values():
         [mode] = {m for m in MODES for e in pid_entries if "%s: " % m in str(e["MESSAGE"])}
         entries[mode] = pid_entries
-    assert sorted(entries) == sorted(MODES), result.stdout
+    assert sorted(entries) == sorted(MODES), journal
     return entries
+
+
+@pytest.fixture(scope="module")
+def journal_entries() -> Dict[str, List[Dict[str, Any]]]:
+    """The journal entries of each mode's child."""
+    return _by_mode(_journal_of(CHILD))
 
 
 def _by_message(entries: List[Dict[str, Any]], text: str) -> Dict[str, Any]:
@@ -314,3 +323,41 @@ def test_without_the_binding_journald_still_gets_the_priorities(mode, journal_en
     assert {e["PRIORITY"] for e in traceback} == {"3"}
     # The structured fields need systemd-python: on stderr they are lost (docs/operations.md says so).
     assert "SENSOR" not in _by_message(entries, "sensor read failed")
+
+
+# `edison-agent run` with a config it refuses, started as systemd starts a service (stderr is the
+# journal), in the same four situations. The mode goes first, on stdout, to tell the runs apart.
+START_CHILD = CHILD.split("from agent import logging_setup")[0] + textwrap.dedent("""
+    print("%s: starting" % mode, flush=True)
+    from agent import cli
+    sys.exit(cli.main(["run", "-c", os.environ["BAD_CONFIG"]]))
+""")
+
+
+def test_a_config_refused_at_start_is_in_the_journal_at_err_with_or_without_the_binding(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("device: {id: thunder10}\nmqtt: {host: gw, port: yes}\nsensors: []\n")
+    entries = _by_mode(_journal_of(START_CHILD, BAD_CONFIG=str(bad)))
+    for mode in MODES:
+        refused = [e for e in entries[mode] if e["MESSAGE"].startswith("%s: mqtt.port" % bad)]
+        assert refused, (mode, entries[mode])
+        # `journalctl -u edison-agent -p err` shows it: PRIORITY 3, the prefix taken by journald.
+        assert {e["PRIORITY"] for e in refused} == {"3"}, (mode, refused)
+
+
+def test_a_start_up_error_is_plain_on_a_terminal_and_prefixed_for_the_journal(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("device: {id: thunder10}\nmqtt: {host: gw, port: yes}\nsensors: []\n")
+    stderr_file = tmp_path / "stderr"
+    run = [sys.executable, "-m", "agent", "run", "-c", str(bad)]
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    with open(stderr_file, "w") as stderr:
+        # systemd 231+ names the stream it connected stderr to; a file stands in for the socket.
+        st = os.fstat(stderr.fileno())
+        journal = dict(env, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+        assert subprocess.run(run, cwd=str(ROOT), env=journal, stderr=stderr).returncode == 2
+    lines = stderr_file.read_text().splitlines()
+    assert lines and all(line.startswith("<3>%s: " % bad) for line in lines), lines
+    terminal = subprocess.run(run, cwd=str(ROOT), env=env, capture_output=True, text=True)
+    assert terminal.returncode == 2
+    assert terminal.stderr.splitlines() == [line[len("<3>"):] for line in lines]

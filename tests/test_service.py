@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import signal
 import socket
@@ -15,7 +17,7 @@ import yaml
 
 from agent import pki
 from agent.health import Health
-from conftest import Subscriber, agent_config
+from conftest import ROOT, Subscriber, agent_config
 
 
 class NotifySocket:
@@ -172,6 +174,123 @@ def test_reload_applies_a_valid_config_and_rejects_an_invalid_one(certs, broker,
     assert seen == {"temperature", "door"}
     assert agent.proc.poll() is None
     assert agent.stop() == 0
+
+
+def _reload_command(pid: int, ack_dir: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """What the unit's ExecReload= runs, as systemd runs it."""
+    return subprocess.run([sys.executable, "-m", "agent", "reload", "--pid", str(pid), "--dir", str(ack_dir),
+                           "--timeout", str(timeout)], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=timeout + 30)
+
+
+def _wait_for_file(path: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "%s never appeared" % path
+        time.sleep(0.05)
+
+
+def test_the_reload_command_returns_only_once_the_new_config_is_applied(certs, broker, run_agent):
+    cfg = agent_config(certs, broker.port)
+    agent = run_agent(cfg)
+    path, health = Path(agent.proc.args[-1]), Path(cfg["health"]["file"])
+    # Written at the first connect, after the signal handlers are in place.
+    _wait_for_file(health)
+    for i in range(10):
+        # A new interval, and a new keepalive, which replaces the MQTT session: a reload that takes
+        # a while, so that a command returning early (as `kill -HUP` does) is caught.
+        cfg["sensors"][0]["interval"] = round(0.2 + 0.01 * (i + 1), 2)
+        cfg["mqtt"]["keepalive"] = 11 + i
+        _rewrite(path, cfg)
+        result = _reload_command(agent.proc.pid, health.parent)
+        assert result.returncode == 0, result.stderr
+        # Applied when the command returns: the health document already names the new file.
+        assert json.loads(health.read_text())["config_hash"] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert agent.output.count("reloaded %s: sensors, broker session (reconnected)" % path) == 10
+    # A broker that does not answer holds the reload up (the old session waits up to 5 s for its
+    # "offline" to be acknowledged): the command waits with it, where `kill -HUP` would not.
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        cfg["mqtt"]["keepalive"] = 30
+        _rewrite(path, cfg)
+        result = _reload_command(agent.proc.pid, health.parent)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(health.read_text())["config_hash"] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_the_reload_command_fails_when_the_agent_refuses_the_new_config(certs, broker, run_agent):
+    cfg = agent_config(certs, broker.port)
+    agent = run_agent(cfg)
+    path, health = Path(agent.proc.args[-1]), Path(cfg["health"]["file"])
+    _wait_for_file(health)
+    before = json.loads(health.read_text())["config_hash"]
+    _rewrite(path, dict(cfg, sensors=[{"name": "x", "type": "nonsense"}]))
+    result = _reload_command(agent.proc.pid, health.parent)
+    assert result.returncode == 2
+    assert "reload refused, the previous config stays: " in result.stderr
+    assert "sensors[0](x).type" in result.stderr
+    assert agent.proc.poll() is None
+    assert json.loads(health.read_text())["config_hash"] == before
+    assert agent.stop() == 0
+
+
+# Stands in for an agent whose previous reload left an acknowledgement behind: the new one,
+# written only when SIGHUP arrives, says something the old one does not.
+STALE_ACK_CHILD = """
+import signal, sys, time
+from pathlib import Path
+from agent.reload import Acknowledgement
+ack = Acknowledgement(Path(sys.argv[1]))
+ack.write(time.monotonic(), [])
+got = []
+signal.signal(signal.SIGHUP, lambda *_: got.append(time.monotonic()))
+print("ready", flush=True)
+while not got:
+    time.sleep(0.01)
+ack.write(got[0], ["config.yaml: sensors[0].interval: the answer to this SIGHUP"])
+time.sleep(60)
+"""
+
+
+def _child(code: str, *args: str) -> subprocess.Popen[str]:
+    child = subprocess.Popen([sys.executable, "-c", code, *args], cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    return child
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait()
+    assert child.stdout is not None
+    child.stdout.close()
+
+
+def test_the_reload_command_waits_for_the_answer_to_its_own_signal_not_an_older_one(tmp_path):
+    child = _child(STALE_ACK_CHILD, str(tmp_path))
+    try:
+        result = _reload_command(child.pid, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "the answer to this SIGHUP" in result.stderr
+    finally:
+        _end(child)
+
+
+def test_the_reload_command_gives_up_when_the_agent_never_answers(tmp_path):
+    deaf = _child("import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); print('ready', flush=True); "
+                  "time.sleep(60)")
+    try:
+        result = _reload_command(deaf.pid, tmp_path, timeout=0.5)
+        assert result.returncode == 1
+        assert "did not acknowledge the reload" in result.stderr
+    finally:
+        _end(deaf)
+    # Nor does it wait out the timeout for a process that is gone.
+    result = _reload_command(deaf.pid, tmp_path, timeout=600)
+    assert result.returncode == 1
+    assert "cannot signal PID %d" % deaf.pid in result.stderr
 
 
 def test_certificate_rotation_by_reload_reconnects_without_losing_a_reading(certs, broker, run_agent, tmp_path):

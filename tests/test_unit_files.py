@@ -3,7 +3,7 @@ and the hardened unit's `systemd-analyze security` score.
 
 `systemd-analyze verify` exits 0 even on a misspelt key unless given --recursive-errors=, and it
 fails on an ExecStart= binary that does not exist; so the units are checked in a scratch --root
-holding this system's targets and stand-ins for /usr/bin/edison-agent and /bin/kill.
+holding this system's targets and a stand-in for /usr/bin/edison-agent.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def scratch_root(tmp_path: Path) -> Path:
     units.mkdir(parents=True)
     for target in source.glob("*.target"):
         shutil.copy(target, units / target.name)
-    for binary in ("usr/bin/edison-agent", "bin/kill"):
+    for binary in ("usr/bin/edison-agent",):
         stand_in = tmp_path / binary
         stand_in.parent.mkdir(parents=True, exist_ok=True)
         stand_in.write_text("#!/bin/sh\nexit 0\n")
@@ -164,7 +164,8 @@ def test_the_base_unit_says_what_the_issue_asks():
     assert settings[("Service", "WatchdogSec")] == "30"
     assert settings[("Service", "Restart")] == "on-failure"
     assert settings[("Service", "RestartPreventExitStatus")] == "2"
-    assert settings[("Service", "ExecReload")] == "/bin/kill -HUP $MAINPID"
+    # A reload that returns when the agent has reloaded (agent/reload.py), not `kill -HUP`, which races.
+    assert settings[("Service", "ExecReload")] == "/usr/bin/edison-agent reload --pid $MAINPID"
     assert settings[("Service", "ExecStart")] == "/usr/bin/edison-agent run -c /etc/edison-agent/config.yaml"
     assert "network-online.target" in settings[("Unit", "Wants")]
     assert settings[("Unit", "After")].split() == ["network-online.target", "time-sync.target"]
@@ -191,6 +192,13 @@ def test_the_hardened_unit_scores_ok_or_better(scratch_root):
     exposure, level = float(match.group(1)), match.group(2)
     assert level in ("OK", "SAFE", "PERFECT"), "exposure %.1f %s:\n%s" % (exposure, level, result.stdout)
     assert exposure < 5.0
+    # The drop-in's comment tells the reader the score: it must be the one systemd gives.
+    said = re.search(r"\((\d+\.\d) (\w+) with systemd (\d+)\)", DROPIN.read_text())
+    assert said, "the drop-in's comment does not give its systemd-analyze security score"
+    version = subprocess.run([_require("systemctl"), "--version"], capture_output=True, text=True).stdout.split()[1]
+    if said.group(3) == version:
+        assert (float(said.group(1)), said.group(2)) == (exposure, level), (
+            "hardening.conf says %s %s with systemd %s; measured %.1f %s" % (*said.groups(), exposure, level))
 
 
 def test_the_base_unit_alone_scores_badly_which_is_why_the_dropin_exists(scratch_root):
@@ -207,3 +215,14 @@ def test_what_install_writes_verifies(scratch_root):
     result = _verify(scratch_root)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_install_points_execreload_at_the_same_command_as_execstart(scratch_root):
+    # ExecReload= runs `edison-agent reload`: on a board where the command lives in a venv, a
+    # /usr/bin/edison-agent left in ExecReload= would fail every reload.
+    (scratch_root / "etc/systemd/system/edison-agent.service").unlink()
+    install.install(scratch_root, systemd_version=252, command="/opt/edison-agent/bin/edison-agent",
+                    out=lambda line: None)
+    settings = {(s, k): v for s, k, v in _settings(scratch_root / "etc/systemd/system/edison-agent.service")}
+    assert settings[("Service", "ExecStart")].startswith("/opt/edison-agent/bin/edison-agent run ")
+    assert settings[("Service", "ExecReload")] == "/opt/edison-agent/bin/edison-agent reload --pid $MAINPID"
