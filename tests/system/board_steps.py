@@ -22,7 +22,10 @@ STAND_INS = {
 # readings every second rather than ten, for a test that waits for them, and a Wi-Fi sensor,
 # which fails in the container on any host (its private network has no wireless interface), so
 # the journal has entries with SENSOR= for the checks. `sensors:` is the example's last section.
+# The container has no libmraa: the shipped `board: mraa` would (rightly) stop the agent with exit 2,
+# so the person trying it off a board says `board: simulated`, as docs/operations.md tells them.
 VI = ("echo '127.0.0.1 iotgateway1' >> /etc/hosts\n"
+      "sed -i 's/^board: mraa /board: simulated /' /etc/edison-agent/config.yaml\n"
       "sed -i 's/\\(name: temperature, type: analog, pin: 0, interval:\\) 10,/\\1 1,/' /etc/edison-agent/config.yaml\n"
       "echo '  - {name: rssi, type: wifi, interval: 5}' >> /etc/edison-agent/config.yaml")
 
