@@ -120,7 +120,8 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    max_readings: int = 1
+    # The most readings in one message: the readings of one wake-up leave together up to this.
+    max_readings: int = 100
     max_delay: float = 0.0
 
 
@@ -252,7 +253,7 @@ def _spool(r: Reader, raw: Any, state_dir: Path) -> Optional[SpoolConfig]:
 
 def _batch(r: Reader, raw: Any) -> Optional[BatchConfig]:
     b = r.section(raw, "batch", BATCH_KEYS)
-    max_readings = r.value(b, "max_readings", "batch", int, default=1, minimum=1, maximum=1000)
+    max_readings = r.value(b, "max_readings", "batch", int, default=BatchConfig.max_readings, minimum=1, maximum=1000)
     max_delay = r.value(b, "max_delay", "batch", float, default=0.0, minimum=0.0, maximum=3600)
     if max_readings is None or max_delay is None:
         return None
