@@ -340,6 +340,9 @@ def measure(bench: Bench, cap: Cap, key: str, args: argparse.Namespace) -> Dict[
         ("typical_10_sensors_1_to_10_s", lambda: bench.steady(cap, sensors(10, [1, 2, 5, 10]), None, 10,
                                                               args.window)),
         ("w1_default", lambda: bench.steady(cap, sensors(200, [1]), None, 5, args.window)),
+        # As the agent did by default before issue 17: the issue's "default (one reading a message)" row.
+        ("w1_one_reading_a_message", lambda: bench.steady(cap, sensors(200, [1]), {"max_readings": 1}, 5,
+                                                          args.window)),
         ("w1_batched_50_1s", lambda: bench.steady(cap, sensors(200, [1]), {"max_readings": 50, "max_delay": 1}, 5,
                                                   args.window)),
         ("idle_1_sensor_10_s", lambda: bench.steady(cap, sensors(1, [10]), None, 10, args.window)),
@@ -348,6 +351,8 @@ def measure(bench: Bench, cap: Cap, key: str, args: argparse.Namespace) -> Dict[
     ]
     r: Dict[str, Any] = {}
     for name, step in steps:
+        if args.only and name not in args.only.split(","):
+            continue
         print("bench-edison: %s, %s" % (key, name), flush=True)
         r[name] = step()
         print("  %s" % json.dumps(r[name]), flush=True)
@@ -360,6 +365,7 @@ def main() -> int:
     p.add_argument("--cores", default="1,2")
     p.add_argument("--quota", type=int, default=QUOTA_US, help="cpu.cfs_quota_us per core per 100 ms")
     p.add_argument("--connects", type=int, default=20)
+    p.add_argument("--only", default="", help="steps to run, e.g. startup_10,w1_default (default: all)")
     p.add_argument("--out", default=str(ROOT / "bench" / "edison-cap.json"))
     args = p.parse_args()
     if os.getuid() != 0:
