@@ -246,6 +246,24 @@ class Bench:
                        "wall_ms_median": 1e3 * statistics.median(r["wall"]),
                        "resumed_fraction": sum(r["reused"]) / len(r["reused"])} for name, r in raw.items()}
 
+    def imports(self, cap: Cap) -> Dict[str, Any]:
+        """`python -X importtime` of what `edison-agent run` imports, under the cap: the top costs."""
+        argv = ["setarch", "i686", "chroot", str(self.merged), "env", "-i", "PATH=/usr/bin:/bin",
+                AGENT_PY, "-X", "importtime", "-c", "import agent.cli, agent.daemon"]
+        started = time.monotonic()
+        err = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300,
+                             preexec_fn=cap.join).stderr
+        wall = time.monotonic() - started
+        rows = []
+        for line in err.splitlines():
+            parts = line.split("|")
+            if len(parts) == 3 and parts[1].strip().isdigit():
+                rows.append((int(parts[1]), int(parts[0].split(":")[1]), parts[2].rstrip()))
+        total = sum(own for _, own, _ in rows)
+        top = sorted(rows, reverse=True)[:15]
+        return {"interpreter_and_imports_wall_s": wall, "imports_s": total / 1e6,
+                "top_cumulative_ms": {name.strip(): round(cum / 1e3) for cum, _, name in top}}
+
     def resumes(self, cap: Cap) -> Dict[str, Any]:
         """The running agent loses its connection (another client takes its client id) and reconnects."""
         cfg = self.config(sensors(1, [1.0]))
@@ -337,6 +355,7 @@ def measure(bench: Bench, cap: Cap, key: str, args: argparse.Namespace) -> Dict[
     steps = [
         ("startup_10", lambda: bench.startup(cap, 10)),
         ("startup_200", lambda: bench.startup(cap, 200)),
+        ("imports", lambda: bench.imports(cap)),
         ("typical_10_sensors_1_to_10_s", lambda: bench.steady(cap, sensors(10, [1, 2, 5, 10]), None, 10,
                                                               args.window)),
         ("w1_default", lambda: bench.steady(cap, sensors(200, [1]), None, 5, args.window)),
