@@ -133,7 +133,8 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    max_readings: int = setting(1, minimum=1, maximum=1000)
+    # The most readings in one message: the readings of one wake-up leave together up to this.
+    max_readings: int = setting(100, minimum=1, maximum=1000)
     max_delay: float = setting(0.0, minimum=0.0, maximum=3600)
 
 

@@ -49,6 +49,8 @@ class Agent:
         self.stop_event = Alarm()
         self._stopping = False
         self._reload_requested = False
+        # The thread running the sampler's schedule (run()), once it runs.
+        self._schedule_thread: Optional[int] = None
         self._tls_fingerprint = _fingerprint(config.mqtt)
         sc = config.spool
         self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval) if sc else Spool()
@@ -93,14 +95,26 @@ class Agent:
         return Uplink(self.spool, session, config.device_id, m.topic, m.qos, window=m.inflight, batch=config.batch)
 
     def _record(self, sample: Sample) -> None:
+        # On the schedule's thread the readings wait for the end of the wake-up (_end_of_wakeup),
+        # so those of one wake-up leave in one message, at the moment the first of them would
+        # have been written anyway (the session defers this thread's writes to then). A worker
+        # thread's read (a blocking driver) has no such moment here: it is sent at once.
+        on_schedule = threading.get_ident() == self._schedule_thread
+        if on_schedule:
+            self.uplink.hold()
         reading = self.spool.append(sample)
         with self._count_lock:
             self.sampled += 1
-        self.uplink.pump()
+        if not on_schedule:
+            self.uplink.pump()
         # Home Assistant's per-channel state: the latest value, QoS 0 (the telemetry is the record).
         state = self.discovery.state(reading)
         if state is not None:
             self.session.publish(state[0], state[1], qos=0, retain=True)
+
+    def _end_of_wakeup(self) -> None:
+        self.uplink.release()
+        self.session.flush()
 
     def _pump(self) -> None:
         self.uplink.pump()
@@ -147,14 +161,18 @@ class Agent:
             self.commands.start()
         self.session.start()
         self.notifier.ready(self.health.status_line())
+        self._schedule_thread = threading.get_ident()
         while True:
-            # The sampler's publishes are written just before it sleeps (Session.defer_writes).
+            # The sampler's readings are handed to the session, and its publishes written, just
+            # before it sleeps (_end_of_wakeup, Session.defer_writes).
             session = self.session
             session.defer_writes(True)
             try:
                 self.sampler.run(self.stop_event, on_tick=self._tick, tick_interval=self._tick_interval(),
-                                 before_sleep=session.flush)
+                                 before_sleep=self._end_of_wakeup)
             finally:
+                # The last wake-up's readings, when a stop or reload ended it before its sleep.
+                self.uplink.release()
                 session.defer_writes(False)
             if self._stopping or not self._reload_requested:
                 break

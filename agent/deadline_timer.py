@@ -44,6 +44,9 @@ def _timerfd_ctypes() -> _TimerFD:
     import ctypes
 
     class Timespec(ctypes.Structure):
+        # C long, not a fixed 64 bits: the C library's plain `timerfd_settime` symbol takes the
+        # platform's long-sized time_t (32 bits on the i386 Edison; a 64-bit time_t build calls
+        # __timerfd_settime64 instead, through its header). `make test-i386` fails with int64 here.
         _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
     class Itimerspec(ctypes.Structure):

@@ -164,10 +164,14 @@ def certificate_expiry(config: AgentConfig) -> Optional[datetime.datetime]:
     return dates[1] if dates is not None else None
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
 def certificate(not_after: Optional[datetime.datetime], now: float) -> Optional[Certificate]:
     if not_after is None:
         return None
-    left = not_after - datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    # Epoch arithmetic, not fromtimestamp(): no trip through the platform's time_t (32 bits on the board).
+    left = not_after - (_EPOCH + datetime.timedelta(seconds=now))
     return Certificate(not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), days_left=left.days)
 
 

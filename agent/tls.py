@@ -169,12 +169,29 @@ def certificate_dates(path: str) -> Optional[Tuple[datetime.datetime, datetime.d
     try:
         # The ssl module's own decoder; private, but present since Python 2.7.
         decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
-        not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
-        not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
+        return parse_cert_time(decoded["notBefore"]), parse_cert_time(decoded["notAfter"])
     except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
         return None
-    utc = datetime.timezone.utc
-    return (datetime.datetime.fromtimestamp(not_before, utc), datetime.datetime.fromtimestamp(not_after, utc))
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# OpenSSL's ASN1_TIME_print: "Jan  1 00:00:00 2050 GMT"; a GeneralizedTime may carry fractions.
+_CERT_TIME = re.compile(r"^([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.\d+)? (\d{4}) GMT$")
+
+
+def parse_cert_time(text: str) -> datetime.datetime:
+    """An aware UTC datetime from the ssl module's notBefore/notAfter text.
+
+    By hand, never through the platform's time_t: on a 32-bit board (the Edison) a time_t ends
+    on 19 January 2038, and datetime.fromtimestamp() of a later notAfter raises OverflowError,
+    which stopped `run` and `doctor` for any certificate issued for more than about 12 years.
+    Month names are matched here, not by strptime, so the locale cannot change them."""
+    match = _CERT_TIME.match(text)
+    if match is None or match.group(1) not in _MONTHS:
+        raise ValueError("not a certificate time: %r" % text)
+    month, day, hour, minute, second, year = match.groups()
+    return datetime.datetime(int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second),
+                             tzinfo=datetime.timezone.utc)
 
 
 def check_validity(not_before: datetime.datetime, not_after: datetime.datetime,

@@ -39,12 +39,25 @@ class Uplink:
         self._retired = False
         # Set by drain(): partial batches leave at once, without waiting for max_delay.
         self._flushing = False
+        # Between hold() and release(): a wake-up's readings are being appended; they leave together.
+        self._held = False
         self.delivered = 0
+
+    def hold(self) -> None:
+        """Readings appended from now until release() belong to one wake-up: no pump sends any of
+        them before release(), so they leave in one message (up to batch.max_readings)."""
+        self._held = True
+
+    def release(self) -> None:
+        """The wake-up is over: send what it appended (and anything else waiting)."""
+        self._held = False
+        self.pump()
 
     def pump(self) -> None:
         """Called after every new reading and after every network event; cheap when idle."""
         with self._lock:
-            while not self._retired and self._session.connected and self._spool.in_flight < self._window_readings:
+            while (not self._held and not self._retired and self._session.connected
+                   and self._spool.in_flight < self._window_readings):
                 if not self._batch_ready():
                     return
                 batch = self._spool.take(self._batch.max_readings)

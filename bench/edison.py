@@ -68,8 +68,8 @@ def estimate(results: Dict[str, Any], factor: Optional[Dict[str, Any]] = None) -
         out["max_readings_per_s_one_core"] = {case: 1e6 / (us * k) for case, us in c.items()}
     w = results.get("w1")
     if w:
-        out["w1_us_per_reading"] = {case: w[case]["us_per_reading"] * k for case in ("unbatched", "batched (10, 1 s)")
-                                    if case in w}
+        out["w1_us_per_reading"] = {case: w[case]["us_per_reading"] * k
+                                    for case in ("default", "unbatched", "batched (10, 1 s)") if case in w}
         out["w1_share_of_one_core"] = {case: 200 * us / 1e6 for case, us in out["w1_us_per_reading"].items()}
     cc = results.get("connection_cost")
     if cc:

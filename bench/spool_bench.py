@@ -1,6 +1,6 @@
 """Spool storage, measured side by side: SQLite (agent.spool) against append-only segment files.
 
-    python bench/spool_bench.py [--dir DIR] [--quick]
+    python bench/spool_bench.py [--dir DIR] [--seconds S]
 
 Prints, for each candidate: CPU per append (what the sampler pays) and per reading all in
 (append, commit, ack, delete); fsyncs per second at 1, 10 and 100 readings/s (counted with
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.reading import Sample  # noqa: E402
-from agent.spool import Spool, _encode  # noqa: E402
+from agent.spool import Spool  # noqa: E402
+from agent.spool_store import encode as _encode  # noqa: E402
 
 SENSORS = ["bme280.temperature", "bme280.humidity", "bme280.pressure", "tmp102.temperature", "light.lux"]
 
