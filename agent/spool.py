@@ -64,7 +64,7 @@ from agent.spool_store import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AGE", "CORRUPT", "FULL", "Spool", "SpoolBusy", "SpoolStats"]
+__all__ = ["AGE", "CORRUPT", "FULL", "REFUSED", "Spool", "SpoolBusy", "SpoolStats"]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # In memory a reading costs several times its stored size: the bound without a file (~140,000 readings).
@@ -76,6 +76,7 @@ DEFAULT_SEQ_BLOCK = 10_000
 FULL = "full"
 AGE = "age"
 CORRUPT = "corrupt"
+REFUSED = "refused"
 
 _READAHEAD = 256
 # Before this (2017-07-14) a timestamp comes from a clock NTP has not set yet (the Edison has no
@@ -102,17 +103,20 @@ class SpoolStats:
     last_commit_age: Optional[float]
     # The spool file and its WAL on disk.
     file_bytes: int
+    # Readings in messages the broker refused (agent.refusals): never sent again.
+    dropped_refused: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.dropped_full + self.dropped_age + self.dropped_corrupt
+        return self.dropped_full + self.dropped_age + self.dropped_corrupt + self.dropped_refused
 
     def describe(self) -> str:
         committed = ("last commit %.1f s ago" % self.last_commit_age if self.last_commit_age is not None
                      else "no commit yet" if self.durable else "in memory only")
-        return ("spool: %d readings (%d in flight), %d of %d bytes, dropped %d (full %d, age %d, corrupt %d), %s"
-                % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped, self.dropped_full,
-                   self.dropped_age, self.dropped_corrupt, committed))
+        return ("spool: %d readings (%d in flight), %d of %d bytes, dropped %d (full %d, age %d, corrupt %d, "
+                "refused %d), %s" % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped,
+                                     self.dropped_full, self.dropped_age, self.dropped_corrupt, self.dropped_refused,
+                                     committed))
 
 
 class _Entry:
@@ -177,7 +181,7 @@ class Spool:
         self._deleting: Set[int] = set()  # in the delete of the commit under way
         self._depth = 0
         self._bytes = 0
-        self._dropped = {FULL: 0, AGE: 0, CORRUPT: 0}
+        self._dropped = {FULL: 0, AGE: 0, CORRUPT: 0, REFUSED: 0}
         self._episode: Dict[str, int] = {}
         self._last_age_drop = 0.0
         self._logs: List[Tuple[int, str, Tuple[Any, ...]]] = []
@@ -279,8 +283,17 @@ class Spool:
 
     def ack(self, seqs: Iterable[int]) -> None:
         """The broker has these: they leave the spool (durably at the next commit)."""
+        self._leave(seqs, None)
+
+    def reject(self, seqs: Iterable[int]) -> None:
+        """The broker refused the message that carried these: they leave the spool as an ack would,
+        but are counted as dropped (refused), not delivered."""
+        self._leave(seqs, REFUSED)
+
+    def _leave(self, seqs: Iterable[int], cause: Optional[str]) -> None:
         with self._lock:
             for seq in seqs:
+                depth = self._depth
                 entry = self._in_flight.pop(seq, None)
                 if entry is None:
                     entry = self._front.pop(seq, None)
@@ -288,6 +301,8 @@ class Spool:
                     self._forget(seq, entry.size)
                 elif seq > self._cursor:
                     self._ack_unsent(seq)
+                if cause is not None:
+                    self._dropped[cause] += depth - self._depth
             if self._armed is not None and self._alarm is not None and self._due() is None:
                 # All of it acknowledged before its commit: the committer need not wake for it.
                 self._armed = None
@@ -369,7 +384,8 @@ class Spool:
             return SpoolStats(
                 durable=self._store is not None, depth=self._depth, in_flight=len(self._in_flight),
                 bytes=self._bytes, max_bytes=self.max_bytes, dropped_full=self._dropped[FULL],
-                dropped_age=self._dropped[AGE], dropped_corrupt=self._dropped[CORRUPT], commits=self._commits,
+                dropped_age=self._dropped[AGE], dropped_corrupt=self._dropped[CORRUPT],
+                dropped_refused=self._dropped[REFUSED], commits=self._commits,
                 last_commit_age=(time.monotonic() - self._last_commit if self._last_commit is not None else None),
                 file_bytes=file_bytes)
 
