@@ -60,6 +60,7 @@ from agent.spool_store import (
     encode,
     is_corrupt,
     move_aside,
+    relocate,
 )
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class Spool:
         self._last_commit: Optional[float] = None
         self._failing = 0
         self._paused = False
+        self._lost_file: Optional[str] = None  # said once: why the file at path is not ours (see _check_files)
         self._wakeups = 0
 
         self._seqfile: Optional[SeqFile] = None
@@ -526,6 +528,7 @@ class Spool:
         """Under _commit_lock."""
         if self._broken:
             self._recover("unreadable rows")
+        self._check_files()
         store = self._store
         if store is None:
             return False
@@ -552,6 +555,15 @@ class Spool:
                 self._seqfile.write(limit)
         except (sqlite3.Error, OSError) as exc:
             error = exc
+        reserved = False
+        if error is not None and limit is not None and not final and self._seqfile is not None:
+            # The database cannot be written, the seq file perhaps can: the reservation it holds is
+            # as good (the next start takes the larger of the two), and publishing need not pause.
+            try:
+                self._seqfile.write(limit)
+                reserved = True
+            except OSError:
+                pass
         with self._lock:
             self._committing_hi = 0
             self._deleting = set()
@@ -565,6 +577,8 @@ class Spool:
                 self._commits += 1
                 self._last_commit = time.monotonic()
             else:
+                if reserved and limit is not None:
+                    self._safe_seq = limit
                 if deletes and not self._to_delete:
                     self._delete_since = time.monotonic()
                 self._to_delete.update(deletes)
@@ -583,6 +597,50 @@ class Spool:
             log.warning("spool commit failed (%s): readings stay in memory; retrying every %.1f s",
                         error, self.commit_interval)
         return False
+
+    def _check_files(self) -> None:
+        """Under _commit_lock: the spool file or the seq file removed (or replaced) while running.
+
+        The open file still works (an unlinked inode keeps its data until it is closed), but
+        whatever it holds would be gone at the next start: a new file at the path gets all of
+        it; until that works (the directory gone or replaced), the old file is used and the
+        attempt repeated at every commit."""
+        store, seqfile = self._store, self._seqfile
+        why = store.gone() if store is not None else None
+        if store is not None and why is not None:
+            try:
+                new = relocate(store, self._wal_pages, self._clock())
+            except (sqlite3.Error, OSError, Corrupt) as exc:
+                if self._lost_file != why:
+                    self._lost_file = why
+                    log.error("spool file %s: %s while running, and a new one cannot be made there (%s): "
+                              "still writing to the old one, whose readings are lost if the agent stops "
+                              "before it can; retrying at every commit", self.path, why, exc)
+                return
+            with self._lock:  # take() must not be reading through the connection being closed
+                self._store = new
+            store.close()
+            log.error("spool file %s: %s while running: made a new one with the %d readings not yet "
+                      "acknowledged", self.path, why, self._depth)
+            self._lost_file = None
+        if seqfile is not None and seqfile.gone():
+            try:
+                fresh = SeqFile(seqfile.path)
+                try:
+                    fresh.write(max(seqfile.read(), self._safe_seq if self._safe_seq != _NO_LIMIT else 0,
+                                    self._next_seq))
+                except OSError:
+                    fresh.close()
+                    raise
+            except (OSError, SpoolBusy) as exc:
+                if self._lost_file != "seq":
+                    self._lost_file = "seq"
+                    log.error("spool seq file %s was removed while running and cannot be made again (%s); "
+                              "retrying at every commit", seqfile.path, exc)
+                return
+            seqfile.close()
+            self._seqfile = fresh
+            log.error("spool seq file %s was removed while running: made again", fresh.path)
 
     def _recover(self, reason: str) -> None:
         """Under _commit_lock: the file went bad while running. Keep what memory holds, start a new file."""

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.reading import Sample  # noqa: E402
-from agent.spool import Spool, _encode  # noqa: E402
+from agent.spool import Spool  # noqa: E402
+from agent.spool_store import encode as _encode  # noqa: E402
 
 SENSORS = ["bme280.temperature", "bme280.humidity", "bme280.pressure", "tmp102.temperature", "light.lux"]
 
