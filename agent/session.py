@@ -416,7 +416,9 @@ class Session:
             if self._stop.is_set():
                 break
             rc = self._config.reconnect
-            delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng, spread=rc.spread if stable else None)
+            # The spread for the first attempt after a loss (a broker restart drops the whole fleet at once).
+            spread = rc.spread if lost and attempt == 1 else None
+            delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng, spread=spread)
             self._log.debug("next connection attempt in %.1f s", delay)
             # One wait however long: waiting for a deadline ahead is what the watchdog checks.
             self._alive = (time.monotonic() + delay, self._alive[1])

@@ -73,6 +73,11 @@ MEMORY_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 # Seqs reserved durably ahead of use; the reservation is extended when half of it is used.
 DEFAULT_SEQ_BLOCK = 10_000
+# The floor of seq at every start: the wall clock in units of 10 us (1.7e14 in 2025, 2**53 in the
+# year 4800: exact in a JSON double). seq may jump up to it, never back, even with every state
+# file gone; it stays ahead of every seq already used as long as the agent has averaged under
+# 100,000 readings a second since it last started (200/s is a busy board). docs/delivery.md.
+SEQ_PER_SECOND = 100_000
 
 FULL = "full"
 AGE = "age"
@@ -118,6 +123,14 @@ class SpoolStats:
                 "refused %d), %s" % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped,
                                      self.dropped_full, self.dropped_age, self.dropped_corrupt, self.dropped_refused,
                                      committed))
+
+
+def clock_floor(now: float) -> int:
+    """The lowest seq a start at wall-clock time `now` may use (at least 1; a clock at 1970 gives
+    next to nothing, so the floor from the state files decides then)."""
+    if not math.isfinite(now) or now <= 0:
+        return 1
+    return max(1, int(now * SEQ_PER_SECOND))
 
 
 class _Entry:
@@ -166,7 +179,8 @@ class Spool:
         self._changed = threading.Condition(self._lock)  # depth fell: wait_empty
         self._commit_lock = threading.Lock()  # one commit at a time; taken before _lock, never inside it
 
-        self._next_seq = 1
+        self._next_seq = clock_floor(clock())
+        self._first_new = self._next_seq  # the first seq of this run (set again once the file is read)
         self._safe_seq = _NO_LIMIT  # seqs below it may be handed out (durably reserved)
         # Every pending reading with seq <= _cursor is in _in_flight or _front; the rest is the
         # stream: stored rows (read-ahead, then not loaded yet) followed by _unstored.
@@ -417,19 +431,19 @@ class Spool:
                 floor = max(floor, self._salvage(path))
                 target = move_aside(path, self._clock())
                 log.error("spool file %s is corrupt (%s): moved aside to %s, starting a new one at seq %d",
-                          path, exc, target.name, max(floor, 1))
+                          path, exc, target.name, max(floor, self._next_seq))
                 store = Store(path, self._wal_pages)
                 count, size, hi, limit = store.check()
         except (sqlite3.Error, OSError, Corrupt) as exc:
             log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
                       path, exc)
-            self._next_seq = max(floor, 1)
+            self._next_seq = self._first_new = max(floor, self._next_seq)
             self.max_bytes = min(self.max_bytes, MEMORY_MAX_BYTES)
             self._seqfile.close()
             self._seqfile = None
             return
         self._store = store
-        self._next_seq = max(1, floor, limit, hi + 1)
+        self._next_seq = self._first_new = max(self._next_seq, floor, limit, hi + 1)
         self._safe_seq = self._next_seq  # nothing may be handed out before the first reservation
         self._depth = count
         self._bytes = size + count * ROW_OVERHEAD
@@ -746,7 +760,9 @@ class Spool:
                 self._ra.append(_Entry(reading, blob, len(blob) + ROW_OVERHEAD))
             if self._ra:
                 return self._ra[0]
-        seq = max(self._cursor, self._stored_hi) + 1
+        # Readings appended in this run start at _first_new: the jump to it (the clock's floor, a
+        # reservation) is not walked one seq at a time.
+        seq = max(self._cursor, self._stored_hi, self._first_new - 1) + 1
         while seq < self._next_seq:
             entry = self._unstored.get(seq)
             if entry is not None:

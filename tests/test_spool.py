@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import spool as spool_module
 from agent.reading import Reading, Sample
 from agent.spool import AGE, FULL, Spool, SpoolBusy
 from agent.spool_store import ROW_OVERHEAD, SeqFile, Store, encode
@@ -53,6 +54,13 @@ def spool_records(caplog: pytest.LogCaptureFixture) -> List[logging.LogRecord]:
 
 def file_bytes(path: Path) -> int:
     return sum(os.path.getsize(str(path) + s) for s in ("", "-wal") if os.path.exists(str(path) + s))
+
+
+@pytest.fixture(autouse=True)
+def seq_from_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests here count seq from 1, as a spool does when the clock says 1970: the clock's floor
+    (SEQ_PER_SECOND) has its own tests in test_state_files.py."""
+    monkeypatch.setattr(spool_module, "SEQ_PER_SECOND", 0)
 
 
 @pytest.fixture

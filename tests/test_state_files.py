@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.reading import Reading, Sample
-from agent.spool import Spool
+from agent.spool import Spool, clock_floor
 from conftest import Broker, Subscriber, agent_config
 
 
@@ -73,8 +75,11 @@ def test_spool_files_made_immutable_cost_no_reading_and_never_kill_the_agent(cer
     try:
         watcher = Subscriber(broker, certs)
         try:
-            seen = set()
-            while 1 not in seen:  # the backlog from before, through the failure, arrives
+            # The backlog (from before, through and after the failure; at 5 readings/s well over
+            # 30) arrives first, in seq order, without a gap.
+            first = watcher.telemetry(timeout=30)["readings"][0]["seq"]
+            seen = {first}
+            while not set(range(first, first + 30)) <= seen:
                 seen.update(r["seq"] for r in watcher.telemetry(timeout=30)["readings"])
         finally:
             watcher.close()
@@ -119,3 +124,66 @@ def test_spool_directory_replaced_by_a_file_then_back(tmp_path: Path, caplog: py
         assert db.exists()
     with Spool(db) as spool:
         assert seqs(spool.take(1000)) == (first + during + after)[5:]
+
+
+# -- seq only grows, whatever happens to the state files -----------------------------------------
+
+def _last_seq(db: Path, count: int, clock: Optional[Callable[[], float]] = None) -> int:
+    with Spool(db, clock=clock or time.time) as spool:
+        return max(spool.append(sample(i)).seq for i in range(count))
+
+
+def test_seq_grows_across_a_start_with_every_state_file_gone(tmp_path: Path) -> None:
+    # Before: the next run started again at seq 1, and a consumer de-duplicating by (device, seq) threw it away.
+    db = tmp_path / "state" / "spool.db"
+    last = _last_seq(db, 20)
+    shutil.rmtree(str(db.parent))
+    assert _last_seq(db, 1) > last
+
+
+def test_seq_grows_across_a_start_with_both_state_files_corrupt(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "spool.db"
+    last = _last_seq(db, 20)
+    db.write_bytes(b"\xa5" * 8192)
+    db.with_name("spool.db.seq").write_bytes(b"garbage\n")
+    assert _last_seq(db, 1) > last
+
+
+def test_a_clock_at_1970_does_not_take_seq_back(tmp_path: Path) -> None:
+    # The Edison has no battery-backed clock: before NTP it may say 1970. The state files decide then.
+    db = tmp_path / "state" / "spool.db"
+    last = _last_seq(db, 20)
+    assert _last_seq(db, 1, clock=lambda: 0.0) > last
+    assert _last_seq(db, 1, clock=lambda: 86400.0) > last
+
+
+def test_the_clock_floor_stays_an_exact_json_number_for_centuries() -> None:
+    assert clock_floor(time.time()) < 2 ** 53 // 40  # far below 2**53, the largest integer a JSON double holds
+    assert clock_floor(4102444800.0) < 2 ** 53 // 20  # 2100-01-01
+    assert clock_floor(0.0) == clock_floor(float("nan")) == clock_floor(-5.0) == 1
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.floats(min_value=0.5, max_value=3600.0), st.integers(min_value=0, max_value=300),
+                          st.sampled_from(["kept", "removed", "corrupt", "seq file removed", "database removed"])),
+                min_size=2, max_size=6))
+def test_seq_strictly_grows_over_runs_whatever_happens_to_the_files(tmp_path: Path, runs) -> None:
+    # A restart takes at least half a second; a run here appends at most 300 readings.
+    db = tmp_path / ("state-%d" % len(list(tmp_path.iterdir()))) / "spool.db"
+    now = [time.time()]
+    used: List[int] = []
+    for pause, count, fate in runs:
+        now[0] += pause
+        with Spool(db, clock=lambda: now[0]) as spool:
+            used += [spool.append(sample(i)).seq for i in range(count)]
+            spool.ack(seqs(spool.take(count)))
+        if fate in ("removed", "database removed"):
+            for path in db.parent.glob("spool.db*"):
+                if fate == "removed" or not path.name.endswith(".seq"):
+                    path.unlink()
+        elif fate == "seq file removed":
+            db.with_name("spool.db.seq").unlink()
+        elif fate == "corrupt":
+            for path in db.parent.glob("spool.db*"):
+                path.write_bytes(b"\xa5" * 4096)
+    assert used == sorted(set(used))
