@@ -409,7 +409,8 @@ class Spool:
 
     def _open(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # 0700 whatever the umask when the agent makes it (systemd's StateDirectory= does the same).
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._seqfile = SeqFile(path.with_name(path.name + ".seq"))
         except OSError as exc:
             log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",

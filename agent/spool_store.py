@@ -74,6 +74,18 @@ def is_corrupt(exc: BaseException) -> bool:
     return type(exc) is sqlite3.DatabaseError
 
 
+def _own_file(path: Path) -> None:
+    """The database file, created (or found) 0600 before SQLite opens it, whatever the umask:
+    SQLite gives its -wal and -journal files the database file's mode. O_NOFOLLOW: a symlink
+    planted in its place is refused (ELOOP), not written through."""
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o177:
+            os.fchmod(fd, 0o600)  # readings are the owner's: a file from an older agent was 0644
+    finally:
+        os.close(fd)
+
+
 class SeqFile:
     """`<spool>.seq`: the seq reservation (a second copy, outside the database) and the process lock."""
 
@@ -88,6 +100,8 @@ class SeqFile:
             raise SpoolBusy("%s is locked by another process: is another agent running with this spool?"
                             % path) from None
         st = os.fstat(self.fd)
+        if st.st_mode & 0o177:
+            os.fchmod(self.fd, 0o600)
         self.identity = (st.st_dev, st.st_ino)
 
     def gone(self) -> bool:
@@ -137,6 +151,7 @@ class Store:
         # One statement or transaction at a time: a load must not see a half-written commit.
         self._lock = threading.Lock()
         try:
+            _own_file(path)
             self.conn = self._connect()
             w = self.conn
             # Before WAL is first used on this connection: then it never creates or maps a -shm file.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import overlay, pki
+from agent.atomic_file import replace_file
 from agent.reading import Reading, Sample
 from agent.spool import Spool, clock_floor
 from conftest import Broker, Subscriber, agent_config
@@ -187,3 +190,76 @@ def test_seq_strictly_grows_over_runs_whatever_happens_to_the_files(tmp_path: Pa
             for path in db.parent.glob("spool.db*"):
                 path.write_bytes(b"\xa5" * 4096)
     assert used == sorted(set(used))
+
+
+# -- modes and symlinks ----------------------------------------------------------------------------
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for a test; restored after."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask) and None
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077])
+def test_the_state_directory_and_the_spool_files_are_the_agents_alone_whatever_the_umask(tmp_path, umask, mask):
+    # Before, under umask 000: the directory 0777, spool.db and its WAL 0666 (0755 and 0644 under 022).
+    umask(mask)
+    state = tmp_path / "state"
+    with Spool(state / "spool.db", commit_interval=3600) as spool:
+        spool.append(sample(0))
+        spool.commit()
+        files = {p.name: _mode(p) for p in state.iterdir()}
+        assert "spool.db-wal" in files
+    assert _mode(state) == 0o700
+    assert files == {name: 0o600 for name in files}
+    overlay.save(tmp_path / "other" / "overrides.yaml", {"t": 5.0})
+    assert (_mode(tmp_path / "other"), _mode(tmp_path / "other" / "overrides.yaml")) == (0o700, 0o600)
+
+
+def test_a_spool_file_left_0644_by_an_older_agent_becomes_0600(tmp_path):
+    db = tmp_path / "state" / "spool.db"
+    Spool(db).close()
+    db.chmod(0o644)
+    Spool(db).close()
+    assert _mode(db) == 0o600
+
+
+def test_the_atomic_writer_never_follows_a_symlink_planted_in_a_shared_directory(tmp_path):
+    # The health file lives in a directory others may write to. Before, the temporary file had a
+    # fixed name (.health.json.tmp) and was opened without O_NOFOLLOW: a link planted there made
+    # the agent overwrite the file it pointed at and chmod it 0644.
+    secret = tmp_path / "secret"
+    secret.write_text("root's own\n")
+    secret.chmod(0o600)
+    shared = tmp_path / "run"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / ".health.json.tmp").symlink_to(secret)
+    replace_file(shared / "health.json", b"{}\n", 0o644)
+    assert (secret.read_text(), _mode(secret)) == ("root's own\n", 0o600)
+    assert (shared / "health.json").read_bytes() == b"{}\n" and _mode(shared / "health.json") == 0o644
+    # A link at the file's own name is replaced, not written through.
+    (shared / "health.json").unlink()
+    (shared / "health.json").symlink_to(secret)
+    replace_file(shared / "health.json", b"{}\n", 0o644)
+    assert (secret.read_text(), _mode(secret)) == ("root's own\n", 0o600)
+    assert not (shared / "health.json").is_symlink()
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o277])
+def test_pki_files_have_their_documented_modes_whatever_the_umask(tmp_path, umask, mask):
+    # Before, under umask 0277: keys 0400 and certificates 0444 (only modes with group or other bits were set).
+    ca = tmp_path / "pki"
+    ca.mkdir(mode=0o700)
+    umask(mask)
+    pki.init_ca(ca)
+    device = pki.issue_device(ca, "thunder10")
+    assert (_mode(device.key_file), _mode(device.cert_file)) == (0o600, 0o644)
+    assert (_mode(ca / "ca.key"), _mode(ca / "ca.crt")) == (0o600, 0o644)
