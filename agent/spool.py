@@ -85,6 +85,7 @@ CORRUPT = "corrupt"
 REFUSED = "refused"
 
 _READAHEAD = 256
+_MEMORY = "memory"  # an episode of drops for memory while commits fail (counted as FULL)
 # Before this (2017-07-14) a timestamp comes from a clock NTP has not set yet (the Edison has no
 # battery-backed clock by default): its age is unknown, so it is never dropped for age.
 _SANE_TS = 1_500_000_000.0
@@ -192,6 +193,7 @@ class Spool:
         self._stored_hi = 0  # highest seq written by a finished commit
         self._committing_hi = 0  # highest seq in the commit under way (0: none)
         self._unstored: Dict[int, _Entry] = {}  # appended, not yet committed (in memory mode: all)
+        self._unstored_bytes = 0  # their size: bounded by MEMORY_MAX_BYTES while commits fail
         self._to_delete: Set[int] = set()  # stored (or being stored), no longer pending
         self._deleting: Set[int] = set()  # in the delete of the commit under way
         self._depth = 0
@@ -235,6 +237,7 @@ class Spool:
             entry = _Entry(reading, blob if self._store is not None else None, len(blob) + ROW_OVERHEAD,
                            time.monotonic())
             self._unstored[seq] = entry
+            self._unstored_bytes += entry.size
             self._depth += 1
             self._bytes += entry.size
             self._schedule()
@@ -584,7 +587,9 @@ class Spool:
             self._deleting = set()
             if error is None:
                 for seq, _ in rows:
-                    self._unstored.pop(seq, None)
+                    popped = self._unstored.pop(seq, None)
+                    if popped is not None:
+                        self._unstored_bytes -= popped.size
                 if rows:
                     self._stored_hi = max(self._stored_hi, max(seq for seq, _ in rows))
                 if limit is not None and not final:
@@ -686,6 +691,7 @@ class Spool:
             lost = self._depth - len(kept)
             lost_bytes = self._bytes - sum(e.size for e in kept.values())
             self._unstored = dict(sorted(kept.items()))
+            self._unstored_bytes = sum(e.size for e in self._unstored.values())
             if self._store is None:
                 for entry in self._unstored.values():
                     entry.blob = None
@@ -704,7 +710,9 @@ class Spool:
     def _forget(self, seq: int, size: int) -> None:
         self._depth -= 1
         self._bytes -= size
-        self._unstored.pop(seq, None)
+        popped = self._unstored.pop(seq, None)
+        if popped is not None:
+            self._unstored_bytes -= popped.size
         if seq <= self._stored_hi or seq <= self._committing_hi:
             self._delete(seq)
 
@@ -834,9 +842,38 @@ class Spool:
             if head is None:
                 break  # all in flight: they are the broker's in a moment
             self._drop(head, FULL)
+        if self._failing and self._store is not None and self._unstored_bytes > MEMORY_MAX_BYTES:
+            self._shed()
+        if _MEMORY in self._episode and (not self._failing or self._unstored_bytes <= 0.9 * MEMORY_MAX_BYTES):
+            self._logs.append((logging.INFO, "spool: no more readings dropped for memory: %d in that episode",
+                               (self._episode.pop(_MEMORY),)))
         if FULL in self._episode and self._bytes <= 0.9 * self.max_bytes:
             self._logs.append((logging.INFO, "spool no longer full: %d readings dropped in that episode, "
                                "%d for space since start", (self._episode.pop(FULL), self._dropped[FULL])))
+
+    def _shed(self) -> None:
+        """Commits fail and the readings only memory holds reached MEMORY_MAX_BYTES: the oldest of
+        them not in flight go (counted as dropped for space), so a disk that stays broken cannot
+        eat the board's memory. Readings already in the file stay; seqs left out are skipped."""
+        excess = self._unstored_bytes - MEMORY_MAX_BYTES
+        victims: List[_Entry] = []
+        for seq, entry in self._unstored.items():  # oldest first; the few in flight come first
+            if excess <= 0:
+                break
+            if seq not in self._in_flight:
+                victims.append(entry)
+                excess -= entry.size
+        for entry in victims:
+            self._front.pop(entry.seq, None)
+            self._forget(entry.seq, entry.size)
+            self._dropped[FULL] += 1
+            if _MEMORY in self._episode:
+                self._episode[_MEMORY] += 1
+            else:
+                self._episode[_MEMORY] = 1
+                self._logs.append((logging.WARNING, "spool cannot write its file and holds %d bytes of readings "
+                                   "in memory: dropping the oldest of them until it can", (MEMORY_MAX_BYTES,)))
+        self._changed.notify_all()
 
     def _emit(self) -> None:
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import time
@@ -16,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import overlay, pki
+from agent import spool as spool_module
 from agent.atomic_file import replace_file
 from agent.reading import Reading, Sample
 from agent.spool import Spool, clock_floor
+from agent.spool_store import ROW_OVERHEAD, Store, encode
 from conftest import Broker, Subscriber, agent_config
 
 
@@ -263,3 +266,28 @@ def test_pki_files_have_their_documented_modes_whatever_the_umask(tmp_path, umas
     device = pki.issue_device(ca, "thunder10")
     assert (_mode(device.key_file), _mode(device.cert_file)) == (0o600, 0o644)
     assert (_mode(ca / "ca.key"), _mode(ca / "ca.crt")) == (0o600, 0o644)
+
+
+def test_while_the_disk_fails_readings_in_memory_stay_within_the_memory_bound(tmp_path, monkeypatch, caplog):
+    # Before: with every commit failing, memory held readings up to spool.max_bytes (64 MiB of
+    # records, several times that in Python objects): a disk that stays broken ate the board's RAM.
+    db = tmp_path / "state" / "spool.db"
+    one = len(encode(sample(0))) + ROW_OVERHEAD
+    monkeypatch.setattr(spool_module, "MEMORY_MAX_BYTES", 50 * one)
+    with Spool(db, commit_interval=3600) as spool:
+        works = Store.write
+
+        def broken(self: Store, *args: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(Store, "write", broken)
+        appended = [spool.append(sample(0)).seq for _ in range(2)]
+        assert not spool.commit()  # the disk fails: from here on memory is the bound
+        appended += [spool.append(sample(0)).seq for _ in range(500)]
+        stats = spool.stats()
+        assert stats.bytes <= 50 * one and stats.dropped_full == 502 - stats.depth
+        assert [r for r in caplog.records if "holds %d bytes of readings in memory" % (50 * one) in r.getMessage()]
+        monkeypatch.setattr(Store, "write", works)
+        assert spool.commit()  # the disk is back
+        kept = seqs(spool.take(1000))
+        assert kept == appended[-len(kept):]  # the newest stay, in order
