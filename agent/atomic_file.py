@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
 def replace_file(path: Path, data: bytes, mode: int = 0o644, durable: bool = False) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`.
+    """Write `data` to a new temporary file beside `path`, then rename it over `path`.
 
-    `mode` holds whatever the umask (the hardened unit's is 0077). `durable` fsyncs before the
-    rename, for files on flash that must survive a power cut (not for tmpfs). Raises OSError."""
-    tmp = path.with_name("." + path.name + ".tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+    The temporary file has a name no one can guess and is created with O_EXCL|O_NOFOLLOW
+    (tempfile.mkstemp): in a directory others can write to (/run, /tmp), a symlink planted where
+    it will be is never followed, so no other file is written or chmod'ed. The rename replaces
+    a symlink at `path` itself, not what it points to. `mode` holds whatever the umask (the
+    hardened unit's is 0077). `durable` fsyncs before the rename, for files on flash that must
+    survive a power cut (not for tmpfs). Raises OSError."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)
@@ -22,7 +26,11 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644, durable: bool = Fal
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        os.unlink(tmp)
         raise
     os.close(fd)
-    os.replace(str(tmp), str(path))
+    try:
+        os.replace(tmp, str(path))
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -140,7 +140,27 @@ class _Plan:
         self.out = out
 
     def path(self, relative: Path) -> Path:
-        return self.root / relative
+        path = self.root / relative
+        self.check(path)
+        return path
+
+    def check(self, path: Path) -> None:
+        """Refuse a path under --root that goes through a symlink: one planted in the target tree
+        (an image being built from files someone else made) would send a chmod or a write outside
+        it. Each component below the root is looked at with lstat, never followed. On / itself
+        the machine's own layout is trusted (whoever can plant links there is root already)."""
+        if self.root == Path("/"):
+            return
+        try:
+            relative = path.relative_to(self.root)
+        except ValueError:
+            raise InstallError("%s is outside --root %s" % (path, self.root)) from None
+        current = self.root
+        for part in relative.parts:
+            current = current / part
+            if current.is_symlink():
+                raise InstallError("%s is a symlink (to %s): refusing to follow it out of --root %s; remove it "
+                                   "or make it a real directory or file" % (current, os.readlink(current), self.root))
 
     def do(self, description: str, action: Callable[[], None]) -> None:
         if self.dry_run:
@@ -172,6 +192,7 @@ def install(root: Path = Path("/"), *, dry_run: bool = False, systemd_version: O
     config_dir = plan.path(CONFIG_DIR)
     _ensure_dir(plan, config_dir, CONFIG_DIR_MODE, tighten=True)
     config = config_dir / "config.yaml"
+    plan.check(config)
     if config.exists() or config.is_symlink():
         plan.note("keep %s (an existing config is never overwritten)" % config)
         _tighten(plan, config, CONFIG_MODE)
@@ -183,6 +204,7 @@ def install(root: Path = Path("/"), *, dry_run: bool = False, systemd_version: O
     _ensure_dir(plan, certs, CERTS_MODE, tighten=True)
     if certs.is_dir():
         for key in sorted(certs.glob("*.key")):
+            plan.check(key)
             _tighten(plan, key, KEY_MODE)
     _ensure_dir(plan, plan.path(STATE_DIR), STATE_MODE, tighten=True)
 
@@ -228,6 +250,7 @@ def uninstall(root: Path = Path("/"), *, dry_run: bool = False, out: Output = pr
         # What `systemctl enable` made: the [Install] symlinks.
         # (glob() would skip them here: they point at /etc/..., outside the --root tree.)
         for wants in sorted(plan.path(UNIT_DIR).glob("*.wants")):
+            plan.check(wants)
             link = wants / UNIT_NAME
             if link.is_symlink():
                 plan.do("remove %s" % link, link.unlink)
@@ -319,6 +342,7 @@ def _command_path(command: Optional[str]) -> str:
 
 def _ensure_dir(plan: _Plan, path: Path, mode: int, tighten: bool = False) -> None:
     """Create `path` with `mode`; when it exists, take away what `mode` does not allow (if `tighten`)."""
+    plan.check(path)
     if path.is_dir():
         if tighten:
             _tighten(plan, path, mode)
@@ -335,6 +359,7 @@ def _ensure_dir(plan: _Plan, path: Path, mode: int, tighten: bool = False) -> No
 
 def _tighten(plan: _Plan, path: Path, mode: int) -> None:
     """Take away the permissions beyond `mode`; never add any."""
+    plan.check(path)
     current = stat.S_IMODE(path.stat().st_mode)
     if current & ~mode == 0:
         return
@@ -343,6 +368,7 @@ def _tighten(plan: _Plan, path: Path, mode: int) -> None:
 
 
 def _install_file(plan: _Plan, path: Path, content: bytes, what: str) -> None:
+    plan.check(path)
     if path.is_file() and path.read_bytes() == content:
         plan.note("keep %s (%s): unchanged" % (path, what))
         return

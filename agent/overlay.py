@@ -73,8 +73,9 @@ def save(path: Path, intervals: Mapping[str, float]) -> None:
     """Write atomically (a power cut leaves the old file or the new one); raises OSError."""
     body = yaml.safe_dump({"sensors": {name: {"interval": intervals[name]} for name in sorted(intervals)}},
                           default_flow_style=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, (HEADER + body).encode("utf-8"), 0o644, durable=True)
+    # The state directory's own mode, 0700, when it is made here; the file is the agent's alone: 0600.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    replace_file(path, (HEADER + body).encode("utf-8"), 0o600, durable=True)
 
 
 def apply(sensors: Tuple[SensorConfig, ...], intervals: Mapping[str, float],

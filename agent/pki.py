@@ -515,7 +515,7 @@ def write_file(path: Path, data: bytes, mode: int, force: bool) -> None:
     # O_EXCL refuses an existing file and never follows a planted symlink. With force, a
     # fresh file is renamed over the old one, so even a replaced key is 0600 from birth.
     target = path.with_name(f".{path.name}.tmp") if force else path
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
         if force and os.path.lexists(target):
             target.unlink()  # left behind by an interrupted run
@@ -525,9 +525,9 @@ def write_file(path: Path, data: bytes, mode: int, force: bool) -> None:
     except OSError as exc:
         raise PkiError(f"{path}: cannot write: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as out:
-        if mode & 0o044:
-            # A certificate is public; readable whatever the umask, so mosquitto can read it.
-            os.fchmod(out.fileno(), mode)
+        # Exactly `mode` whatever the umask: a certificate readable so mosquitto can read it, a key
+        # 0600 (an umask like 0277 would otherwise leave it 0400, one like 0 cannot widen it).
+        os.fchmod(out.fileno(), mode)
         out.write(data)
     if force:
         os.replace(target, path)

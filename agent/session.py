@@ -28,6 +28,7 @@ from agent import broker_probe
 from agent.broker_hosts import BrokerList, describe
 from agent.config import MQTTConfig
 from agent.reconnect_schedule import AfterLoss
+from agent.refusals import Outstanding
 from agent.tls import (
     CLIENT_CERT_REFUSALS,
     REJECTED_AFTER_HANDSHAKE,
@@ -157,9 +158,8 @@ class Session:
         self._offline_published = False
         self._offline_acked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-session", daemon=True)
-        self._acks_lock = threading.Lock()
-        self._acks: Dict[int, Callable[[], None]] = {}
-        self._early_acks: Set[int] = set()
+        # QoS 1 messages until PUBACK, their callbacks, and the messages the broker refuses.
+        self._outstanding = Outstanding(self._log)
         self._subs_lock = threading.Lock()
         self._subscriptions: Dict[str, Tuple[int, OnMessage]] = {}
         self._pending_subs: Dict[int, List[str]] = {}
@@ -263,8 +263,13 @@ class Session:
             self._write_now()
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
-                on_ack: Optional[Callable[[], None]] = None, content_type: str = JSON) -> bool:
+                on_ack: Optional[Callable[[], None]] = None, content_type: str = JSON,
+                on_refused: Optional[Callable[[], None]] = None) -> bool:
         """False if paho did not take the message; `on_ack` runs on PUBACK (QoS 1) or when sent (QoS 0).
+
+        `on_refused` runs instead when the broker refuses the message (an MQTT 5 PUBACK with a
+        failure code, or the connection closed right after it twice: agent.refusals); without
+        it, `on_ack` does. A refused message is not sent again.
 
         On MQTT 5 the message carries `content_type` and, unless it is the retained status,
         mqtt.message_expiry."""
@@ -274,15 +279,10 @@ class Session:
         # paho sends them again after the next CONNACK, so they are taken.
         taken = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
             qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)
-        if taken and on_ack is not None:
-            with self._acks_lock:
-                if info.mid in self._early_acks:
-                    self._early_acks.discard(info.mid)
-                else:
-                    self._acks[info.mid] = on_ack
-                    on_ack = None
-            if on_ack is not None:
-                on_ack()
+        if taken and qos > 0:
+            self._outstanding.sent(info.mid, topic, on_ack, on_refused)
+        elif taken and on_ack is not None:
+            on_ack()
         return taken
 
     def _properties(self, packet_type: int, content_type: str, expires: bool) -> Optional[Properties]:
@@ -335,7 +335,10 @@ class Session:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = correlation
         info = self._client.publish(topic, payload, qos=1, retain=False, properties=properties)
-        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        taken = info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        if taken:
+            self._outstanding.sent(info.mid, topic)
+        return taken
 
     def _send_subscribe(self, client: mqtt.Client, topic_filter: str, qos: int) -> None:
         rc, mid = client.subscribe(topic_filter, qos)
@@ -357,8 +360,11 @@ class Session:
         self._refusal = None
         self._had_connack = True
         self._session_present = bool(getattr(flags, "session_present", False))
-        client.publish(self._config.status_topic, self._online, qos=1, retain=True,
-                       properties=self._properties(PacketTypes.PUBLISH, self._online_type, expires=False))
+        # Before paho writes its unacknowledged messages again: one the broker refuses goes here.
+        self._outstanding.connected(client)
+        info = client.publish(self._config.status_topic, self._online, qos=1, retain=True,
+                              properties=self._properties(PacketTypes.PUBLISH, self._online_type, expires=False))
+        self._outstanding.sent(info.mid, self._config.status_topic)
         self.connected_since = time.time()
         self.disconnected_since = None
         # Under the lock subscribe() takes: a filter added meanwhile is sent by one side or the other.
@@ -369,13 +375,7 @@ class Session:
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                         properties: Any) -> None:
-        # PUBACK can arrive before publish() has returned the mid to its caller.
-        with self._acks_lock:
-            callback = self._acks.pop(mid, None)
-            if callback is None:
-                self._early_acks.add(mid)
-        if callback is not None:
-            callback()
+        self._outstanding.puback(mid, reason_code)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                            properties: Any) -> None:
@@ -426,7 +426,10 @@ class Session:
         while not self._stop.is_set():
             self._working()
             lost = self._connect_once()
-            if lost:
+            # Only a connection that lasted starts the backoff again: a broker that accepts and
+            # then closes at once (a refused message, a flapping ACL) sees it grow.
+            stable = lost and self._outstanding.stable
+            if stable:
                 attempt = 0
                 # Attempts after a loss keep one place in windows growing from the spread (see
                 # agent/reconnect_schedule.py); before any connection, plain exponential backoff.
@@ -487,6 +490,8 @@ class Session:
             return was_connected
         self._connected.clear()
         if was_connected:
+            # A keepalive timeout is the link going quiet; anything else, the broker (or the path) closing.
+            self._outstanding.lost(by_broker=rc != MQTTErrorCode.MQTT_ERR_KEEPALIVE)
             self.disconnected_since = time.time()
             self._problem("connection lost" + (": %s" % self._socket_error if self._socket_error else ""))
         elif self._refusal is not None:

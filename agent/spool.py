@@ -60,11 +60,12 @@ from agent.spool_store import (
     encode,
     is_corrupt,
     move_aside,
+    relocate,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AGE", "CORRUPT", "FULL", "Spool", "SpoolBusy", "SpoolStats"]
+__all__ = ["AGE", "CORRUPT", "FULL", "REFUSED", "Spool", "SpoolBusy", "SpoolStats"]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # In memory a reading costs several times its stored size: the bound without a file (~140,000 readings).
@@ -72,12 +73,19 @@ MEMORY_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 # Seqs reserved durably ahead of use; the reservation is extended when half of it is used.
 DEFAULT_SEQ_BLOCK = 10_000
+# The floor of seq at every start: the wall clock in units of 10 us (1.7e14 in 2025, 2**53 in the
+# year 4800: exact in a JSON double). seq may jump up to it, never back, even with every state
+# file gone; it stays ahead of every seq already used as long as the agent has averaged under
+# 100,000 readings a second since it last started (200/s is a busy board). docs/delivery.md.
+SEQ_PER_SECOND = 100_000
 
 FULL = "full"
 AGE = "age"
 CORRUPT = "corrupt"
+REFUSED = "refused"
 
 _READAHEAD = 256
+_MEMORY = "memory"  # an episode of drops for memory while commits fail (counted as FULL)
 # Before this (2017-07-14) a timestamp comes from a clock NTP has not set yet (the Edison has no
 # battery-backed clock by default): its age is unknown, so it is never dropped for age.
 _SANE_TS = 1_500_000_000.0
@@ -102,17 +110,28 @@ class SpoolStats:
     last_commit_age: Optional[float]
     # The spool file and its WAL on disk.
     file_bytes: int
+    # Readings in messages the broker refused (agent.refusals): never sent again.
+    dropped_refused: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.dropped_full + self.dropped_age + self.dropped_corrupt
+        return self.dropped_full + self.dropped_age + self.dropped_corrupt + self.dropped_refused
 
     def describe(self) -> str:
         committed = ("last commit %.1f s ago" % self.last_commit_age if self.last_commit_age is not None
                      else "no commit yet" if self.durable else "in memory only")
-        return ("spool: %d readings (%d in flight), %d of %d bytes, dropped %d (full %d, age %d, corrupt %d), %s"
-                % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped, self.dropped_full,
-                   self.dropped_age, self.dropped_corrupt, committed))
+        return ("spool: %d readings (%d in flight), %d of %d bytes, dropped %d (full %d, age %d, corrupt %d, "
+                "refused %d), %s" % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped,
+                                     self.dropped_full, self.dropped_age, self.dropped_corrupt, self.dropped_refused,
+                                     committed))
+
+
+def clock_floor(now: float) -> int:
+    """The lowest seq a start at wall-clock time `now` may use (at least 1; a clock at 1970 gives
+    next to nothing, so the floor from the state files decides then)."""
+    if not math.isfinite(now) or now <= 0:
+        return 1
+    return max(1, int(now * SEQ_PER_SECOND))
 
 
 class _Entry:
@@ -161,7 +180,8 @@ class Spool:
         self._changed = threading.Condition(self._lock)  # depth fell: wait_empty
         self._commit_lock = threading.Lock()  # one commit at a time; taken before _lock, never inside it
 
-        self._next_seq = 1
+        self._next_seq = clock_floor(clock())
+        self._first_new = self._next_seq  # the first seq of this run (set again once the file is read)
         self._safe_seq = _NO_LIMIT  # seqs below it may be handed out (durably reserved)
         # Every pending reading with seq <= _cursor is in _in_flight or _front; the rest is the
         # stream: stored rows (read-ahead, then not loaded yet) followed by _unstored.
@@ -173,11 +193,12 @@ class Spool:
         self._stored_hi = 0  # highest seq written by a finished commit
         self._committing_hi = 0  # highest seq in the commit under way (0: none)
         self._unstored: Dict[int, _Entry] = {}  # appended, not yet committed (in memory mode: all)
+        self._unstored_bytes = 0  # their size: bounded by MEMORY_MAX_BYTES while commits fail
         self._to_delete: Set[int] = set()  # stored (or being stored), no longer pending
         self._deleting: Set[int] = set()  # in the delete of the commit under way
         self._depth = 0
         self._bytes = 0
-        self._dropped = {FULL: 0, AGE: 0, CORRUPT: 0}
+        self._dropped = {FULL: 0, AGE: 0, CORRUPT: 0, REFUSED: 0}
         self._episode: Dict[str, int] = {}
         self._last_age_drop = 0.0
         self._logs: List[Tuple[int, str, Tuple[Any, ...]]] = []
@@ -192,6 +213,7 @@ class Spool:
         self._last_commit: Optional[float] = None
         self._failing = 0
         self._paused = False
+        self._lost_file: Optional[str] = None  # said once: why the file at path is not ours (see _check_files)
         self._wakeups = 0
 
         self._seqfile: Optional[SeqFile] = None
@@ -215,6 +237,7 @@ class Spool:
             entry = _Entry(reading, blob if self._store is not None else None, len(blob) + ROW_OVERHEAD,
                            time.monotonic())
             self._unstored[seq] = entry
+            self._unstored_bytes += entry.size
             self._depth += 1
             self._bytes += entry.size
             self._schedule()
@@ -279,8 +302,17 @@ class Spool:
 
     def ack(self, seqs: Iterable[int]) -> None:
         """The broker has these: they leave the spool (durably at the next commit)."""
+        self._leave(seqs, None)
+
+    def reject(self, seqs: Iterable[int]) -> None:
+        """The broker refused the message that carried these: they leave the spool as an ack would,
+        but are counted as dropped (refused), not delivered."""
+        self._leave(seqs, REFUSED)
+
+    def _leave(self, seqs: Iterable[int], cause: Optional[str]) -> None:
         with self._lock:
             for seq in seqs:
+                depth = self._depth
                 entry = self._in_flight.pop(seq, None)
                 if entry is None:
                     entry = self._front.pop(seq, None)
@@ -288,6 +320,8 @@ class Spool:
                     self._forget(seq, entry.size)
                 elif seq > self._cursor:
                     self._ack_unsent(seq)
+                if cause is not None:
+                    self._dropped[cause] += depth - self._depth
             if self._armed is not None and self._alarm is not None and self._due() is None:
                 # All of it acknowledged before its commit: the committer need not wake for it.
                 self._armed = None
@@ -375,7 +409,8 @@ class Spool:
             return SpoolStats(
                 durable=self._store is not None, depth=self._depth, in_flight=len(self._in_flight),
                 bytes=self._bytes, max_bytes=self.max_bytes, dropped_full=self._dropped[FULL],
-                dropped_age=self._dropped[AGE], dropped_corrupt=self._dropped[CORRUPT], commits=self._commits,
+                dropped_age=self._dropped[AGE], dropped_corrupt=self._dropped[CORRUPT],
+                dropped_refused=self._dropped[REFUSED], commits=self._commits,
                 last_commit_age=(time.monotonic() - self._last_commit if self._last_commit is not None else None),
                 file_bytes=file_bytes)
 
@@ -383,7 +418,8 @@ class Spool:
 
     def _open(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # 0700 whatever the umask when the agent makes it (systemd's StateDirectory= does the same).
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._seqfile = SeqFile(path.with_name(path.name + ".seq"))
         except OSError as exc:
             log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
@@ -405,19 +441,19 @@ class Spool:
                 floor = max(floor, self._salvage(path))
                 target = move_aside(path, self._clock())
                 log.error("spool file %s is corrupt (%s): moved aside to %s, starting a new one at seq %d",
-                          path, exc, target.name, max(floor, 1))
+                          path, exc, target.name, max(floor, self._next_seq))
                 store = Store(path, self._wal_pages)
                 count, size, hi, limit = store.check()
         except (sqlite3.Error, OSError, Corrupt) as exc:
             log.error("cannot use the spool at %s (%s): readings are kept in memory only and lost on restart",
                       path, exc)
-            self._next_seq = max(floor, 1)
+            self._next_seq = self._first_new = max(floor, self._next_seq)
             self.max_bytes = min(self.max_bytes, MEMORY_MAX_BYTES)
             self._seqfile.close()
             self._seqfile = None
             return
         self._store = store
-        self._next_seq = max(1, floor, limit, hi + 1)
+        self._next_seq = self._first_new = max(self._next_seq, floor, limit, hi + 1)
         self._safe_seq = self._next_seq  # nothing may be handed out before the first reservation
         self._depth = count
         self._bytes = size + count * ROW_OVERHEAD
@@ -516,6 +552,7 @@ class Spool:
         """Under _commit_lock."""
         if self._broken:
             self._recover("unreadable rows")
+        self._check_files()
         store = self._store
         if store is None:
             return False
@@ -542,12 +579,23 @@ class Spool:
                 self._seqfile.write(limit)
         except (sqlite3.Error, OSError) as exc:
             error = exc
+        reserved = False
+        if error is not None and limit is not None and not final and self._seqfile is not None:
+            # The database cannot be written, the seq file perhaps can: the reservation it holds is
+            # as good (the next start takes the larger of the two), and publishing need not pause.
+            try:
+                self._seqfile.write(limit)
+                reserved = True
+            except OSError:
+                pass
         with self._lock:
             self._committing_hi = 0
             self._deleting = set()
             if error is None:
                 for seq, _ in rows:
-                    self._unstored.pop(seq, None)
+                    popped = self._unstored.pop(seq, None)
+                    if popped is not None:
+                        self._unstored_bytes -= popped.size
                 if rows:
                     self._stored_hi = max(self._stored_hi, max(seq for seq, _ in rows))
                 if limit is not None and not final:
@@ -555,6 +603,8 @@ class Spool:
                 self._commits += 1
                 self._last_commit = time.monotonic()
             else:
+                if reserved and limit is not None:
+                    self._safe_seq = limit
                 if deletes and not self._to_delete:
                     self._delete_since = time.monotonic()
                 self._to_delete.update(deletes)
@@ -573,6 +623,50 @@ class Spool:
             log.warning("spool commit failed (%s): readings stay in memory; retrying every %.1f s",
                         error, self.commit_interval)
         return False
+
+    def _check_files(self) -> None:
+        """Under _commit_lock: the spool file or the seq file removed (or replaced) while running.
+
+        The open file still works (an unlinked inode keeps its data until it is closed), but
+        whatever it holds would be gone at the next start: a new file at the path gets all of
+        it; until that works (the directory gone or replaced), the old file is used and the
+        attempt repeated at every commit."""
+        store, seqfile = self._store, self._seqfile
+        why = store.gone() if store is not None else None
+        if store is not None and why is not None:
+            try:
+                new = relocate(store, self._wal_pages, self._clock())
+            except (sqlite3.Error, OSError, Corrupt) as exc:
+                if self._lost_file != why:
+                    self._lost_file = why
+                    log.error("spool file %s: %s while running, and a new one cannot be made there (%s): "
+                              "still writing to the old one, whose readings are lost if the agent stops "
+                              "before it can; retrying at every commit", self.path, why, exc)
+                return
+            with self._lock:  # take() must not be reading through the connection being closed
+                self._store = new
+            store.close()
+            log.error("spool file %s: %s while running: made a new one with the %d readings not yet "
+                      "acknowledged", self.path, why, self._depth)
+            self._lost_file = None
+        if seqfile is not None and seqfile.gone():
+            try:
+                fresh = SeqFile(seqfile.path)
+                try:
+                    fresh.write(max(seqfile.read(), self._safe_seq if self._safe_seq != _NO_LIMIT else 0,
+                                    self._next_seq))
+                except OSError:
+                    fresh.close()
+                    raise
+            except (OSError, SpoolBusy) as exc:
+                if self._lost_file != "seq":
+                    self._lost_file = "seq"
+                    log.error("spool seq file %s was removed while running and cannot be made again (%s); "
+                              "retrying at every commit", seqfile.path, exc)
+                return
+            seqfile.close()
+            self._seqfile = fresh
+            log.error("spool seq file %s was removed while running: made again", fresh.path)
 
     def _recover(self, reason: str) -> None:
         """Under _commit_lock: the file went bad while running. Keep what memory holds, start a new file."""
@@ -603,6 +697,7 @@ class Spool:
             lost = self._depth - len(kept)
             lost_bytes = self._bytes - sum(e.size for e in kept.values())
             self._unstored = dict(sorted(kept.items()))
+            self._unstored_bytes = sum(e.size for e in self._unstored.values())
             if self._store is None:
                 for entry in self._unstored.values():
                     entry.blob = None
@@ -621,7 +716,9 @@ class Spool:
     def _forget(self, seq: int, size: int) -> None:
         self._depth -= 1
         self._bytes -= size
-        self._unstored.pop(seq, None)
+        popped = self._unstored.pop(seq, None)
+        if popped is not None:
+            self._unstored_bytes -= popped.size
         if seq <= self._stored_hi or seq <= self._committing_hi:
             self._delete(seq)
 
@@ -678,7 +775,9 @@ class Spool:
                 self._ra.append(_Entry(reading, blob, len(blob) + ROW_OVERHEAD))
             if self._ra:
                 return self._ra[0]
-        seq = max(self._cursor, self._stored_hi) + 1
+        # Readings appended in this run start at _first_new: the jump to it (the clock's floor, a
+        # reservation) is not walked one seq at a time.
+        seq = max(self._cursor, self._stored_hi, self._first_new - 1) + 1
         while seq < self._next_seq:
             entry = self._unstored.get(seq)
             if entry is not None:
@@ -749,9 +848,38 @@ class Spool:
             if head is None:
                 break  # all in flight: they are the broker's in a moment
             self._drop(head, FULL)
+        if self._failing and self._store is not None and self._unstored_bytes > MEMORY_MAX_BYTES:
+            self._shed()
+        if _MEMORY in self._episode and (not self._failing or self._unstored_bytes <= 0.9 * MEMORY_MAX_BYTES):
+            self._logs.append((logging.INFO, "spool: no more readings dropped for memory: %d in that episode",
+                               (self._episode.pop(_MEMORY),)))
         if FULL in self._episode and self._bytes <= 0.9 * self.max_bytes:
             self._logs.append((logging.INFO, "spool no longer full: %d readings dropped in that episode, "
                                "%d for space since start", (self._episode.pop(FULL), self._dropped[FULL])))
+
+    def _shed(self) -> None:
+        """Commits fail and the readings only memory holds reached MEMORY_MAX_BYTES: the oldest of
+        them not in flight go (counted as dropped for space), so a disk that stays broken cannot
+        eat the board's memory. Readings already in the file stay; seqs left out are skipped."""
+        excess = self._unstored_bytes - MEMORY_MAX_BYTES
+        victims: List[_Entry] = []
+        for seq, entry in self._unstored.items():  # oldest first; the few in flight come first
+            if excess <= 0:
+                break
+            if seq not in self._in_flight:
+                victims.append(entry)
+                excess -= entry.size
+        for entry in victims:
+            self._front.pop(entry.seq, None)
+            self._forget(entry.seq, entry.size)
+            self._dropped[FULL] += 1
+            if _MEMORY in self._episode:
+                self._episode[_MEMORY] += 1
+            else:
+                self._episode[_MEMORY] = 1
+                self._logs.append((logging.WARNING, "spool cannot write its file and holds %d bytes of readings "
+                                   "in memory: dropping the oldest of them until it can", (MEMORY_MAX_BYTES,)))
+        self._changed.notify_all()
 
     def _emit(self) -> None:
         with self._lock:

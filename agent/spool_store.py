@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -73,18 +74,43 @@ def is_corrupt(exc: BaseException) -> bool:
     return type(exc) is sqlite3.DatabaseError
 
 
+def _own_file(path: Path) -> None:
+    """The database file, created (or found) 0600 before SQLite opens it, whatever the umask:
+    SQLite gives its -wal and -journal files the database file's mode. O_NOFOLLOW: a symlink
+    planted in its place is refused (ELOOP), not written through."""
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o177:
+            os.fchmod(fd, 0o600)  # readings are the owner's: a file from an older agent was 0644
+    finally:
+        os.close(fd)
+
+
 class SeqFile:
     """`<spool>.seq`: the seq reservation (a second copy, outside the database) and the process lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a symlink planted in the state directory is refused, not written through.
+        self.fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
             raise SpoolBusy("%s is locked by another process: is another agent running with this spool?"
                             % path) from None
+        st = os.fstat(self.fd)
+        if st.st_mode & 0o177:
+            os.fchmod(self.fd, 0o600)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def gone(self) -> bool:
+        """Whether the file at `path` is no longer this one (removed or replaced)."""
+        try:
+            st = os.stat(str(self.path))
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self.identity
 
     def read(self) -> int:
         raw = os.pread(self.fd, 64, 0)
@@ -107,15 +133,31 @@ class SeqFile:
 
 
 class Store:
-    """The SQLite file: a writer connection (committer only) and a reader (under the spool lock)."""
+    """The SQLite file, through one connection: the committer writes, the spool's reader loads.
+
+    WAL in EXCLUSIVE locking mode: the WAL index lives in this process's heap, not in a
+    `-shm` file mapped into memory. A mapped file that is taken away (made immutable, on a
+    filesystem gone bad, truncated) kills the process with SIGBUS at the next store to it, with
+    no log line; a write error on an ordinary file is an error SQLite reports, which the spool
+    handles (readings stay in memory, commits are retried). The cost: one connection, so a
+    load waits for a commit in progress (only while a stored backlog is read back; measured in
+    bench/spool_bench.py), and no other process can open the file while the agent has it (the
+    .seq lock keeps a second agent out anyway).
+    """
 
     def __init__(self, path: Path, wal_pages: int) -> None:
         self.path = path
-        self.writer: Optional[sqlite3.Connection] = None
-        self.reader: Optional[sqlite3.Connection] = None
+        self.conn: Optional[sqlite3.Connection] = None
+        # One statement or transaction at a time: a load must not see a half-written commit.
+        self._lock = threading.Lock()
         try:
-            self.writer = self._connect()
-            w = self.writer
+            _own_file(path)
+            self.conn = self._connect()
+            w = self.conn
+            # Before WAL is first used on this connection: then it never creates or maps a -shm file.
+            w.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # Nor the database file itself (SQLite's default here, said so it stays that way).
+            w.execute("PRAGMA mmap_size=0")
             # page_size and auto_vacuum only take effect on a new file, before the first table.
             w.execute("PRAGMA page_size=%d" % PAGE)
             w.execute("PRAGMA auto_vacuum=%s" % _AUTO_VACUUM)
@@ -134,64 +176,87 @@ class Store:
             columns = [row[1] for row in w.execute("PRAGMA table_info(readings)").fetchall()]
             if columns != ["seq", "data"]:
                 raise Corrupt("not a spool file (readings table has columns %s)" % columns)
-            self.reader = self._connect()
-            self.reader.execute("PRAGMA query_only=ON")
-            self.reader.execute("PRAGMA cache_size=-1024")
+            # The exclusive lock is taken at the first read: from here on the file is ours alone.
+            w.execute("SELECT count(*) FROM meta").fetchone()
         except BaseException:
             self.close()
             raise
+        # A -shm left by an agent that shared its index (or by anyone): unused now, and ours to remove.
+        try:
+            os.remove(str(path) + "-shm")
+        except OSError:
+            pass
+        st = os.stat(str(path))
+        self.identity = (st.st_dev, st.st_ino)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
 
+    def gone(self) -> Optional[str]:
+        """Why the file at `path` is no longer the one this store writes to (removed, replaced); None if it is."""
+        try:
+            st = os.stat(str(self.path))
+        except FileNotFoundError:
+            return "it was removed"
+        except OSError as exc:
+            return "it cannot be reached (%s)" % (exc.strerror or exc)
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "another file took its place"
+        return None
+
     def check(self) -> Tuple[int, int, int, int]:
         """Verify the file; (count, sum of record sizes, highest seq, stored seq limit)."""
-        assert self.writer is not None
-        problems = self.writer.execute("PRAGMA quick_check(1)").fetchall()
-        if problems != [("ok",)]:
-            raise Corrupt("integrity check: %s" % (problems[0][0] if problems else "no answer"))
-        count, size, hi = self.writer.execute(
-            "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(seq), 0) FROM readings").fetchone()
+        assert self.conn is not None
+        with self._lock:
+            problems = self.conn.execute("PRAGMA quick_check(1)").fetchall()
+            if problems != [("ok",)]:
+                raise Corrupt("integrity check: %s" % (problems[0][0] if problems else "no answer"))
+            count, size, hi = self.conn.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(seq), 0) FROM readings").fetchone()
         return int(count), int(size), int(hi), self.seq_limit()
 
     def seq_limit(self) -> int:
-        assert self.writer is not None
-        row = self.writer.execute("SELECT value FROM meta WHERE key = 'seq_limit'").fetchone()
+        assert self.conn is not None
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'seq_limit'").fetchone()
         return int(row[0]) if row else 0
 
     def load(self, after: int, upto: int, limit: int) -> List[Tuple[int, bytes]]:
-        assert self.reader is not None
-        rows = self.reader.execute("SELECT seq, data FROM readings WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                                   (after, upto, limit)).fetchall()
+        assert self.conn is not None
+        with self._lock:
+            rows = self.conn.execute("SELECT seq, data FROM readings WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                                     (after, upto, limit)).fetchall()
         return [(int(seq), bytes(data)) for seq, data in rows]
 
     def size_of(self, seq: int) -> Optional[int]:
-        assert self.reader is not None
-        row = self.reader.execute("SELECT length(data) FROM readings WHERE seq = ?", (seq,)).fetchone()
+        assert self.conn is not None
+        with self._lock:
+            row = self.conn.execute("SELECT length(data) FROM readings WHERE seq = ?", (seq,)).fetchone()
         return int(row[0]) if row else None
 
     def write(self, rows: List[Tuple[int, bytes]], deletes: List[int], limit: Optional[int]) -> None:
         """One transaction, one fsync of the WAL (SQLite checkpoints on its own every wal_pages)."""
-        w = self.writer
+        w = self.conn
         assert w is not None
-        w.execute("BEGIN IMMEDIATE")
-        try:
-            if rows:
-                # OR REPLACE: a commit whose outcome was unknown (an I/O error) may be written again.
-                w.executemany("INSERT OR REPLACE INTO readings (seq, data) VALUES (?, ?)", rows)
-            if deletes:
-                w.executemany("DELETE FROM readings WHERE seq = ?", [(seq,) for seq in deletes])
-                self._shrink(w)
-            if limit is not None:
-                w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_limit', ?)", (limit,))
-            w.execute("COMMIT")
-        except BaseException:
-            if w.in_transaction:
-                try:
-                    w.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise
+        with self._lock:
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                if rows:
+                    # OR REPLACE: a commit whose outcome was unknown (an I/O error) may be written again.
+                    w.executemany("INSERT OR REPLACE INTO readings (seq, data) VALUES (?, ?)", rows)
+                if deletes:
+                    w.executemany("DELETE FROM readings WHERE seq = ?", [(seq,) for seq in deletes])
+                    self._shrink(w)
+                if limit is not None:
+                    w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_limit', ?)", (limit,))
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    try:
+                        w.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
 
     @staticmethod
     def _shrink(w: sqlite3.Connection) -> None:
@@ -214,13 +279,12 @@ class Store:
         return total
 
     def close(self) -> None:
-        for conn in (self.reader, self.writer):
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-        self.reader = self.writer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
 
 
 def move_aside(path: Path, now: float) -> Path:
@@ -248,3 +312,28 @@ def move_aside(path: Path, now: float) -> Path:
             except FileNotFoundError:
                 pass
     return target
+
+
+def relocate(old: Store, wal_pages: int, now: float) -> Store:
+    """The spool file was removed or replaced under the running agent: a new file at the same
+    path with every row the old one holds (the old one is still open, so nothing is lost), and
+    its seq reservation. What took its place, if anything, is moved aside first. Raises
+    OSError or sqlite3.Error (then the old store is still the one in use)."""
+    path = old.path
+    if os.path.lexists(str(path)):
+        move_aside(path, now)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    new = Store(path, wal_pages)
+    try:
+        after = 0
+        while True:
+            rows = old.load(after, 2 ** 62, 4096)
+            if not rows:
+                break
+            new.write(rows, [], None)
+            after = rows[-1][0]
+        new.write([], [], old.seq_limit() or None)
+    except BaseException:
+        new.close()
+        raise
+    return new

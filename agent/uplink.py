@@ -65,7 +65,8 @@ class Uplink:
                     return
                 self._partial_since = None
                 payload = encode_telemetry(self._device_id, batch)
-                if not self._session.publish(self._topic, payload, self._qos, on_ack=self._acker(batch)):
+                if not self._session.publish(self._topic, payload, self._qos, on_ack=self._acker(batch),
+                                             on_refused=self._refuser(batch)):
                     self._spool.release(batch)
                     return
 
@@ -103,6 +104,17 @@ class Uplink:
             self.delivered += len(seqs)
 
         return ack
+
+    def _refuser(self, batch: List[Reading]) -> Callable[[], None]:
+        seqs = [r.seq for r in batch]
+
+        def refused() -> None:
+            # The broker will not take this message: sent again it would be refused again (and on
+            # MQTT 3.1.1 cost the connection), and held it would block every reading behind it.
+            # Its readings leave the spool, counted as dropped (refused); the session logged why.
+            self._spool.reject(seqs)
+
+        return refused
 
     def drain(self, timeout: float) -> bool:
         """Send partial batches now and wait until every reading is acknowledged; False on timeout."""

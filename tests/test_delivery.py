@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import List, Set
+from typing import Iterator, List, Optional, Set, Tuple
 
-from conftest import Broker, Subscriber, agent_config
+import pytest
+import yaml
+
+from agent import config, pki, tls
+from agent.reading import Sample
+from agent.session import Session
+from agent.spool import Spool
+from agent.uplink import Uplink
+from conftest import Broker, Certs, Subscriber, agent_config
 
 
 def seqs_until(watcher: Subscriber, wanted: Set[int], timeout: float) -> Set[int]:
@@ -191,19 +201,18 @@ def test_agent_killed_mid_stream_resumes_from_its_spool_and_seq_keeps_growing(ce
         count = int(replayed.split("spool ")[1].split(": ")[1].split()[0])
         seqs: List[int] = []
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (len(seqs) < count or max(seqs) < 10_000):
+        while time.monotonic() < deadline and len(seqs) <= count + 5:
             seqs += [r["seq"] for r in watcher.telemetry()["readings"]]
         assert second_run.stop() == 0
     finally:
         watcher.close()
         broker.stop()
-    old = [s for s in seqs if s <= count]
-    new = [s for s in seqs if s > count]
-    # What was committed before the kill comes first, in order, without a gap, from seq 1.
+    old, new = seqs[:count], seqs[count:]
+    # What was committed before the kill comes first, in order, without a gap.
     assert count >= 40  # 3 s at 20/s, less at most one commit interval
-    assert old == list(range(1, count + 1))
-    # New readings continue above every seq the first run could have handed out.
-    assert new and min(new) > count and new == sorted(new)
+    assert old == list(range(old[0], old[0] + count))
+    # New readings continue above every seq the first run could have handed out (its reservation).
+    assert new and min(new) >= old[0] + 10_000 and new == sorted(new)
     assert "Traceback" not in second_run.output
 
 
@@ -257,3 +266,95 @@ def test_a_stop_sends_a_partial_batch_at_once_rather_than_leaving_it(certs, brok
     readings = subscriber.telemetry(timeout=5)["readings"]
     assert len(readings) >= 3
     assert "not yet acknowledged" not in agent.output
+
+
+# -- a message the broker refuses ------------------------------------------------------------------
+
+class _Highest(random.Random):
+    """The backoff's jitter always at its cap, so the log shows the cap itself."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def _pipeline(certs: Certs, broker: Broker, tmp_path: Path, *, protocol: str = "3.1.1",
+              topic: Optional[str] = None) -> Tuple[Session, Spool, Uplink]:
+    """A session, an in-memory spool and an uplink, wired as the daemon wires them."""
+    path = tmp_path / "refusal.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, broker.port, mqtt={"protocol": protocol})))
+    cfg = config.load(path)
+    assert cfg.mqtt.tls is not None
+    spool = Spool()
+    pumps: List[Uplink] = []
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=lambda: [u.pump() for u in pumps],
+                      rng=_Highest())
+    uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1)
+    pumps.append(uplink)
+    return session, spool, uplink
+
+
+def _send(spool: Spool, uplink: Uplink, value: int) -> int:
+    seq = spool.append(Sample("t", value, "C", time.time())).seq
+    uplink.pump()
+    return seq
+
+
+def test_a_message_the_broker_closes_the_connection_on_is_dropped_and_telemetry_goes_on(
+        certs, broker, subscriber, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    session, spool, uplink = _pipeline(certs, broker, tmp_path)
+    session.start()
+    try:
+        assert session.wait_connected(15)
+        before = _send(spool, uplink, 1)
+        assert before in seqs_until(subscriber, {before}, 15)
+        # mosquitto closes the connection on a topic with U+0000 (MQTT 3.1.1 gives it no other way to say no).
+        refused, acked = threading.Event(), threading.Event()
+        assert session.publish("edison/thunder10/a\0b", b"poison", 1, on_ack=acked.set, on_refused=refused.set)
+        assert refused.wait(30), "the poisoned message was never given up"
+        assert not acked.is_set()
+        # Telemetry flows again: readings sampled after the poison reach an independent subscriber.
+        after = {_send(spool, uplink, 2), _send(spool, uplink, 3)}
+        assert after <= seqs_until(subscriber, after, 30)
+        assert session.wait_connected(15) and spool.wait_empty(15)
+    finally:
+        session.stop(5)
+    said = [r.getMessage() for r in caplog.records if "probably refuses" in r.getMessage()]
+    assert len(said) == 1 and "'edison/thunder10/a\\x00b'" in said[0]
+    # Two closes in a row, and the backoff grew between them instead of starting over at each CONNACK.
+    delays = [float(r.getMessage().split()[-2]) for r in caplog.records
+              if r.getMessage().startswith("next connection attempt in")]
+    assert len(delays) == 2 and delays[0] < delays[1]
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path, certs: Certs) -> Iterator[Broker]:
+    acl = tmp_path / "acl"
+    acl.write_text(pki.mosquitto_acl(["monitor"]))
+    b = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key, acl_file=acl)
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_mqtt5_a_refused_puback_drops_that_message_with_one_line_and_counts_its_readings(
+        certs, acl_broker, tmp_path, caplog):
+    # The ACL lets a device publish only under edison/<its id>/ (telemetry, status, health, reply/#).
+    session, spool, uplink = _pipeline(certs, acl_broker, tmp_path, protocol="5",
+                                       topic="edison/thunder10/not-granted")
+    session.start()
+    try:
+        assert session.wait_connected(15)
+        for value in range(5):
+            _send(spool, uplink, value)
+        assert spool.wait_empty(15)
+        assert spool.stats().dropped_refused == 5 and spool.dropped == 5
+        assert uplink.delivered == 0
+        # The session is not hurt: a message to a granted topic is acknowledged.
+        acked = threading.Event()
+        assert session.publish("edison/thunder10/health", b"{}", 1, on_ack=acked.set)
+        assert acked.wait(15) and session.connected and session.reconnects == 0
+    finally:
+        session.stop(5)
+    said = [r.getMessage() for r in caplog.records if "refused a message to" in r.getMessage()]
+    assert len(said) == 1 and "'edison/thunder10/not-granted'" in said[0] and "Not authorized" in said[0]

@@ -241,3 +241,39 @@ def test_the_command_line_dry_run(tmp_path):
 def test_the_systemd_version_is_read_from_systemctl():
     version = install.installed_systemd_version()
     assert version is not None and version >= 216, "systemctl --version: apt-get install systemd"
+
+
+# -- symlinks planted in the target tree -----------------------------------------------------------
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """Files outside the --root tree that a planted symlink points at: they must not change."""
+    there = tmp_path / "outside"
+    (there / "certs").mkdir(parents=True)
+    (there / "config.yaml").write_text("someone else's\n")
+    (there / "certs" / "thunder10.key").write_text("someone else's key\n")
+    for path in (there, there / "certs", there / "config.yaml", there / "certs" / "thunder10.key"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return there
+
+
+@pytest.mark.parametrize("planted, target", [
+    ("etc/edison-agent", "."),  # the whole config directory
+    ("etc/edison-agent/config.yaml", "config.yaml"),
+    ("etc/edison-agent/certs", "certs"),
+    ("etc/edison-agent/certs/thunder10.key", "certs/thunder10.key"),
+    ("var/lib/edison-agent", "certs"),
+    ("etc/systemd", "."),
+])
+def test_install_refuses_to_follow_a_symlink_planted_in_the_target_tree(tmp_path, outside, planted, target):
+    # Before: install chmod'ed the files the links pointed at (0644 -> 0640/0600/0700) and wrote into them.
+    root = tmp_path / "root"
+    link = root / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside / target)
+    before = _snapshot(outside)
+    with pytest.raises(install.InstallError, match="symlink .*refusing to follow it"):
+        _install(root)
+    assert _snapshot(outside) == before
+    assert cli.main(["install", "--root", str(root), "--systemd-version", "252", "--exec", AGENT]) == 2
+    assert _snapshot(outside) == before

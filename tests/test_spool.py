@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import queue
@@ -21,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import spool as spool_module
 from agent.reading import Reading, Sample
 from agent.spool import AGE, FULL, Spool, SpoolBusy
-from agent.spool_store import ROW_OVERHEAD, Store, encode
+from agent.spool_store import ROW_OVERHEAD, SeqFile, Store, encode
 from conftest import ROOT
 
 NOW = float(int(time.time()))  # the machine's clock: readings must not be old by the default max_age
@@ -52,6 +54,13 @@ def spool_records(caplog: pytest.LogCaptureFixture) -> List[logging.LogRecord]:
 
 def file_bytes(path: Path) -> int:
     return sum(os.path.getsize(str(path) + s) for s in ("", "-wal") if os.path.exists(str(path) + s))
+
+
+@pytest.fixture(autouse=True)
+def seq_from_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests here count seq from 1, as a spool does when the clock says 1970: the clock's floor
+    (SEQ_PER_SECOND) has its own tests in test_state_files.py."""
+    monkeypatch.setattr(spool_module, "SEQ_PER_SECOND", 0)
 
 
 @pytest.fixture
@@ -411,8 +420,9 @@ def test_empty_file_is_a_new_spool(db: Path, caplog: pytest.LogCaptureFixture) -
 
 
 def test_file_going_bad_while_running_keeps_what_memory_holds(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Larger than the connection's page cache (1 MiB), so the damaged pages are read from the file again.
     with Spool(db) as spool:
-        for i in range(3000):
+        for i in range(40_000):
             spool.append(sample(i))
     with Spool(db, commit_interval=0.05) as spool:
         assert seqs(spool.take(2)) == [1, 2]  # read ahead: in memory from now on
@@ -431,7 +441,7 @@ def test_file_going_bad_while_running_keeps_what_memory_holds(db: Path, caplog: 
         assert st_.depth == 2 + len(got)  # 1 and 2 are in flight still
         spool.ack([1, 2] + seqs(got))
         new = spool.append(sample(0)).seq
-        assert new == 3001
+        assert new == 40_001
     with Spool(db) as spool:
         assert seqs(spool.take(10)) == [new]
 
@@ -445,7 +455,14 @@ def test_failing_commits_keep_readings_and_pause_publishing_only_past_the_reserv
         def disk_full(self: Store, *args: Any) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
+        # A full disk fails both files: the database and the seq file beside it.
         monkeypatch.setattr(Store, "write", disk_full)
+        seq_works = SeqFile.write
+
+        def no_space(self: SeqFile, limit: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(SeqFile, "write", no_space)
         for i in range(30):
             spool.append(sample(i))
         assert seqs(spool.take(100)) == list(range(1, 11))  # reserved at open
@@ -453,6 +470,7 @@ def test_failing_commits_keep_readings_and_pause_publishing_only_past_the_reserv
         assert spool.take(100) == []  # 11 on: not reserved durably, so not published
         assert spool.depth == 30
         monkeypatch.setattr(Store, "write", works)
+        monkeypatch.setattr(SeqFile, "write", seq_works)
         deadline = time.monotonic() + 5
         got: List[Reading] = []
         while len(got) < 20:
