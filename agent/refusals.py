@@ -101,6 +101,12 @@ class Outstanding:
             self._log.info("the broker accepts messages to %s again (%d refused)", shown(topic), count)
         _finish(refused, on_ack, on_refused)
 
+    @property
+    def awaiting(self) -> bool:
+        """Whether any message still waits for its PUBACK (a move to another broker would then send it twice)."""
+        with self._lock:
+            return bool(self._waiting)
+
     # -- connections (network thread) ----------------------------------------------------------
 
     def lost(self, by_broker: bool) -> None:

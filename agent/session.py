@@ -451,7 +451,7 @@ class Session:
                 delay = after_loss.next_delay(time.monotonic())
             else:
                 delay = backoff_delay(attempt, rc.min_delay, rc.max_delay, self._rng,
-                                      spread=rc.spread if lost else None)
+                                      spread=rc.spread if lost and attempt == 1 else None)
             self._log.debug("next connection attempt in %.1f s", delay)
             # One wait however long: waiting for a deadline ahead is what the watchdog checks.
             self._alive = (time.monotonic() + delay, self._alive[1])
@@ -758,9 +758,7 @@ class Session:
         due = self._brokers.failback_due()
         if due is None or time.monotonic() < due:
             return False
-        with self._acks_lock:
-            busy = bool(self._acks)
-        if busy:
+        if self._outstanding.awaiting:
             # A PUBACK is usually milliseconds away; a board that is never idle moves anyway, by
             # QoS 1's rule (the unacknowledged are sent again to the preferred broker).
             self._brokers.postpone(0.2)
