@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.spool import clock_floor
 from conftest import ROOT, Broker, Certs, agent_config
 
 DOC = ROOT / "docs" / "consumers.md"
@@ -163,8 +164,10 @@ def consumer(tmp_path: Path, persistent_broker: Broker, certs: Certs) -> Iterato
 def test_a_run_after_a_crash_announces_its_seq_start_in_the_status_and_the_health_document(
         certs, broker, subscriber, run_agent):
     cfg = agent_config(certs, broker.port)
+    before = time.time()
     first = run_agent(cfg)
-    assert subscriber.online()["seq_start"] == 1
+    # A new spool: the first run starts at the clock's floor (docs/delivery.md).
+    assert subscriber.online()["seq_start"] >= clock_floor(before)
     last = max(subscriber.telemetry()["readings"][0]["seq"] for _ in range(5))
     first.stop(signal.SIGKILL)
 
@@ -193,14 +196,15 @@ def test_the_consumers_in_the_docs_report_the_loss_and_not_the_crash_jump(
     # Readings older than a second are dropped while the broker is away: a loss inside the run, on purpose.
     cfg = agent_config(certs, broker.port, spool={"max_age": 1}, health={"interval": 1})
     first = run_agent(cfg)
-    consumer.wait_for(r"^thunder10 online, this run's seqs start at 1$")
-    consumer.wait_for(r"^thunder10 temperature [\d.]+ degC seq 10$")
+    # A new spool: the run starts at the clock's floor (docs/delivery.md), announced before any reading.
+    begun = int(consumer.wait_for(r"^thunder10 online, this run's seqs start at (\d+)$").group(1))
+    consumer.wait_for(r"^thunder10 temperature [\d.]+ degC seq %d$" % (begun + 9))
     first.stop(signal.SIGKILL)
     seen = consumer.count()
 
     second = run_agent(cfg)
     start = int(consumer.wait_for(r"^thunder10 online, this run's seqs start at (\d+)$", after=seen).group(1))
-    assert start > 10
+    assert start > begun + 10
     consumer.wait_for(r"^thunder10 temperature [\d.]+ degC seq %d$" % (start + 5))
     # The jump from the crashed run to this one is not loss.
     assert consumer.matching(r" lost ") == []

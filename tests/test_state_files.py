@@ -83,9 +83,12 @@ def test_spool_files_made_immutable_cost_no_reading_and_never_kill_the_agent(cer
         try:
             # The backlog (from before, through and after the failure; at 5 readings/s well over
             # 30) arrives first, in seq order, without a gap.
-            first = watcher.telemetry(timeout=30)["readings"][0]["seq"]
-            seen = {first}
+            message = watcher.telemetry(timeout=30)["readings"]
+            first = message[0]["seq"]
+            seen = {r["seq"] for r in message}
+            deadline = time.monotonic() + 60
             while not set(range(first, first + 30)) <= seen:
+                assert time.monotonic() < deadline, "missing seqs: %s" % sorted(set(range(first, first + 30)) - seen)
                 seen.update(r["seq"] for r in watcher.telemetry(timeout=30)["readings"])
         finally:
             watcher.close()
