@@ -40,7 +40,6 @@ import collections
 import logging
 import math
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -90,7 +89,9 @@ _MEMORY = "memory"  # an episode of drops for memory while commits fail (counted
 # battery-backed clock by default): its age is unknown, so it is never dropped for age.
 _SANE_TS = 1_500_000_000.0
 _EPISODE_QUIET = 60.0
-_NO_LIMIT = sys.maxsize
+# Above every seq (they stay below 2**53, see clock_floor). Not sys.maxsize: that is 2**31 - 1 on the
+# 32-bit board, below today's clock floor, so an in-memory spool handed nothing out there.
+_NO_LIMIT = 2 ** 63 - 1
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ set -euo pipefail
 CACHE=${EDISON_I386_CACHE:-/var/cache/edison-agent}
 SUITE=bookworm
 PACKAGES=python3,python3-venv,python3-pip,python3-setuptools,python3-wheel,python3-cryptography,python3-cffi-backend,\
-python3-yaml,python3-pytest,python3-hypothesis,python3-systemd,mosquitto,mosquitto-clients,openssl,\
+python3-yaml,python3-pytest,python3-hypothesis,python3-systemd,python3-jinja2,mosquitto,mosquitto-clients,openssl,\
 ca-certificates,procps
 PIP_PACKAGES="paho-mqtt==2.2.0"
 ROOT_VERSION=1
