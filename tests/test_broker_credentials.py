@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict
 import pytest
 import yaml
 
-from agent.config import schema as config
+from agent import config
 from conftest import ROOT, Broker, Certs, agent_config
 
 PASSWORD = "s3cret-Sauce-77"

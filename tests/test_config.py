@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
-from agent.config import schema as config
-from agent.tools.pki import authority as pki
+from agent import cli, config, pki
 from conftest import ROOT
 
 

@@ -1,1 +1,0 @@
-"""Readings between sampling and the broker's acknowledgement: the spool, its store, the uplink."""

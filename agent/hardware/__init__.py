@@ -1,1 +1,0 @@
-"""The hardware edge: the board (the only mraa import), the drivers, the simulated parts."""

@@ -1,1 +1,0 @@
-"""`edison-agent run` as a service: wiring, signals, reload, health, systemd, commands."""

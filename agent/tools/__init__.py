@@ -1,1 +1,0 @@
-"""Operator and off-board tools; `edison-agent run` never imports them."""

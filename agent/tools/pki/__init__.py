@@ -1,1 +1,0 @@
-"""Certificates: a private CA, broker and device certificates, provisioning, revocation."""

@@ -1,1 +1,0 @@
-"""`edison-agent watch`: the fleet's health, one row per board."""
