@@ -40,7 +40,7 @@ test: system-deps venv
 
 check: venv
 	$(VENV)/bin/ruff check agent tests scripts bench
-	$(VENV)/bin/mypy agent
+	$(VENV)/bin/mypy agent bench scripts
 
 # Issue 15: the service under a real systemd 252 as PID 1 (a Debian 12 container booted with
 # systemd-nspawn): installed as docs/operations.md says, then start, watchdog, reload, stop, the

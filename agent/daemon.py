@@ -288,7 +288,7 @@ class Agent:
             self._cert_not_after = health_report.certificate_expiry(new)
             changed.append("broker session (reconnected)")
         elif (new.device_id, new.batch) != (old.device_id, old.batch):
-            self._replace_uplink(new, self.session)
+            self.uplink.rebatch(new.device_id, new.batch)
             changed.append("batching")
         if new.spool != old.spool or new.state_dir != old.state_dir or new.commands != old.commands:
             log.warning("spool, state_dir and commands changes take effect at the next restart")

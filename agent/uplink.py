@@ -30,6 +30,7 @@ class Uplink:
         self._qos = qos
         self._batch = batch = batch or BatchConfig()
         # The window counts messages; the spool counts readings.
+        self._window = window
         self._window_readings = window * batch.max_readings
         self._monotonic = monotonic
         # Held from take() to publish() so two threads cannot hand paho seq 6 before seq 5.
@@ -70,11 +71,29 @@ class Uplink:
                     self._spool.release(batch)
                     return
 
+    def rebatch(self, device_id: str, batch: BatchConfig) -> None:
+        """A reload changed the device id or the batching: the same uplink goes on with them, so
+        what is in flight is acknowledged into the one count and no timer of the old batching
+        sends anything. A partial batch waits max_delay again from now."""
+        with self._lock:
+            self._device_id = device_id
+            self._batch = batch
+            self._window_readings = self._window * batch.max_readings
+            self._partial_since = None
+            self._cancel_timer()
+        self.pump()
+
     def retire(self) -> None:
         """Hand nothing more to this session (it is being replaced). Not a lock held across the
         session's stop: its network thread calls pump() and must not block on us while stopping."""
         with self._lock:
             self._retired = True
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _batch_ready(self) -> bool:
         """A full batch, or a partial one that has waited max_delay (then a timer comes back for it)."""

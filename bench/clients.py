@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -57,7 +57,7 @@ class ResumingContext(ssl.SSLContext):
     saved: Optional[ssl.SSLSession] = None
     resume = False
 
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         if self.resume and self.saved is not None and kwargs.get("session") is None:
             kwargs["session"] = self.saved
         return super().wrap_socket(sock, *args, **kwargs)
@@ -158,7 +158,8 @@ def mode_reconnect(args: argparse.Namespace) -> Dict[str, Any]:
 def mode_connect(args: argparse.Namespace) -> Dict[str, Any]:
     """Each variant: (name, port, ca, cert, key, tls12, resume). Interleaved, one connect each per pass."""
     variants = json.loads(args.variants)
-    state = []
+    # (variant, its context or None for plain MQTT, the client); Any: the agent's ClientContext or the bench's own.
+    state: List[Tuple[Dict[str, Any], Any, mqtt.Client]] = []
     for v in variants:
         if v.get("agent"):
             # The agent's own context (agent/tls.py), with its remember_session() after CONNACK.
@@ -185,13 +186,13 @@ def mode_connect(args: argparse.Namespace) -> Dict[str, Any]:
             t0, cpu0 = time.perf_counter(), time.thread_time()
             connect_sync(c, args.host, v["port"])
             cpu1, t1 = time.thread_time(), time.perf_counter()
-            sock = c.socket()
+            sock: Any = c.socket()
             if v.get("agent"):
                 if v["resume"]:
-                    ctx.remember_session(sock)  # type: ignore[union-attr]
+                    ctx.remember_session(sock)
             elif ctx is not None:
                 # After CONNACK the TLS 1.3 ticket has been read: save the session for the next connect.
-                ctx.saved = sock.session  # type: ignore[union-attr]
+                ctx.saved = sock.session
             if i > 0:  # the first pass warms caches and gets the first ticket
                 r = out[v["name"]]
                 r["wall"].append(t1 - t0)

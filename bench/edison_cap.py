@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -352,7 +352,7 @@ def cleanup(work: Path) -> None:
 
 
 def measure(bench: Bench, cap: Cap, key: str, args: argparse.Namespace) -> Dict[str, Any]:
-    steps = [
+    steps: List[Tuple[str, Callable[[], Any]]] = [
         ("startup_10", lambda: bench.startup(cap, 10)),
         ("startup_200", lambda: bench.startup(cap, 200)),
         ("imports", lambda: bench.imports(cap)),

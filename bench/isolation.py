@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -59,7 +59,7 @@ def cpu_seconds(pids: List[int]) -> float:
     return total
 
 
-def memory(pids: List[int]) -> Dict[str, float]:
+def memory(pids: List[int]) -> Dict[str, Any]:
     pss = 0
     rss: List[float] = []
     for pid in pids:
@@ -70,7 +70,8 @@ def memory(pids: List[int]) -> Dict[str, float]:
         values = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
         pss += values["Pss"]
         rss.append(round(values["Rss"] / 1024, 1))
-    return {"pss_total_mib": round(pss / 1024, 1), "rss_each_mib": rss, "processes": len(rss)}
+    result: Dict[str, Any] = {"pss_total_mib": round(pss / 1024, 1), "rss_each_mib": rss, "processes": len(rss)}
+    return result
 
 
 def sampled(health: Path) -> int:

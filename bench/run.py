@@ -394,7 +394,8 @@ def helper(env: Env, mode: str, *extra: str, port: Optional[int] = None) -> Dict
     argv = [PY, CLIENTS, mode, "--port", str(port or env.broker.port), "--ca", str(env.ec["ca"]),
             "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), *extra]
     out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def per_reading(r: Dict[str, Any]) -> Dict[str, Any]:
@@ -487,7 +488,7 @@ def connection_cost(env: Env, quick: bool) -> Dict[str, Any]:
          "agent": True},
     ]
     raw = helper(env, "connect", "--count", str(40 if quick else 120), "--variants", json.dumps(variants))
-    out = {}
+    out: Dict[str, Any] = {}
     for name, r in raw.items():
         out[name] = {"n": len(r["wall"]), "cpu_us_median": 1e6 * statistics.median(r["cpu"]),
                      "wall_ms_p50": 1e3 * pct(r["wall"], 0.5), "wall_ms_p90": 1e3 * pct(r["wall"], 0.9),
@@ -596,7 +597,7 @@ def footprint(env: Env, quick: bool) -> Dict[str, Any]:
         byt1 = switches_by_thread(idle.pid)
         p1, n_paho = voluntary_switches(paho_idle.pid)
         c1, pc1 = proc_sched_ns(idle.pid), proc_sched_ns(paho_idle.pid)
-        res = {
+        res: Dict[str, Any] = {
             "window_s": window,
             "agent_5_sensors_vmhwm_mib": proc_status(a5.pid, "VmHWM") / 1024,
             "agent_5_sensors_threads": len(os.listdir("/proc/%d/task" % a5.pid)),

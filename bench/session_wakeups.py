@@ -66,6 +66,7 @@ def main() -> int:
                 time.sleep(0.5)  # the online status is out and acknowledged
                 # The session names its network thread; the kernel counts its sleeps.
                 tid = next(t.native_id for t in threading.enumerate() if t.name == "mqtt-session")
+                assert tid is not None  # a started thread has one
                 before = switches_by_thread(os.getpid())[tid]
                 for _ in range(args.readings):
                     acked = threading.Event()

@@ -46,7 +46,7 @@ def echo(prefix: str, stream: IO[bytes]) -> None:
 def start(prefix: str, argv: List[str], **kwargs: object) -> "subprocess.Popen[bytes]":
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)  # type: ignore
     threading.Thread(target=echo, args=(prefix, proc.stdout), daemon=True).start()
-    return proc
+    return proc  # type: ignore[no-any-return]
 
 
 def wait_listening(port: int, proc: "subprocess.Popen[bytes]") -> None:

@@ -41,7 +41,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+def wait_port(port: int, proc: "subprocess.Popen[bytes]", timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -72,7 +72,7 @@ class RabbitNode:
         # What `pki issue-broker --broker rabbitmq` prints, on this node's port.
         (self.dir / "rabbitmq.conf").write_text(broker_setup.snippet("rabbitmq", ca, cert, key, self.mqtt_port)
                                                 + "\nloopback_users = none\n")
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env,
@@ -121,7 +121,7 @@ class Mosquitto:
             "user %s" % os.environ.get("USER", "root"), "log_dest file %s" % (self.dir / "mosquitto.log"),
             broker_setup.snippet("mosquitto", ca, cert, key, self.mqtt_port).replace(
                 "listener %d" % self.mqtt_port, "listener %d 127.0.0.1" % self.mqtt_port), ""]))
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.dir / "mosquitto.conf")],
@@ -164,7 +164,7 @@ class Watcher:
         self.proc.wait(10)
 
 
-def run_agent(base: Path, pki_dir: Path, hosts: List[str], protocol: int) -> subprocess.Popen:
+def run_agent(base: Path, pki_dir: Path, hosts: List[str], protocol: int) -> "subprocess.Popen[bytes]":
     state = base / "state"
     cfg: Dict[str, Any] = {
         "device": {"id": DEVICE},

@@ -8,7 +8,13 @@ message per reading.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import time
+from pathlib import Path
 from typing import Any, Dict, List
+
+import yaml
 
 from conftest import agent_config
 
@@ -52,3 +58,31 @@ def test_max_readings_1_keeps_a_message_per_reading(certs, broker, subscriber, r
     assert agent.stop() == 0
     assert [len(readings) for readings in messages] == [1] * 6
     assert {r["sensor"] for readings in messages for r in readings} == {"s0", "s1", "s2"}
+
+
+def test_a_reload_that_changes_only_batch_leaves_one_uplink_counting_every_delivery(
+        certs, broker, subscriber, run_agent):
+    # A partial batch waits max_delay; the reload comes while it waits, and makes the wait an hour.
+    cfg = agent_config(certs, broker.port, batch={"max_readings": 1000, "max_delay": 4})
+    agent = run_agent(cfg)
+    path = Path(agent.proc.args[-1])
+    subscriber.online()
+    cfg["batch"] = {"max_readings": 1000, "max_delay": 3600}
+    path.write_text(yaml.safe_dump(cfg))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for("reloaded .*: batching")
+    # Past the first config's max_delay: a timer left from it would have sent its batch by now.
+    time.sleep(6)
+    assert agent.stop() == 0
+    delivered = int(agent.wait_for(r"stopped: \d+ readings delivered").split("stopped: ")[1].split()[0])
+    assert delivered > 0
+    # What the broker received is what the agent counts as delivered: nothing counted into a
+    # discarded object. The drain at stop sends what waited; collect until it is all in.
+    seqs: List[int] = []
+    while len(seqs) < delivered:
+        seqs += [r["seq"] for r in subscriber.telemetry(timeout=10)["readings"]]
+    with contextlib.suppress(AssertionError):
+        while True:
+            seqs += [r["seq"] for r in subscriber.telemetry(timeout=1)["readings"]]
+    assert len(seqs) == delivered
+    assert seqs == list(range(seqs[0], seqs[0] + delivered))

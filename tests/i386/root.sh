@@ -14,6 +14,7 @@
 # Exit 3 (with a reason on stderr) where this machine cannot build one: not root, no debootstrap.
 set -euo pipefail
 
+# python3-jinja2: tests/test_discovery.py renders the Home Assistant templates as Home Assistant does.
 CACHE=${EDISON_I386_CACHE:-/var/cache/edison-agent}
 SUITE=bookworm
 PACKAGES=python3,python3-venv,python3-pip,python3-setuptools,python3-wheel,python3-cryptography,python3-cffi-backend,\
