@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from agent import __version__, config, logging_setup, targets
-from agent.board import BoardUnavailable
-from agent.spool import SpoolBusy
-from agent.tls import TLSSetupError, build_context
+from agent import __version__
+from agent.config import schema as config
+from agent.config import targets
+from agent.delivery.spool import SpoolBusy
+from agent.hardware.board import BoardUnavailable
+from agent.mqtt.tls import TLSSetupError, build_context
+from agent.service import logging_setup
 
 DEFAULT_CONFIG = Path("/etc/edison-agent/config.yaml")
 EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG = 0, 1, 2
@@ -42,16 +45,18 @@ def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     if args[:1] != ["run"]:
         # Not for `run`: the daemon lives for months on a board where each module is resident
         # memory (issue 7's footprint), and none of these is needed there.
-        from agent import doctor, pki_cli, status
-        from agent.install import add_install_parsers
-        from agent.reload import add_reload_parser
+        from agent.service.reload import add_reload_parser
+        from agent.tools import status
+        from agent.tools.doctor import checkup as doctor
+        from agent.tools.install import add_install_parsers
+        from agent.tools.pki import cli as pki_cli
         pki_cli.add_pki_parser(commands)
         doctor.add_doctor_parser(commands, DEFAULT_CONFIG)
         status.add_status_parser(commands)
         add_install_parsers(commands)
         add_reload_parser(commands)
         # An operator's tool (it imports paho): registered here, never loaded by `run`.
-        from agent.watch_cli import add_watch_parser
+        from agent.tools.watch.cli import add_watch_parser
         add_watch_parser(commands)
     return parser
 
@@ -105,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.log_level is None:
         logging_setup.configure(cfg.log_level)
     # Imported here: the daemon pulls in paho, which check-config and pki do not need.
-    from agent import daemon
+    from agent.service import daemon
 
     try:
         return daemon.run(cfg)

@@ -162,10 +162,10 @@ def mode_connect(args: argparse.Namespace) -> Dict[str, Any]:
     state: List[Tuple[Dict[str, Any], Any, mqtt.Client]] = []
     for v in variants:
         if v.get("agent"):
-            # The agent's own context (agent/tls.py), with its remember_session() after CONNACK.
+            # The agent's own context (agent/mqtt/tls.py), with its remember_session() after CONNACK.
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            from agent.config import TLSConfig
-            from agent.tls import build_context
+            from agent.config.schema import TLSConfig
+            from agent.mqtt.tls import build_context
             actx = build_context(TLSConfig(ca_file=Path(v["ca"]), cert_file=Path(v["cert"]),
                                            key_file=Path(v["key"]), min_version="1.2"))
             state.append((v, actx, new_client(actx, "bench-conn-%s" % v["name"])))

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers)
 
-from agent import pki  # noqa: E402
+from agent.tools.pki import authority as pki  # noqa: E402
 
 CPU_CG = Path("/sys/fs/cgroup/cpu")
 CPUSET_CG = Path("/sys/fs/cgroup/cpuset")
@@ -249,7 +249,7 @@ class Bench:
     def imports(self, cap: Cap) -> Dict[str, Any]:
         """`python -X importtime` of what `edison-agent run` imports, under the cap: the top costs."""
         argv = ["setarch", "i686", "chroot", str(self.merged), "env", "-i", "PATH=/usr/bin:/bin",
-                AGENT_PY, "-X", "importtime", "-c", "import agent.cli, agent.daemon"]
+                AGENT_PY, "-X", "importtime", "-c", "import agent.cli, agent.service.daemon"]
         started = time.monotonic()
         err = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300,
                              preexec_fn=cap.join).stderr

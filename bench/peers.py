@@ -51,7 +51,7 @@ import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers, the 
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from run import ROOT, Env, proc_cpu, proc_sched_ns, proc_status, voluntary_switches  # noqa: E402
 
-from agent import pki  # noqa: E402
+from agent.tools.pki import authority as pki  # noqa: E402
 
 PEERS_VENV = BENCH / ".peers-venv"
 CONFIGS = BENCH / "peers-configs"

@@ -52,7 +52,7 @@ import edison  # noqa: E402  (bench/edison.py, beside this file)
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from agent import pki  # noqa: E402
+from agent.tools.pki import authority as pki  # noqa: E402
 
 PY = sys.executable
 CLIENTS = str(ROOT / "bench" / "clients.py")
@@ -151,7 +151,7 @@ def wait_listening(port: int, proc: "subprocess.Popen[bytes]") -> None:
 # -- certificates -------------------------------------------------------------------------
 
 def rsa_pki(d: Path) -> Dict[str, Path]:
-    """The founding post's setup: RSA-2048 CA, broker and client certificates (made here, not by agent.pki)."""
+    """The founding post's setup: RSA-2048 CA, broker and client certificates (made here, not by agent.tools.pki)."""
     import ipaddress
 
     from cryptography import x509
@@ -502,7 +502,7 @@ def connection_cost(env: Env, quick: bool) -> Dict[str, Any]:
                                                            if isinstance(v, dict) and "wall_ms_p90" in v)}
     out["note"] = ("client CPU (thread_time) and wall from connect() to CONNACK, paho on one thread; "
                    "'ecdsa-p256-tls1.3-resumed' is the bench's own SSLContext subclass, 'agent ClientContext' "
-                   "is agent.tls.build_context() with its remember_session() after CONNACK")
+                   "is agent.mqtt.tls.build_context() with its remember_session() after CONNACK")
     out["agent_session_resumes"] = agent_resumes(env)
     return out
 
@@ -643,8 +643,8 @@ def spool_drain(env: Env, quick: bool) -> Dict[str, Any]:
     """A backlog as after an outage: the readings are put in the agent's spool file first (with
     the agent's own Spool), then the agent starts with its broker up; seconds from its connect
     to the subscriber having every reading. Target: 6,000 in <= 10 s."""
-    from agent.reading import Sample
-    from agent.spool import Spool
+    from agent.delivery.spool import Spool
+    from agent.sampling.reading import Sample
 
     backlog = 6000
     cfg = agent_config(env, [], None)
@@ -717,7 +717,7 @@ def crypto_speed() -> Dict[str, Any]:
             out["x25519_op_us"] = 1e6 / float(f[-1])
     import timeit
 
-    from agent.reading import Reading, encode_telemetry
+    from agent.sampling.reading import Reading, encode_telemetry
     r = [Reading(1, time.time(), SENSOR_NAME, 23.4765625, "degC")]
     n = 20000
     out["python_encode_telemetry_us"] = 1e6 * min(timeit.repeat(lambda: encode_telemetry(DEVICE, r), number=n,

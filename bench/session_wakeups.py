@@ -27,8 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from run import free_port, switches_by_thread, wait_listening  # noqa: E402
 
-from agent import config, pki, tls  # noqa: E402
-from agent.session import Session  # noqa: E402
+from agent.config import schema as config  # noqa: E402
+from agent.mqtt import tls  # noqa: E402
+from agent.mqtt.session import Session  # noqa: E402
+from agent.tools.pki import authority as pki  # noqa: E402
 
 
 def main() -> int:

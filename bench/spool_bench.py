@@ -1,4 +1,4 @@
-"""Spool storage, measured side by side: SQLite (agent.spool) against append-only segment files.
+"""Spool storage, measured side by side: SQLite (agent.delivery.spool) against append-only segment files.
 
     python bench/spool_bench.py [--dir DIR] [--seconds S]
 
@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.reading import Sample  # noqa: E402
-from agent.spool import Spool  # noqa: E402
-from agent.spool_store import encode as _encode  # noqa: E402
+from agent.delivery.spool import Spool  # noqa: E402
+from agent.delivery.store import encode as _encode  # noqa: E402
+from agent.sampling.reading import Sample  # noqa: E402
 
 SENSORS = ["bme280.temperature", "bme280.humidity", "bme280.pressure", "tmp102.temperature", "light.lux"]
 
@@ -146,7 +146,7 @@ class SegmentSpool:
                 self._wake.notify()
 
     def _run(self) -> None:
-        # The same policy as agent.spool: each change is due commit_interval after it happened,
+        # The same policy as agent.delivery.spool: each change is due commit_interval after it happened,
         # attempts are commit_interval apart, what was acknowledged in time is never written.
         while True:
             with self._lock:

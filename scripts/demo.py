@@ -21,7 +21,7 @@ from typing import IO, List
 
 import yaml
 
-from agent import pki
+from agent.tools.pki import authority as pki
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"

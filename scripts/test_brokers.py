@@ -27,7 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import broker_setup, pki  # noqa: E402
+from agent.tools.pki import authority as pki  # noqa: E402
+from agent.tools.pki import broker_setup  # noqa: E402
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 DEVICE = "thunder10"

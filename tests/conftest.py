@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 import yaml
 
-from agent import pki
+from agent.tools.pki import authority as pki
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_MRAA = Path(__file__).resolve().parent / "fake_mraa"
@@ -82,7 +82,7 @@ class Certs:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    """Everything made with `agent.pki`, the way a user would with `edison-agent pki`."""
+    """Everything made with `agent.tools.pki.authority`, the way a user would with `edison-agent pki`."""
     d = tmp_path_factory.mktemp("pki")
     pki.init_ca(d)
     broker = pki.issue_broker(d, "localhost", ips=["127.0.0.1"])

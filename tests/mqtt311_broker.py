@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import List, Set, Tuple
 
-from agent.mqtt_wire import read_packet
+from agent.mqtt.wire import read_packet
 
 
 def _topic_of(packet: bytes) -> Tuple[str, int]:

@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional
 import pytest
 import yaml
 
-from agent import doctor
+from agent.tools.doctor import checkup as doctor
 from conftest import Broker, Certs, agent_config
 
 AWS_ALPN = "x-amzn-mqtt-ca"

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict
 import pytest
 import yaml
 
-from agent import config
+from agent.config import schema as config
 from conftest import ROOT, Broker, Certs, agent_config
 
 PASSWORD = "s3cret-Sauce-77"

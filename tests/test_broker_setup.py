@@ -14,8 +14,8 @@ from typing import Iterator, List
 
 import pytest
 
-from agent import pki
 from agent.cli import main
+from agent.tools.pki import authority as pki
 from conftest import ROOT, Broker, Certs, agent_config
 
 

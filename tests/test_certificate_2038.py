@@ -20,7 +20,8 @@ from typing import Iterator
 import pytest
 import yaml
 
-from agent import pki, tls
+from agent.mqtt import tls
+from agent.tools.pki import authority as pki
 from conftest import ROOT, Broker, Certs, Subscriber, agent_config
 
 # 2038-01-19 03:14:07 UTC is the last second a signed 32-bit time_t holds.

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_health_report import _report as report
 
-from agent import health_report
+from agent.service import health_report
 from conftest import ROOT, Broker, Certs, agent_config
 
 

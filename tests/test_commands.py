@@ -18,8 +18,15 @@ import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import config, overlay, pki
-from agent.commands import (
+from agent.config import overlay
+from agent.config import schema as config
+from agent.config.schema import CommandsConfig
+from agent.config.sensor_config import ChannelConfig, SensorConfig
+from agent.hardware.sensors import Sensor, Value
+from agent.sampling.processing import Processing
+from agent.sampling.reading import Sample
+from agent.sampling.sampler import Alarm, Sampler, UnknownSensor
+from agent.service.commands import (
     BAD_PAYLOAD,
     OUT_OF_RANGE,
     RATE_LIMITED,
@@ -32,12 +39,7 @@ from agent.commands import (
     parse,
     request_from,
 )
-from agent.config import CommandsConfig
-from agent.processing import Processing
-from agent.reading import Sample
-from agent.sampler import Alarm, Sampler, UnknownSensor
-from agent.sensor_config import ChannelConfig, SensorConfig
-from agent.sensors import Sensor, Value
+from agent.tools.pki import authority as pki
 from conftest import Broker, Certs, Subscriber, agent_config
 
 CMD = "edison/thunder10/cmd"
@@ -141,7 +143,7 @@ def test_each_command_reaches_the_agent_and_is_answered_on_its_id():
 ])
 def test_a_bad_command_gets_an_error_reply_and_nothing_is_done(command, body, error, caplog):
     cmds, agent, sent = commands()
-    with caplog.at_level(logging.WARNING, logger="agent.commands"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.commands"):
         ask(cmds, command, body)
     assert len(sent) == 1
     topic, reply, _ = sent[0]
@@ -169,7 +171,7 @@ def test_over_the_rate_commands_are_refused_until_tokens_return():
 def test_a_flood_over_the_rate_costs_two_log_lines(caplog):
     clock = FakeClock()
     cmds, _, _ = commands(rate=1.0, burst=1, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="agent.commands"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.commands"):
         for i in range(100):
             ask(cmds, "ping", {"id": i})
         clock.now += 1
@@ -222,7 +224,7 @@ def test_parse_names_what_is_wrong():
 
 def test_a_full_queue_drops_commands_with_one_log_line_per_burst(caplog):
     cmds, _, _ = commands()  # never started: nothing drains the queue
-    with caplog.at_level(logging.WARNING, logger="agent.commands"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.commands"):
         for i in range(200):
             cmds.on_message(CMD + "/ping", b'{"id": %d}' % i, None)
     assert [r.getMessage() for r in caplog.records] == [
@@ -340,13 +342,13 @@ def test_the_overlay_round_trips_and_overrides_only_intervals(tmp_path):
 def test_a_broken_overlay_is_logged_and_the_config_applies(tmp_path, caplog, text, problem):
     path = overlay.path_in(tmp_path)
     path.write_text(text)
-    with caplog.at_level(logging.ERROR, logger="agent.overlay"):
+    with caplog.at_level(logging.ERROR, logger="agent.config.overlay"):
         assert overlay.load(path) == {}
     assert len(caplog.records) == 1 and problem in caplog.records[0].getMessage()
 
 
 def test_an_overlay_naming_an_unknown_sensor_is_logged_and_ignored(caplog):
-    with caplog.at_level(logging.WARNING, logger="agent.overlay"):
+    with caplog.at_level(logging.WARNING, logger="agent.config.overlay"):
         applied = overlay.apply((sensor("door", 1),), {"gone": 5.0})
     assert applied == (sensor("door", 1),)
     assert "'gone', which is not in the config: ignored" in caplog.text
@@ -387,9 +389,9 @@ def test_a_bad_commands_section_is_named_by_key(tmp_path, section, problem):
 
 @pytest.mark.parametrize("enabled", [False, True])
 def test_the_agent_listens_for_commands_only_when_enabled(tmp_path, enabled):
-    from agent.board import open_board
-    from agent.daemon import Agent
-    from agent.notify import Notifier
+    from agent.hardware.choose import open_board
+    from agent.service.daemon import Agent
+    from agent.service.notify import Notifier
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"device": {"id": "d1"}, "mqtt": {"host": "127.0.0.1"}, "board": "simulated",

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli, config, pki
+from agent import cli
+from agent.config import schema as config
+from agent.tools.pki import authority as pki
 from conftest import ROOT
 
 

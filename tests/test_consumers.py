@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.spool import clock_floor
+from agent.delivery.spool import clock_floor
 from conftest import ROOT, Broker, Certs, agent_config
 
 DOC = ROOT / "docs" / "consumers.md"

@@ -14,11 +14,13 @@ from typing import Iterator, List, Optional, Set, Tuple
 import pytest
 import yaml
 
-from agent import config, pki, tls
-from agent.reading import Sample
-from agent.session import Session
-from agent.spool import Spool
-from agent.uplink import Uplink
+from agent.config import schema as config
+from agent.delivery.spool import Spool
+from agent.delivery.uplink import Uplink
+from agent.mqtt import tls
+from agent.mqtt.session import Session
+from agent.sampling.reading import Sample
+from agent.tools.pki import authority as pki
 from conftest import Broker, Certs, Subscriber, agent_config
 
 

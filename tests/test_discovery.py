@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.discovery import BINARY_TEMPLATE, SENSOR_TEMPLATE, state_payload
-from agent.reading import ERROR, Reading
+from agent.sampling.reading import ERROR, Reading
+from agent.service.discovery import BINARY_TEMPLATE, SENSOR_TEMPLATE, state_payload
 from conftest import Broker, Certs, agent_config
 
 PREFIX = "homeassistant"

@@ -8,7 +8,9 @@ import re
 import pytest
 import yaml
 
-from agent import config, sensor_config, sensors
+from agent.config import schema as config
+from agent.config import sensor_config
+from agent.hardware import sensors
 from conftest import ROOT
 
 DOC = (ROOT / "docs" / "configuration.md").read_text()

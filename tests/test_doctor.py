@@ -16,7 +16,8 @@ import pytest
 import yaml
 from mqtt311_broker import MQTT311Broker
 
-from agent import doctor, pki
+from agent.tools.doctor import checkup as doctor
+from agent.tools.pki import authority as pki
 from conftest import ROOT, Broker, Certs, agent_config, free_port
 
 UTC = datetime.timezone.utc
@@ -174,14 +175,14 @@ def test_a_problem_exits_1_with_one_line_per_check_and_no_traceback(certs: Certs
 
 def test_the_daemon_logs_days_left_at_start_and_warns_under_30(certs: Certs, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    from agent import daemon
+    from agent.service import daemon
 
     d = tmp_path / "soon"
     d.mkdir(mode=0o700)
     for name in ("ca.crt", "ca.key"):
         shutil.copy(certs.dir / name, d / name)
     soon = pki.issue_device(d, "soon", days=10)
-    with caplog.at_level("INFO", logger="agent.daemon"):
+    with caplog.at_level("INFO", logger="agent.service.daemon"):
         daemon._warn_about_dates(certs.device_cert)
         daemon._warn_about_dates(soon.cert_file)
     info, warning = caplog.records[-2:]

@@ -6,13 +6,13 @@ from typing import List
 
 import pytest
 
-import agent.simulated
-from agent.board import BoardError, MraaBoard
-from agent.sensors import bh1750
-from agent.sensors.base import Channel, SensorError
-from agent.sensors.bh1750 import Bh1750Options, Bh1750Sensor
-from agent.simulated import SimulatedBoard
-from agent.simulated.bh1750 import SimulatedBh1750
+import agent.hardware.simulated
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors import bh1750
+from agent.hardware.sensors.base import Channel, SensorError
+from agent.hardware.sensors.bh1750 import Bh1750Options, Bh1750Sensor
+from agent.hardware.simulated import SimulatedBoard
+from agent.hardware.simulated.bh1750 import SimulatedBh1750
 from conftest import EPOCH, Clock
 
 
@@ -125,7 +125,7 @@ def test_failing_reads_are_board_errors(mraa, clock):
 
 
 def simulated_board(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> SimulatedBoard:
-    monkeypatch.setitem(agent.simulated.CHIPS, "bh1750", lambda seed: SimulatedBh1750(seed, clock=clock))
+    monkeypatch.setitem(agent.hardware.simulated.CHIPS, "bh1750", lambda seed: SimulatedBh1750(seed, clock=clock))
     return SimulatedBoard()
 
 

@@ -10,10 +10,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from agent import simulated
-from agent.board import BoardError, MraaBoard
-from agent.sensors.base import SensorError
-from agent.sensors.bme280 import (
+from agent.hardware import simulated
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors.base import SensorError
+from agent.hardware.sensors.bme280 import (
     BME280Options,
     BME280Sensor,
     Calibration,
@@ -22,8 +22,8 @@ from agent.sensors.bme280 import (
     compensate_temperature,
     max_measurement_time_s,
 )
-from agent.simulated import SimulatedBoard
-from agent.simulated.bme280 import SimulatedBME280, raw_humidity, raw_pressure, raw_temperature
+from agent.hardware.simulated import SimulatedBoard
+from agent.hardware.simulated.bme280 import SimulatedBME280, raw_humidity, raw_pressure, raw_temperature
 
 # BMP280 datasheet (BST-BMP280-DS001) section 3.12, the worked example Bosch gives for the temperature
 # and pressure compensation the BME280 shares: adc_T 519888 -> 25.08 degC (t_fine 128422),

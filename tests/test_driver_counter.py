@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.board import BoardError, MraaBoard
-from agent.sensors import counter
-from agent.sensors.base import SensorError
-from agent.sensors.counter import CounterOptions, CounterSensor
-from agent.simulated import SimulatedBoard
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors import counter
+from agent.hardware.sensors.base import SensorError
+from agent.hardware.sensors.counter import CounterOptions, CounterSensor
+from agent.hardware.simulated import SimulatedBoard
 from conftest import FAKE_MRAA, Subscriber, agent_config
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent.board import BoardError, MraaBoard
-from agent.sensors.base import Sensor, SensorError
-from agent.sensors.grove import (
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors.base import Sensor, SensorError
+from agent.hardware.sensors.grove import (
     GroveLight,
     GroveLightOptions,
     GroveRotary,
@@ -18,7 +18,7 @@ from agent.sensors.grove import (
     GroveTemperature,
     GroveTemperatureOptions,
 )
-from agent.simulated import SimulatedBoard
+from agent.hardware.simulated import SimulatedBoard
 
 B, R0 = 4275.0, 100000.0
 

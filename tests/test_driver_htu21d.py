@@ -16,14 +16,14 @@ from typing import Any, List, Optional
 
 import pytest
 
-import agent.simulated
-from agent.board import BoardError, MraaBoard
-from agent.sensors import htu21d
-from agent.sensors.base import Channel, SensorError
-from agent.sensors.crc8 import HTU21D_INIT, crc8
-from agent.sensors.htu21d import Htu21dOptions, Htu21dSensor
-from agent.simulated import SimulatedBoard
-from agent.simulated.htu21d import SimulatedHtu21d
+import agent.hardware.simulated
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors import htu21d
+from agent.hardware.sensors.base import Channel, SensorError
+from agent.hardware.sensors.crc8 import HTU21D_INIT, crc8
+from agent.hardware.sensors.htu21d import Htu21dOptions, Htu21dSensor
+from agent.hardware.simulated import SimulatedBoard
+from agent.hardware.simulated.htu21d import SimulatedHtu21d
 
 NOON = 1_700_000_000.0
 
@@ -212,13 +212,13 @@ def plausible(values: Any) -> bool:
 
 
 def test_simulation_on_the_simulated_board(monkeypatch):
-    monkeypatch.setitem(agent.simulated.CHIPS, "htu21d", lambda seed: SimulatedHtu21d(seed, clock=fixed_clock))
+    monkeypatch.setitem(agent.hardware.simulated.CHIPS, "htu21d", lambda seed: SimulatedHtu21d(seed, clock=fixed_clock))
     sensor = make(SimulatedBoard())
     assert all(plausible(sensor.read_all()) for _ in range(20))
 
 
 def test_simulation_is_the_same_for_the_same_seed(monkeypatch):
-    monkeypatch.setitem(agent.simulated.CHIPS, "htu21d", lambda seed: SimulatedHtu21d(seed, clock=fixed_clock))
+    monkeypatch.setitem(agent.hardware.simulated.CHIPS, "htu21d", lambda seed: SimulatedHtu21d(seed, clock=fixed_clock))
     one, other = make(SimulatedBoard()), make(SimulatedBoard())
     assert [one.read_all() for _ in range(5)] == [other.read_all() for _ in range(5)]
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from agent.board import BoardError, MraaBoard
-from agent.sensors.base import Channel
-from agent.sensors.i2c import I2cOptions, I2cSensor
-from agent.simulated import SimulatedBoard
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors.base import Channel
+from agent.hardware.sensors.i2c import I2cOptions, I2cSensor
+from agent.hardware.simulated import SimulatedBoard
 
 
 def sensor(board: Any, **options: Any) -> I2cSensor:

@@ -14,14 +14,14 @@ from typing import Any, Dict, List
 
 import pytest
 
-import agent.simulated
-from agent.board import BoardError, MraaBoard
-from agent.sensors import sht31
-from agent.sensors.base import Channel, SensorError
-from agent.sensors.crc8 import SHT3X_INIT, crc8
-from agent.sensors.sht31 import Sht31Options, Sht31Sensor
-from agent.simulated import SimulatedBoard
-from agent.simulated.sht31 import SimulatedSht31
+import agent.hardware.simulated
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors import sht31
+from agent.hardware.sensors.base import Channel, SensorError
+from agent.hardware.sensors.crc8 import SHT3X_INIT, crc8
+from agent.hardware.sensors.sht31 import Sht31Options, Sht31Sensor
+from agent.hardware.simulated import SimulatedBoard
+from agent.hardware.simulated.sht31 import SimulatedSht31
 
 NOON = 1_700_000_000.0  # a fixed wall clock for the simulation's day curve
 
@@ -206,7 +206,7 @@ def fixed_clock() -> float:
 
 
 def test_simulation_on_the_simulated_board(monkeypatch):
-    monkeypatch.setitem(agent.simulated.CHIPS, "sht31", lambda seed: SimulatedSht31(seed, clock=fixed_clock))
+    monkeypatch.setitem(agent.hardware.simulated.CHIPS, "sht31", lambda seed: SimulatedSht31(seed, clock=fixed_clock))
     sensor = make(SimulatedBoard())
     assert sensor.status == 0x8010  # Table 18's defaults after a reset
     for _ in range(20):
@@ -216,7 +216,7 @@ def test_simulation_on_the_simulated_board(monkeypatch):
 
 
 def test_simulation_is_the_same_for_the_same_seed(monkeypatch):
-    monkeypatch.setitem(agent.simulated.CHIPS, "sht31", lambda seed: SimulatedSht31(seed, clock=fixed_clock))
+    monkeypatch.setitem(agent.hardware.simulated.CHIPS, "sht31", lambda seed: SimulatedSht31(seed, clock=fixed_clock))
     one, other = make(SimulatedBoard()), make(SimulatedBoard())
     assert [one.read_all() for _ in range(5)] == [other.read_all() for _ in range(5)]
     # The board seeds each part with its address: the other address is another room.

@@ -6,13 +6,13 @@ from typing import Dict, List
 
 import pytest
 
-import agent.simulated
-from agent.board import BoardError, MraaBoard
-from agent.sensors import tmp102
-from agent.sensors.base import Channel, SensorError
-from agent.sensors.tmp102 import Tmp102Options, Tmp102Sensor
-from agent.simulated import SimulatedBoard
-from agent.simulated.tmp102 import SimulatedTmp102
+import agent.hardware.simulated
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors import tmp102
+from agent.hardware.sensors.base import Channel, SensorError
+from agent.hardware.sensors.tmp102 import Tmp102Options, Tmp102Sensor
+from agent.hardware.simulated import SimulatedBoard
+from agent.hardware.simulated.tmp102 import SimulatedTmp102
 from conftest import EPOCH, Clock
 
 
@@ -153,7 +153,7 @@ def test_a_reading_in_a_format_the_configuration_denies_is_refused(mraa):
 
 
 def simulated_board(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> SimulatedBoard:
-    monkeypatch.setitem(agent.simulated.CHIPS, "tmp102", lambda seed: SimulatedTmp102(seed, clock=clock))
+    monkeypatch.setitem(agent.hardware.simulated.CHIPS, "tmp102", lambda seed: SimulatedTmp102(seed, clock=clock))
     return SimulatedBoard()
 
 

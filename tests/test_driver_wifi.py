@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.sensors import wifi
-from agent.sensors.base import SensorError
-from agent.sensors.system import SystemOptions, SystemSensor
-from agent.sensors.wifi import WifiOptions, WifiSensor
-from agent.simulated import SimulatedBoard
+from agent.hardware.sensors import wifi
+from agent.hardware.sensors.base import SensorError
+from agent.hardware.sensors.system import SystemOptions, SystemSensor
+from agent.hardware.sensors.wifi import WifiOptions, WifiSensor
+from agent.hardware.simulated import SimulatedBoard
 
 HEADER = (
     "Inter-| sta-|   Quality        |   Discarded packets               | Missed | WE\n"

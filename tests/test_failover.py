@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 import yaml
 
-from agent import config
+from agent.config import schema as config
 from conftest import Broker, Certs, Subscriber, agent_config
 
 
@@ -154,7 +154,7 @@ def test_hosts_keep_their_order_and_default_port(certs: Certs, tmp_path: Path) -
 
 
 def test_doctor_checks_every_gateway_in_hosts(certs: Certs, tmp_path: Path) -> None:
-    from agent import doctor
+    from agent.tools.doctor import checkup as doctor
 
     (tmp_path / "a").mkdir()
     a = Broker(tmp_path / "a", certs, certs.broker_cert, certs.broker_key)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli, config, pki, targets
-from agent.tls import build_context
+from agent import cli
+from agent.config import schema as config
+from agent.config import targets
+from agent.mqtt.tls import build_context
+from agent.tools.pki import authority as pki
 from conftest import agent_config
 
 BASE = """\

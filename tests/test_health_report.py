@@ -19,8 +19,13 @@ import pytest
 import yaml
 from test_delivery import BlackHoleProxy
 
-from agent import cli, config, health_report, tls
-from agent.health_report import (
+from agent import cli
+from agent.config import schema as config
+from agent.delivery.spool import Spool, clock_floor
+from agent.mqtt import tls
+from agent.mqtt.session import Session
+from agent.service import health_report
+from agent.service.health_report import (
     Board,
     Certificate,
     Connection,
@@ -29,8 +34,7 @@ from agent.health_report import (
     Readings,
     SpoolState,
 )
-from agent.session import Session
-from agent.spool import Spool, clock_floor
+
 from conftest import ROOT, Subscriber, agent_config, free_port
 
 HEALTH = "edison/thunder10/health"
@@ -423,7 +427,7 @@ class _Terminal(io.StringIO):
 
 
 def test_status_colours_only_on_a_terminal_and_never_with_NO_COLOR(tmp_path, monkeypatch):
-    from agent import status
+    from agent.tools import status
 
     path = tmp_path / "health.json"
     now = time.time()

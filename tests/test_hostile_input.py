@@ -20,10 +20,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cli, config, identifiers, overlay
-from agent.commands import BAD_PAYLOAD, Commands, request_from
-from agent.config import CommandsConfig
-from agent.config_reader import MAX_DEPTH, bounds_of, field_kind
+from agent import cli
+from agent.config import identifiers, overlay
+from agent.config import schema as config
+from agent.config.reader import MAX_DEPTH, bounds_of, field_kind
+from agent.config.schema import CommandsConfig
+from agent.service.commands import BAD_PAYLOAD, Commands, request_from
 from conftest import ROOT
 
 BASE = {"device": {"id": "d1"}, "mqtt": {"host": "broker"}, "board": "simulated", "state_dir": "state",

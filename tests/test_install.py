@@ -11,7 +11,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from agent import cli, install
+from agent import cli
+from agent.tools import install
 from conftest import ROOT
 
 AGENT = "/opt/edison-agent/bin/edison-agent"

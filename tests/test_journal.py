@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from agent import logging_setup
+from agent.service import logging_setup
 from conftest import ROOT
 
 JOURNALD_CANDIDATES = ("/usr/lib/systemd/systemd-journald", "/lib/systemd/systemd-journald")
@@ -129,21 +129,22 @@ def test_levels_map_to_syslog_priorities(level, priority, journal_log):
 
 
 def test_the_stream_format_carries_the_priority_prefix():
-    record = logging.LogRecord("agent.sampler", logging.WARNING, __file__, 1, "sensor %s stale", ("t",), None)
+    record = logging.LogRecord("agent.sampling.sampler", logging.WARNING, __file__, 1, "sensor %s stale", ("t",), None)
     handler = logging_setup._stream_handler(logging_setup.FORMAT_JOURNAL_STREAM, syslog_prefix=True)
     assert handler.filter(record)
-    assert handler.format(record) == "<4>agent.sampler: sensor t stale"
+    assert handler.format(record) == "<4>agent.sampling.sampler: sensor t stale"
 
 
 def test_every_line_of_a_traceback_keeps_the_priority_on_stderr():
     try:
         raise ValueError("bad reading")
     except ValueError:
-        record = logging.LogRecord("agent.sampler", logging.ERROR, __file__, 1, "sensor failed", (), sys.exc_info())
+        record = logging.LogRecord("agent.sampling.sampler", logging.ERROR, __file__, 1, "sensor failed", (),
+                                   sys.exc_info())
     handler = logging_setup._stream_handler(logging_setup.FORMAT_JOURNAL_STREAM, syslog_prefix=True)
     handler.filter(record)
     lines = handler.format(record).splitlines()
-    assert lines[0] == "<3>agent.sampler: sensor failed"
+    assert lines[0] == "<3>agent.sampling.sampler: sensor failed"
     assert lines[1] == "<3>Traceback (most recent call last):"
     assert lines[-1] == "<3>ValueError: bad reading"
     assert all(line.startswith("<3>") for line in lines)
@@ -200,9 +201,9 @@ CHILD = textwrap.dedent("""
         os.environ["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
     else:  # systemd 216 sets nothing
         os.environ.pop("JOURNAL_STREAM", None)
-    from agent import logging_setup
+    from agent.service import logging_setup
     logging_setup.configure("debug")
-    log = logging.getLogger("agent.sampler")
+    log = logging.getLogger("agent.sampling.sampler")
     log.info("%s: destination %s", mode, logging_setup.destination())
     log.debug("%s: debug line", mode)
     log.warning("%s: sensor read failed", mode, extra={"SENSOR": "temperature"})
@@ -290,7 +291,7 @@ def test_journald_keeps_the_agents_fields(mode, journal_entries):
     for entry in entries:
         assert entry["SYSLOG_IDENTIFIER"] == "edison-agent"
         assert entry["_TRANSPORT"] == "journal"
-        assert entry["LOGGER"] == "agent.sampler"
+        assert entry["LOGGER"] == "agent.sampling.sampler"
     assert _by_message(entries, "debug line")["PRIORITY"] == "7"
     warning = _by_message(entries, "sensor read failed")
     assert (warning["PRIORITY"], warning["SENSOR"]) == ("4", "temperature")

@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import doctor, mqtt_wire
+from agent.mqtt import wire as mqtt_wire
+from agent.tools.doctor import checkup as doctor
 from conftest import Broker, Certs, agent_config
 
 STATUS = "edison/thunder10/status"

@@ -15,8 +15,8 @@ from typing import Iterator, List
 
 import pytest
 
-from agent import notify
-from agent.notify import Notifier
+from agent.service import notify
+from agent.service.notify import Notifier
 
 BACKENDS = ["builtin", "systemd-python"]
 
@@ -174,7 +174,7 @@ def test_without_notify_socket_everything_is_a_no_op(listener, monkeypatch, capl
     assert not n.enabled
     assert n.backend == "none"
     assert n.watchdog_interval is None  # nothing to ping
-    with caplog.at_level(logging.DEBUG, logger="agent.notify"):
+    with caplog.at_level(logging.DEBUG, logger="agent.service.notify"):
         n.ready("up")
         n.status("connected")
         n.watchdog()
@@ -187,7 +187,7 @@ def test_without_notify_socket_everything_is_a_no_op(listener, monkeypatch, capl
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_dead_socket_never_raises_and_is_logged_once(backend, short_dir, monkeypatch, caplog):
     n = _notifier(backend, str(short_dir / "gone.sock"), monkeypatch)
-    with caplog.at_level(logging.DEBUG, logger="agent.notify"):
+    with caplog.at_level(logging.DEBUG, logger="agent.service.notify"):
         n.ready("up")
         n.watchdog()
         n.status("connected")
@@ -208,7 +208,7 @@ def test_a_socket_nobody_reads_any_more_never_raises(short_dir, monkeypatch):
 
 
 def test_a_relative_notify_socket_is_refused(caplog):
-    with caplog.at_level(logging.WARNING, logger="agent.notify"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.notify"):
         n = Notifier.from_environment({"NOTIFY_SOCKET": "notify.sock"})
     assert not n.enabled
     assert "NOTIFY_SOCKET=notify.sock" in caplog.text

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.pki import (
+from agent.tools.pki.authority import (
     Issued,
     PkiError,
     init_ca,
@@ -30,7 +30,7 @@ from agent.pki import (
     issue_device,
     load_certificate_info,
 )
-from agent.pki_cli import add_pki_parser
+from agent.tools.pki.cli import add_pki_parser
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
@@ -72,7 +72,7 @@ def handshake(ca_file: Path, broker: Issued, device: Issued | None,
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
     server.verify_mode = ssl.CERT_REQUIRED
     server.load_cert_chain(broker.cert_file, broker.key_file)
-    # The agent's side: verification and hostname checking on, as agent/tls.py does.
+    # The agent's side: verification and hostname checking on, as agent/mqtt/tls.py does.
     client = ssl.create_default_context(cafile=str(client_ca or ca_file))
     client.minimum_version = ssl.TLSVersion.TLSv1_2
     assert client.check_hostname
@@ -446,7 +446,7 @@ def test_cli_rejects_a_bad_passphrase_file(ca_dir: Path, tmp_path: Path, content
 
 def test_the_agent_imports_without_cryptography():
     code = ("import sys; sys.modules['cryptography'] = None\n"
-            "import agent.pki as pki\n"
+            "import agent.tools.pki.authority as pki\n"
             "try:\n"
             "    pki.init_ca('unused')\n"
             "except pki.PkiError as exc:\n"

@@ -8,8 +8,8 @@ from typing import List, Optional, Tuple
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.processing import Calibration, Deadband, Filter, Pipeline, Processing
-from agent.reading import GOOD, OUT_OF_RANGE
+from agent.sampling.processing import Calibration, Deadband, Filter, Pipeline, Processing
+from agent.sampling.reading import GOOD, OUT_OF_RANGE
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

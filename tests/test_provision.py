@@ -17,8 +17,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent import config, doctor, pki
-from agent.pki_cli import add_pki_parser
+from agent.config import schema as config
+from agent.tools.doctor import checkup as doctor
+from agent.tools.pki import authority as pki
+from agent.tools.pki.cli import add_pki_parser
 from conftest import ROOT, AgentProcess, Broker, Certs
 
 TEMPLATE = ROOT / "agent" / "data" / "config.yaml"

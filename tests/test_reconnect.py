@@ -11,9 +11,9 @@ from typing import Callable, List
 
 import pytest
 
-from agent import config
-from agent.reconnect_schedule import AfterLoss
-from agent.session import backoff_delay
+from agent.config import schema as config
+from agent.mqtt.reconnect_schedule import AfterLoss
+from agent.mqtt.session import backoff_delay
 from conftest import ROOT, Broker, Subscriber, agent_config
 
 

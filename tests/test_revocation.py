@@ -18,8 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-from agent import doctor, mqtt_wire, pki, revocation
-from agent.pki_cli import add_pki_parser
+from agent.mqtt import wire as mqtt_wire
+from agent.tools.doctor import checkup as doctor
+from agent.tools.pki import authority as pki
+from agent.tools.pki import revocation
+from agent.tools.pki.cli import add_pki_parser
 from conftest import AgentProcess, Broker, Certs
 
 UTC = timezone(timedelta(0))

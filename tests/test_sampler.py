@@ -7,11 +7,11 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
-from agent.processing import Processing
-from agent.reading import ERROR, Sample
-from agent.sampler import Sampler
-from agent.sensor_config import ChannelConfig, SensorConfig
-from agent.sensors import Sensor, SensorError, Value
+from agent.config.sensor_config import ChannelConfig, SensorConfig
+from agent.hardware.sensors import Sensor, SensorError, Value
+from agent.sampling.processing import Processing
+from agent.sampling.reading import ERROR, Sample
+from agent.sampling.sampler import Sampler
 
 EPOCH = 1_700_000_000.0
 
@@ -122,7 +122,7 @@ def test_oversampling_averages_several_reads_into_one_value():
 def test_a_failing_sensor_backs_off_reports_one_error_reading_and_recovers(caplog):
     clock = FakeTime(until=120.0)
     flaky = Scripted(clock, failing=(2, 40))
-    with caplog.at_level(logging.INFO, logger="agent.sampler"):
+    with caplog.at_level(logging.INFO, logger="agent.sampling.sampler"):
         samples = run(clock, [(config("a", 1.0), flaky), (config("b", 1.0), Scripted(clock))])
 
     assert len(times(samples, "b")) == 120  # never held up
@@ -194,7 +194,7 @@ def test_a_hanging_read_and_a_failing_sensor_do_not_delay_the_others(caplog):
                        (config("quick", 0.05), Quick())], samples.append)
     stop = threading.Event()
     thread = threading.Thread(target=sampler.run, args=(stop,))
-    with caplog.at_level(logging.INFO, logger="agent.sampler"):
+    with caplog.at_level(logging.INFO, logger="agent.sampling.sampler"):
         thread.start()
         time.sleep(1.0)
         hanging.release.set()

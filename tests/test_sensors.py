@@ -12,11 +12,11 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from agent.board import BoardError, MraaBoard
-from agent.sensors import DRIVERS, Sensor, SensorError, system
-from agent.sensors.analog import AnalogOptions
-from agent.sensors.digital import DigitalOptions
-from agent.sensors.system import SystemOptions
+from agent.hardware.board import BoardError, MraaBoard
+from agent.hardware.sensors import DRIVERS, Sensor, SensorError, system
+from agent.hardware.sensors.analog import AnalogOptions
+from agent.hardware.sensors.digital import DigitalOptions
+from agent.hardware.sensors.system import SystemOptions
 from conftest import FAKE_MRAA, Subscriber, agent_config
 
 

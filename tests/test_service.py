@@ -15,8 +15,8 @@ from typing import List, Optional
 
 import yaml
 
-from agent import pki
-from agent.health import Health
+from agent.service.health import Health
+from agent.tools.pki import authority as pki
 from conftest import ROOT, Subscriber, agent_config
 
 
@@ -243,7 +243,7 @@ def test_the_reload_command_fails_when_the_agent_refuses_the_new_config(certs, b
 STALE_ACK_CHILD = """
 import signal, sys, time
 from pathlib import Path
-from agent.reload import Acknowledgement
+from agent.service.reload import Acknowledgement
 ack = Acknowledgement(Path(sys.argv[1]))
 ack.write(time.monotonic(), [])
 got = []
@@ -337,10 +337,11 @@ def test_certificate_rotation_by_reload_reconnects_without_losing_a_reading(cert
 
 def test_run_loads_only_what_the_daemon_needs():
     # Every module the daemon imports stays resident for months on a 1 GB board: the off-board
-    # tools (doctor, pki, install, status) and cryptography must not come along with `run`.
-    code = ("import sys; from agent import cli; cli._parser(['run']); import agent.daemon; "
+    # tools (agent/tools/: doctor, pki, install, status, watch) and cryptography must not come along with `run`.
+    code = ("import sys; from agent import cli; cli._parser(['run']); import agent.service.daemon; "
             "print(' '.join(sorted(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert "agent.daemon" in loaded
-    assert not {"agent.doctor", "agent.pki", "agent.pki_cli", "agent.install", "agent.status",
-                "agent.provision", "cryptography", "importlib.metadata"} & set(loaded)
+    assert "agent.service.daemon" in loaded
+    # agent/tools/ is every off-board or operator tool: none of it may come along.
+    assert [name for name in loaded if name == "agent.tools" or name.startswith("agent.tools.")] == []
+    assert not {"cryptography", "importlib.metadata"} & set(loaded)

@@ -11,9 +11,10 @@ from typing import Any, Callable, Iterator, List, Optional
 import pytest
 import yaml
 
-from agent import config, tls
-from agent.health import STALL_AFTER, Health
-from agent.session import _QUIET, Session
+from agent.config import schema as config
+from agent.mqtt import tls
+from agent.mqtt.session import _QUIET, Session
+from agent.service.health import STALL_AFTER, Health
 from conftest import Broker, Certs, agent_config
 
 

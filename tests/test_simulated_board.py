@@ -13,9 +13,10 @@ from typing import Any, Dict
 import pytest
 import yaml
 
-from agent import board, config
-from agent.sensors import DRIVERS
-from agent.simulated import SimulatedBoard
+from agent.config import schema as config
+from agent.hardware import board, choose
+from agent.hardware.sensors import DRIVERS
+from agent.hardware.simulated import SimulatedBoard
 from conftest import ROOT, agent_config
 
 # One sensor of each board-attached type, and what a room should read.
@@ -106,8 +107,8 @@ def test_auto_never_picks_the_simulated_board_on_an_edison(tmp_path, monkeypatch
     (tmp_path / name).parent.mkdir(parents=True)
     (tmp_path / name).write_text(text)
     with pytest.raises(board.BoardUnavailable, match=r"Intel Edison.*No module named '_mraa'.*system-site-packages"):
-        board.open_board("auto", root=tmp_path)
-    assert board.running_on_edison(tmp_path)
+        choose.open_board("auto", root=tmp_path)
+    assert choose.running_on_edison(tmp_path)
 
 
 def test_auto_off_an_edison_falls_back_to_the_simulated_board_and_says_why(tmp_path, monkeypatch, caplog):
@@ -116,7 +117,7 @@ def test_auto_off_an_edison_falls_back_to_the_simulated_board_and_says_why(tmp_p
     monkeypatch.delitem(sys.modules, "mraa", raising=False)
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "cpuinfo").write_text("model name\t: AMD EPYC 7B13\n")
-    chosen = board.open_board("auto", root=tmp_path)
+    chosen = choose.open_board("auto", root=tmp_path)
     assert chosen.simulated
     assert "No module named '_mraa'" in caplog.text and "made up" in caplog.text
 

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import spool as spool_module
-from agent.reading import Reading, Sample
-from agent.spool import AGE, FULL, Spool, SpoolBusy
-from agent.spool_store import ROW_OVERHEAD, SeqFile, Store, encode
+from agent.delivery import spool as spool_module
+from agent.delivery.spool import AGE, FULL, Spool, SpoolBusy
+from agent.delivery.store import ROW_OVERHEAD, SeqFile, Store, encode
+from agent.sampling.reading import Reading, Sample
 from conftest import ROOT
 
 NOW = float(int(time.time()))  # the machine's clock: readings must not be old by the default max_age
@@ -49,7 +49,7 @@ def seqs(readings: List[Reading]) -> List[int]:
 
 
 def spool_records(caplog: pytest.LogCaptureFixture) -> List[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "agent.spool"]
+    return [r for r in caplog.records if r.name == "agent.delivery.spool"]
 
 
 def file_bytes(path: Path) -> int:
@@ -191,8 +191,8 @@ CHILD = r"""
 import sys, time
 sys.path.insert(0, sys.argv[3])
 from pathlib import Path
-from agent.spool import Spool
-from agent.reading import Sample
+from agent.delivery.spool import Spool
+from agent.sampling.reading import Sample
 run = int(sys.argv[2])
 spool = Spool(Path(sys.argv[1]), commit_interval=0.01, seq_block=40)
 out = sys.stdout
@@ -278,7 +278,7 @@ def test_kill_9_at_random_moments(db: Path) -> None:
 
 def test_full_spool_drops_the_oldest_counts_them_and_stays_bounded(db: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent.spool")
+    caplog.set_level(logging.INFO, logger="agent.delivery.spool")
     one = size_of(fixed(0))
     assert all(size_of(fixed(i)) == one for i in range(20_000))
     with Spool(db, max_bytes=40 * one, commit_interval=3600) as spool:
@@ -448,7 +448,7 @@ def test_file_going_bad_while_running_keeps_what_memory_holds(db: Path, caplog: 
 
 def test_failing_commits_keep_readings_and_pause_publishing_only_past_the_reservation(
         db: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.INFO, logger="agent.spool")
+    caplog.set_level(logging.INFO, logger="agent.delivery.spool")
     with Spool(db, commit_interval=0.05, seq_block=10) as spool:
         works = Store.write
 
@@ -801,7 +801,7 @@ def test_a_commit_is_still_due_when_only_some_readings_were_acknowledged(db: Pat
 
 @pytest.mark.parametrize("kernel_timer", [True, False], ids=["timerfd", "condition"])
 def test_an_alarm_goes_off_at_its_latest_deadline_and_not_when_cleared(monkeypatch, kernel_timer: bool) -> None:
-    from agent import deadline_timer as alarm_module
+    from agent.delivery import deadline_timer as alarm_module
 
     if not kernel_timer:
         monkeypatch.setattr(alarm_module, "_timerfd", lambda: None)

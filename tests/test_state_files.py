@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import overlay, pki
-from agent import spool as spool_module
 from agent.atomic_file import replace_file
-from agent.reading import Reading, Sample
-from agent.spool import Spool, clock_floor
-from agent.spool_store import ROW_OVERHEAD, Store, encode
+from agent.config import overlay
+from agent.delivery import spool as spool_module
+from agent.delivery.spool import Spool, clock_floor
+from agent.delivery.store import ROW_OVERHEAD, Store, encode
+from agent.sampling.reading import Reading, Sample
+from agent.tools.pki import authority as pki
 from conftest import Broker, Subscriber, agent_config
 
 

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import cli, config, doctor, tls
-from agent.session import Session
+from agent import cli
+from agent.config import schema as config
+from agent.mqtt import tls
+from agent.mqtt.session import Session
+from agent.tools.doctor import checkup as doctor
 from conftest import PASSPHRASE, Broker, Certs, agent_config
 
 
@@ -160,7 +163,7 @@ def test_a_refused_connection_gives_the_journal_the_raw_tls_error_beside_the_pla
     cfg = config.load(path)
     assert cfg.mqtt.tls is not None
     session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls))
-    with caplog.at_level("ERROR", logger="agent.session"):
+    with caplog.at_level("ERROR", logger="agent.mqtt.session"):
         session.start()
         deadline = time.monotonic() + 10
         while not any(hasattr(r, "TLS_ERROR") for r in caplog.records) and time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from agent import install
+from agent.tools import install
 from conftest import ROOT
 
 UNIT = ROOT / "systemd" / "edison-agent.service"
@@ -164,7 +164,7 @@ def test_the_base_unit_says_what_the_issue_asks():
     assert settings[("Service", "WatchdogSec")] == "30"
     assert settings[("Service", "Restart")] == "on-failure"
     assert settings[("Service", "RestartPreventExitStatus")] == "2"
-    # A reload that returns when the agent has reloaded (agent/reload.py), not `kill -HUP`, which races.
+    # A reload that returns when the agent has reloaded (agent/service/reload.py), not `kill -HUP`, which races.
     assert settings[("Service", "ExecReload")] == "/usr/bin/edison-agent reload --pid $MAINPID"
     assert settings[("Service", "ExecStart")] == "/usr/bin/edison-agent run -c /etc/edison-agent/config.yaml"
     assert "network-online.target" in settings[("Unit", "Wants")]
@@ -177,7 +177,7 @@ def test_the_base_unit_says_what_the_issue_asks():
 def test_the_dropin_holds_only_settings_whose_systemd_version_install_knows():
     keys = {key for _, key, _ in _settings(DROPIN)}
     unknown = keys - set(install.HARDENING_SINCE)
-    assert not unknown, "add these to agent/install.py HARDENING_SINCE with their systemd version: %s" % unknown
+    assert not unknown, "add these to agent/tools/install.py HARDENING_SINCE with their systemd version: %s" % unknown
     assert install.HARDENING_MIN_SYSTEMD == max(install.HARDENING_SINCE[k] for k in keys) == 247
     assert "systemd %d or newer" % install.HARDENING_MIN_SYSTEMD in DROPIN.read_text()
 

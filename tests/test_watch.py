@@ -22,7 +22,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.watch import Fleet
+from agent.tools.watch.fleet import Fleet
 from conftest import ROOT, AgentProcess, Broker, Certs, agent_config
 
 # -- the rule, message by message (no broker) ------------------------------------------------

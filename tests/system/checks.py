@@ -168,7 +168,7 @@ class Steps:
             raise Failed("right after `systemctl start`: %s" % state)
         entries = [json.loads(line) for line in self.journal_since(mark, "-o json").splitlines()]
         messages = [str(e.get("MESSAGE", "")) for e in entries]
-        # ("agent.daemon: device ..." without systemd-python: the logger's name leads on stderr.)
+        # ("agent.service.daemon: device ..." without systemd-python: the logger's name leads on stderr.)
         agent = next((i for i, m in enumerate(messages) if "device thunder10 on " in m), None)
         started = next((i for i, m in enumerate(messages) if m.startswith("Started ")), None)
         # systemd says "Started" at READY=1, so after the agent's own start-up lines; with Type=simple

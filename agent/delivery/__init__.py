@@ -1,0 +1,1 @@
+"""Readings between sampling and the broker's acknowledgement: the spool, its store, the uplink."""

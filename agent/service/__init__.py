@@ -1,0 +1,1 @@
+"""`edison-agent run` as a service: wiring, signals, reload, health, systemd, commands."""

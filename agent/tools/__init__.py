@@ -1,0 +1,1 @@
+"""Operator and off-board tools; `edison-agent run` never imports them."""

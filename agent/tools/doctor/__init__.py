@@ -1,0 +1,1 @@
+"""`edison-agent doctor`: offline checks of the files, then live checks against the broker."""

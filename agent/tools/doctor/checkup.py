@@ -1,0 +1,400 @@
+"""`edison-agent doctor`: offline checks of the TLS files, then one live connection, one line per check.
+
+Every verdict for a live failure comes from agent.mqtt.tls (describe_failure, describe_alert,
+describe_connack): the same words the daemon logs when its connection fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import ssl
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import yaml
+
+from agent.config import schema as config_module
+from agent.config.schema import TLSConfig
+from agent.mqtt import tls
+from agent.mqtt.broker_probe import SPEAKS_311_ONLY, answers_mqtt311
+from agent.mqtt.wire import connect_packet, read_packet, reason_string
+from agent.tools.doctor.files import (  # noqa: F401 - Check, OK and the rest are doctor's vocabulary too
+    OK,
+    PROBLEM,
+    SKIPPED,
+    UTC,
+    WARNING,
+    Check,
+    Target,
+    cert_dates,
+    certificate_cn,
+    crypto_available,
+    fmt_date,
+    key_usages,
+    offline_checks,
+    oid_name,
+    peek_broker_certificate,
+)
+from agent.tools.doctor.publish import publish_checks
+
+TIMEOUT = 10.0
+
+
+def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
+               _max_tls: Optional[ssl.TLSVersion] = None) -> List[Check]:
+    """All checks, in order. `_max_tls` (tests) caps the client's TLS version, as an OpenSSL without
+    TLS 1.3 (the Edison's stock 1.0.2) would."""
+    now = now or datetime.datetime.now(UTC)
+    checks: List[Check] = []
+    target = _read_target(Path(config_path), checks)
+    if target is None:
+        return checks
+    if target.tls_on:
+        usable = offline_checks(target, checks, now)
+    else:
+        checks.append(Check("tls", WARNING, "mqtt.tls is not set: readings and the device's identity cross "
+                            "the network in clear text", "configure mqtt.tls (see docs/certificates.md)"))
+        usable = True
+    if target.host is None:
+        checks.append(Check("broker", SKIPPED, "no mqtt.host in %s" % target.config_path, "set mqtt.host"))
+    elif not usable:
+        checks.append(Check("broker", SKIPPED, "live connection not tried: fix the problems above first"))
+    elif len(target.hosts) > 1:
+        # mqtt.hosts: every gateway is checked, each with its own name against its certificate.
+        for i, (host, port) in enumerate(target.hosts, 1):
+            checks.append(Check("broker", OK, "%s:%d (%d of %d in mqtt.hosts)" % (host, port, i, len(target.hosts))))
+            _live_checks(replace(target, host=host, port=port), checks, _max_tls)
+    else:
+        _live_checks(target, checks, _max_tls)
+    return checks
+
+
+# --- the config -----------------------------------------------------------------------
+
+
+def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
+    loaded: Optional[config_module.AgentConfig] = None
+    try:
+        loaded = config_module.load(path)
+        checks.append(Check("config", OK, "%s is valid" % path))
+    except config_module.ConfigError as exc:
+        # TLS file problems get their own checks below, with the fix.
+        for problem in exc.problems:
+            if ": mqtt.tls" not in problem:
+                checks.append(Check("config", PROBLEM, problem))
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # config.load has said why, in one line
+    if not isinstance(tree, dict):
+        return None
+    base = path.resolve().parent
+    mqtt = _mapping(tree.get("mqtt"))
+    device_id = str(_mapping(tree.get("device")).get("id") or socket.gethostname())
+    target = Target(config_path=path)
+    host = mqtt.get("host")
+    target.host = str(host) if host else None
+    target.port = _int(mqtt.get("port"), 8883)
+    target.keepalive = _int(mqtt.get("keepalive"), 60)
+    target.client_id = str(mqtt.get("client_id") or device_id)
+    t = mqtt.get("tls")
+    if isinstance(t, dict):
+        target.tls_on = True
+        target.ca_file = _path(base, t.get("ca_file"))
+        target.cert_file = _path(base, t.get("cert_file"))
+        target.key_file = _path(base, t.get("key_file"))
+        target.password_file = _path(base, t.get("key_password_file"))
+        target.min_version = str(t.get("min_version") or "1.2")
+        target.verify_hostname = t.get("verify_hostname", True) is not False
+        alpn = t.get("alpn")
+        target.alpn = tuple(str(a) for a in alpn) if isinstance(alpn, list) else ()
+        target.server_name = str(t["server_name"]) if t.get("server_name") else None
+    target.protocol = "5" if str(mqtt.get("protocol")) == "5" else "3.1.1"
+    if loaded is not None:
+        # The user name may come from a template or a target's default: the loader's reading is the one sent.
+        target.username = loaded.mqtt.username
+        target.mqtt_password = loaded.mqtt.password
+        target.host, target.port, target.hosts = loaded.mqtt.host, loaded.mqtt.port, loaded.mqtt.hosts
+        m = loaded.mqtt
+        target.topics = tuple((what, topic) for what, topic in (
+            ("status", m.status_topic), ("telemetry", m.topic), ("health", m.health_topic)) if topic)
+    return target
+
+
+def _mapping(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _path(base: Path, raw: Any) -> Optional[Path]:
+    if not raw:
+        return None
+    p = Path(os.path.expanduser(str(raw)))
+    return p if p.is_absolute() else base / p
+
+
+# --- live -------------------------------------------------------------------------------
+
+
+def _live_checks(t: Target, checks: List[Check], max_tls: Optional[ssl.TLSVersion]) -> None:
+    assert t.host is not None
+    host, port = t.host, t.port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        checks.append(Check("dns", PROBLEM, tls.describe_failure(exc, host, port), "check mqtt.host"))
+        return
+    address = str(infos[0][4][0])
+    checks.append(Check("dns", OK, "%s is %s" % (host, address)))
+    try:
+        raw = socket.create_connection((address, port), timeout=TIMEOUT)
+    except OSError as exc:
+        checks.append(Check("tcp", PROBLEM, "%s (address tried: %s port %d)"
+                            % (tls.describe_failure(exc, host, port), address, port),
+                            "start the broker, or correct mqtt.host/mqtt.port"))
+        return
+    checks.append(Check("tcp", OK, "connected to %s port %d" % (address, port)))
+    sock: socket.socket = raw
+    try:
+        if t.tls_on:
+            tls_sock = _handshake(t, raw, checks, max_tls)
+            if tls_sock is None:
+                return
+            sock = tls_sock
+        _mqtt_connect(t, sock, checks)
+    finally:
+        sock.close()
+        raw.close()
+
+
+def _tls_config(t: Target) -> TLSConfig:
+    assert t.ca_file is not None
+    return TLSConfig(ca_file=t.ca_file, cert_file=t.cert_file, key_file=t.key_file, key_password=t.password,
+                     key_password_source=t.password_source, min_version=t.min_version,
+                     verify_hostname=t.verify_hostname, alpn=t.alpn, server_name=t.server_name)
+
+
+def _handshake(t: Target, raw: socket.socket, checks: List[Check],
+               max_tls: Optional[ssl.TLSVersion]) -> Optional[ssl.SSLSocket]:
+    assert t.host is not None
+    try:
+        ctx = tls.build_context(_tls_config(t))
+    except tls.TLSSetupError as exc:
+        checks.append(Check("tls handshake", SKIPPED, str(exc)))
+        return None
+    if max_tls is not None:
+        ctx.maximum_version = max_tls
+    try:
+        sock = ctx.wrap_socket(raw, server_hostname=t.host)
+    except ssl.SSLCertVerificationError as exc:
+        detail = tls.describe_failure(exc, t.host, t.port)
+        peek = peek_broker_certificate(t, max_tls)
+        checks.append(Check("tls handshake", PROBLEM, detail + ("; " + peek if peek else ""),
+                            _verify_fix(exc)))
+        return None
+    except ssl.SSLError as exc:
+        detail = tls.describe_failure(exc, t.host, t.port)
+        checks.append(Check("tls handshake", PROBLEM, detail,
+                            _refusal_fix(t, detail) or "see docs/troubleshooting.md (raw error: %s)" % exc))
+        return None
+    except ConnectionResetError as exc:
+        # What a plain MQTT port does with a ClientHello; the words are tls.describe_failure's, as in the log.
+        checks.append(Check("tls handshake", PROBLEM, tls.describe_failure(exc, t.host, t.port),
+                            "set mqtt.port to the broker's TLS listener"))
+        return None
+    except OSError as exc:
+        checks.append(Check("tls handshake", PROBLEM, "the broker closed the connection during the TLS "
+                            "handshake (%s): it probably refused our client certificate, or the port does "
+                            "not speak TLS" % (exc.strerror or exc), "check the broker's log"))
+        return None
+    cipher = sock.cipher()
+    checks.append(Check("tls handshake", OK, "%s %s, broker certificate verified against %s%s%s"
+                        % (sock.version(), cipher[0] if cipher else "?", t.ca_file,
+                           "" if t.verify_hostname else " (hostname NOT checked)", _alpn_outcome(t, sock))))
+    return sock
+
+
+def _alpn_outcome(t: Target, sock: ssl.SSLSocket) -> str:
+    if not t.alpn:
+        return ""
+    chosen = sock.selected_alpn_protocol()
+    # A broker that ignores ALPN still completes the handshake: say so, it matters on port 443.
+    return ", ALPN %s" % chosen if chosen else ", ALPN offered (%s) but none agreed" % ", ".join(t.alpn)
+
+
+def _verify_fix(exc: ssl.SSLCertVerificationError) -> str:
+    message = exc.verify_message or ""
+    if "mismatch" in message:
+        return "set mqtt.host to a name in the certificate's SANs, or re-issue it: 'edison-agent pki " \
+               "issue-broker DIR HOSTNAME --ip ADDR'"
+    if "issuer" in message or "self" in message:
+        return "set mqtt.tls.ca_file to the CA that signed the broker's certificate"
+    if "expired" in message or "not yet valid" in message:
+        return "re-issue the broker's certificate, or fix the clock"
+    if "purpose" in message:
+        return "re-issue it with 'edison-agent pki issue-broker' (serverAuth)"
+    return "see docs/troubleshooting.md"
+
+
+_REVOKED = tls.describe_alert("certificate revoked")
+
+
+def _refusal_fix(t: Target, detail: str) -> str:
+    if detail == _REVOKED:
+        return ("issue this device a new certificate ('edison-agent pki issue-device --force DIR %s', or "
+                "'pki renew DIR %s') and install it as %s; the revoked one stays refused"
+                % (t.client_id, t.client_id, t.cert_file))
+    return ""
+
+
+def _refusal_under_tls12(t: Target) -> Optional[str]:
+    """Why the broker refused us, asked again over TLS 1.2, or None.
+
+    Under TLS 1.3 a broker judges the client certificate after the client's handshake has
+    returned; its alert races our CONNECT, and when the broker closes with the CONNECT unread
+    the reset can discard the alert. Under TLS 1.2 the alert ends the handshake itself."""
+    assert t.host is not None
+    try:
+        ctx = tls.build_context(_tls_config(t))
+    except tls.TLSSetupError:
+        return None
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with socket.create_connection((t.host, t.port), timeout=TIMEOUT) as raw, \
+                ctx.wrap_socket(raw, server_hostname=t.host):
+            return None
+    except ssl.SSLError as exc:
+        # Only a verdict on our certificate: a broker requiring TLS 1.3 answers this probe with
+        # "protocol version", which says nothing about the close being explained.
+        verdict = tls.describe_alert(str(exc))
+        return verdict if verdict in tls.CLIENT_CERT_REFUSALS else None
+    except OSError:
+        return None
+
+
+def _why_closed(t: Target, tls13: bool, closed: str) -> str:
+    refusal = _refusal_under_tls12(t) if tls13 else None
+    if refusal is None and t.protocol == "5" and _answers_mqtt311(t):
+        return SPEAKS_311_ONLY
+    return refusal or closed
+
+
+def _answers_mqtt311(t: Target) -> bool:
+    """A broker that closed on our MQTT 5 CONNECT, asked again in MQTT 3.1.1 (RabbitMQ 3.x closes on
+    a CONNECT it cannot parse, which under TLS 1.3 looks like a refused certificate)."""
+    assert t.host is not None
+    try:
+        ctx = tls.build_context(_tls_config(t)) if t.tls_on else None
+    except tls.TLSSetupError:
+        return False
+    return answers_mqtt311(t.host, t.port, ctx, t.client_id, t.keepalive, t.username, t.mqtt_password)
+
+
+def _closed_fix(t: Target, detail: str, fix: str) -> str:
+    if detail == SPEAKS_311_ONLY:
+        return "set mqtt.protocol: 4 (or remove the key: MQTT 3.1.1 is the default)"
+    return _refusal_fix(t, detail) or fix
+
+
+def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
+    closed = tls.REJECTED_AFTER_HANDSHAKE if t.tls_on else "broker closed the connection before CONNACK"
+    fix = "check the broker's log: does its cafile hold the CA that signed %s?" % t.cert_file
+    v5 = t.protocol == "5"
+    tls13 = isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3"
+    try:
+        sock.settimeout(TIMEOUT)
+        sock.sendall(connect_packet(t.client_id, t.keepalive, t.protocol, t.username, t.mqtt_password))
+        reply = read_packet(sock)
+    except socket.timeout:
+        checks.append(Check("mqtt connect", PROBLEM, "no CONNACK within %g s" % TIMEOUT,
+                            "is this port an MQTT listener? check the broker's log"))
+        return
+    except ssl.SSLError as exc:
+        detail = tls.describe_alert(str(exc)) or _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        return
+    except OSError as exc:
+        detail = _why_closed(t, tls13, closed)
+        if detail == closed:
+            detail = "%s (%s)" % (closed, exc.strerror or exc)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        return
+    if len(reply) < 4:
+        detail = _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        return
+    if reply[0] != 0x20:
+        checks.append(Check("mqtt connect", PROBLEM, "the broker answered CONNECT with packet type 0x%02x, "
+                            "not CONNACK" % reply[0], "is this port an MQTT listener?"))
+        return
+    header = 1 + next((i for i, b in enumerate(reply[1:5], 1) if not b & 0x80), 1)
+    code = reply[header + 1]
+    reason: Optional[str] = None
+    if v5:
+        # After the flags and the reason code: the properties' length, then the properties.
+        rest = reply[header + 2:]
+        length_bytes = 1 + next((i for i, b in enumerate(rest[:4]) if not b & 0x80), 0)
+        reason = reason_string(rest[length_bytes:])
+    if code != 0:
+        if v5:
+            detail = "broker refused the connection (MQTT 5 CONNACK %s)" % tls.describe_reason_code(code, reason)
+            if code == 0x84:
+                fix = "set mqtt.protocol: 4 (the broker speaks MQTT 3.1.1 only)"
+            else:
+                fix = _identity_fix(t, {0x86: 4, 0x87: 5}.get(code, 0))
+            checks.append(Check("mqtt connect", PROBLEM, detail, fix))
+        else:
+            checks.append(Check("mqtt connect", PROBLEM, tls.describe_connack(code), _identity_fix(t, code)))
+        return
+    checks.append(Check("mqtt connect", OK, "CONNACK accepted client id %r%s" % (
+        t.client_id, " (MQTT 5, %s)" % tls.describe_reason_code(code, reason) if v5 else "")))
+    # CONNECT alone says nothing of the topics: RabbitMQ accepts the connection and ends it at the
+    # first publish its topic permissions refuse.
+    publish_checks(t, sock, tls.build_context(_tls_config(t)) if t.tls_on else None, checks)
+
+
+def _identity_fix(t: Target, connack: int) -> str:
+    """What to do about CONNACK 4 or 5, naming the user the broker most likely looked up."""
+    if t.username is not None:
+        user = "%r (mqtt.username)" % t.username
+    else:
+        cn = certificate_cn(t.cert_file) if t.cert_file is not None else None
+        user = "%r (the certificate's CN)" % cn if cn else "the certificate's CN"
+    if connack == 4:
+        return "the user name is %s: create that user on the broker%s" % (
+            user, ", with the password in mqtt.password_file" if t.mqtt_password is not None else "")
+    if connack == 5:
+        return "allow %s and client id %r in the broker's ACL/policy" % (user, t.client_id)
+    return "check the broker's log for client id %r" % t.client_id
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def add_doctor_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+                      default_config: Path) -> None:
+    doctor = subparsers.add_parser("doctor", help="check the certificates and one live connection, "
+                                   "and say what is wrong in plain words")
+    doctor.add_argument("-c", "--config", type=Path, default=default_config, help="default: %(default)s")
+    doctor.add_argument("--json", action="store_true", help="print a JSON list of {check, status, detail, fix}")
+    doctor.set_defaults(func=run_doctor)
+
+
+def run_doctor(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    checks = run_checks(args.config)
+    if args.json:
+        out(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        for c in checks:
+            out(c.line())
+    sys.stdout.flush()
+    return 1 if any(c.status == PROBLEM for c in checks) else 0

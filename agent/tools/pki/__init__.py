@@ -1,0 +1,1 @@
+"""Certificates: a private CA, broker and device certificates, provisioning, revocation."""

@@ -1,0 +1,1 @@
+"""`edison-agent watch`: the fleet's health, one row per board."""
