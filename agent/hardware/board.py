@@ -11,6 +11,8 @@ import threading
 from types import ModuleType
 from typing import Any, Callable, Optional, Tuple
 
+from agent.errors import HardwareError
+
 # libmraa's mraa_result_t values, so an error says more than "returned 7".
 _RESULTS = {
     1: "feature not implemented on this board",
@@ -22,11 +24,11 @@ _RESULTS = {
 }
 
 
-class BoardError(Exception):
+class BoardError(HardwareError):
     """A pin or bus could not be opened or read."""
 
 
-class BoardUnavailable(Exception):
+class BoardUnavailable(HardwareError):
     """`board: mraa` was asked for, but mraa cannot be imported."""
 
 

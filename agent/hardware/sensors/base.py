@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 
+from agent.errors import HardwareError
 from agent.hardware.board import Board
 
 Value = Union[float, int]
 
 
-class SensorError(Exception):
+class SensorError(HardwareError):
     """A reading could not be taken (bad CRC, device busy, no data); retried with backoff."""
 
 
