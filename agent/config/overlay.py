@@ -16,8 +16,10 @@ import yaml
 
 from agent.atomic_file import replace_file
 from agent.config import identifiers
+from agent.config.fields import Bounds, bounds_of
 from agent.config.identifiers import brief
-from agent.config.reader import Bounds, FileProblem, bounds_of, parse_yaml, read_text
+from agent.config.problems import FileProblem
+from agent.config.reader import parse_yaml, read_text
 from agent.config.sensor_config import SensorConfig
 
 log = logging.getLogger(__name__)
