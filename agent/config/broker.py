@@ -4,6 +4,7 @@ password some brokers want beside a client certificate (issue 19). Read by agent
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
 from agent.config import checks as config_checks
@@ -76,9 +77,9 @@ def failback(r: Reader, m: Mapping[str, Any]) -> float:
     return float(value)
 
 
-def password(r: Reader, m: Mapping[str, Any], username: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """(the password, where it came from): mqtt.password_file's first line, else $EDISON_AGENT_MQTT_PASSWORD."""
-    path = r.file(m, "password_file", "mqtt", required=False)
+def password(r: Reader, path: Optional[Path], username: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(the password, where it came from): mqtt.password_file's first line (`path`, as r.file read it),
+    else $EDISON_AGENT_MQTT_PASSWORD."""
     if path is not None:
         if username is None:
             r.problem("mqtt.password_file", "a password needs mqtt.username (MQTT sends no password without a "

@@ -54,7 +54,8 @@ def read(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                                   else default_of(MQTTConfig, "health_topic"), device_id)
     username = _username(r, m, AZURE_USERNAME if azure else default_of(MQTTConfig, "username"), device_id,
                          host or "")
-    password, password_source = config_broker.password(r, m, username)
+    password_file = r.file(m, "password_file", "mqtt", required=False)
+    password, password_source = config_broker.password(r, password_file, username)
     reconnect = _reconnect(r, m.get("reconnect"))
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
     protocol = _protocol(r, m)
@@ -70,7 +71,8 @@ def read(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
                       session_expiry=r.setting(m, MQTTConfig, "session_expiry", "mqtt"),
                       message_expiry=r.setting(m, MQTTConfig, "message_expiry", "mqtt"), username=username,
                       target=target, health_topic=health_topic, password=password,
-                      password_source=password_source, hosts=hosts, failback=failback)
+                      password_file=password_file, password_source=password_source, hosts=hosts,
+                      failback=failback)
 
 
 def _reconnect(r: Reader, raw: Any) -> Optional[ReconnectConfig]:
@@ -182,13 +184,14 @@ def _tls(r: Reader, raw: Any) -> Optional[TLSConfig]:
                                    or any(c.isspace() or ord(c) < 32 for c in server_name)):
         r.problem("mqtt.tls.server_name", "%s is not a host name: give the name in the broker's certificate"
                   % brief(server_name))
-    password, source = _key_password(r, t)
+    pass_file = r.file(t, "key_password_file", "mqtt.tls", required=False)
+    password, source = _key_password(r, pass_file)
     if key_file is not None and key_file.is_file() and os.access(key_file, os.R_OK):
         _check_key_file(r, key_file, password)
     if ca_file is None:
         return None
     return TLSConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file, key_password=password,
-                     key_password_source=source, min_version=min_version,
+                     key_password_file=pass_file, key_password_source=source, min_version=min_version,
                      verify_hostname=bool(verify_hostname), session_resumption=bool(session_resumption),
                      alpn=alpn, server_name=server_name or None)
 
@@ -209,8 +212,7 @@ def _alpn(r: Reader, t: Mapping[str, Any]) -> Tuple[str, ...]:
     return tuple(raw)
 
 
-def _key_password(r: Reader, t: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
-    pass_file = r.file(t, "key_password_file", "mqtt.tls", required=False)
+def _key_password(r: Reader, pass_file: Optional[Path]) -> Tuple[Optional[str], Optional[str]]:
     if pass_file is not None and pass_file.is_file() and os.access(pass_file, os.R_OK):
         # The first line is all that is used: a passphrase file is not read past 4 KiB.
         with open(pass_file, "rb") as f:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import yaml
 
@@ -19,7 +19,7 @@ from agent.config import mqtt_section
 from agent.config.fields import default_of, keys_of
 from agent.config.identifiers import brief
 from agent.config.problems import ConfigError as ConfigError
-from agent.config.problems import FileProblem, Problem
+from agent.config.problems import FileProblem
 from agent.config.reader import Reader, kind_of, parse_yaml, read_text
 from agent.config.sections import AZURE_TOPIC as AZURE_TOPIC
 from agent.config.sections import AZURE_USERNAME as AZURE_USERNAME
@@ -41,24 +41,28 @@ from agent.config.sensor_config import parse_sensors
 
 def load(path: Path) -> AgentConfig:
     """Load and validate; raise ConfigError listing every problem."""
-    label = str(path)
-    try:
-        text = read_text(Path(path))
-    except FileProblem as exc:
-        raise ConfigError([Problem("%s: %s" % (label, exc))]) from None
-    try:
-        tree = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(_yaml_problem(label, exc))]) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(["%s: expected a YAML mapping at the top level (device:, mqtt:, sensors:), got %s"
-                           % (label, kind_of(tree) if tree is not None else "an empty file")])
-    reader = Reader(label, Path(path).resolve().parent)
+    tree = _tree(path, "expected a YAML mapping at the top level (device:, mqtt:, sensors:), got %s")
+    reader = Reader(str(path), Path(path).resolve().parent)
     config = _build(reader, tree, Path(path))
     if reader.problems:
         raise ConfigError(reader.problems)
     assert config is not None
     return config
+
+
+def _tree(path: Path, not_a_mapping: str) -> Dict[str, Any]:
+    """The file's YAML mapping, read with the limits of reader.read_text; raises ConfigError."""
+    label = str(path)
+    try:
+        tree = parse_yaml(read_text(Path(path)))
+    except FileProblem as exc:
+        raise ConfigError(["%s: %s" % (label, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(label, exc)]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(["%s: %s" % (label, not_a_mapping % (kind_of(tree) if tree is not None
+                                                                 else "an empty file"))])
+    return tree
 
 
 def _yaml_problem(label: str, exc: yaml.YAMLError) -> str:
@@ -202,19 +206,22 @@ def load_mqtt(path: Path) -> MQTTConfig:
     """Only a config file's `mqtt` section (and device.id, for its topics): how an operator tool
     (`edison-agent watch -c FILE`) reaches the broker. The rest of the file is not checked, so a
     file holding nothing but `mqtt:` will do. The file is read with load()'s limits. Raises ConfigError."""
-    label = str(path)
-    try:
-        tree = parse_yaml(read_text(Path(path)))
-    except FileProblem as exc:
-        raise ConfigError([Problem("%s: %s" % (label, exc))]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(_yaml_problem(label, exc))]) from None
-    if not isinstance(tree, dict):
-        raise ConfigError([Problem("%s: expected a YAML mapping with an mqtt: section" % label)])
-    reader = Reader(label, Path(path).resolve().parent)
+    reader, mqtt = _mqtt_only(path)
+    if reader.problems or mqtt is None:
+        raise ConfigError(reader.problems or ["%s: mqtt: cannot be read" % path])
+    return mqtt
+
+
+def mqtt_as_far_as_it_reads(path: Path) -> Optional[MQTTConfig]:
+    """The `mqtt` section even with problems in it (load() has reported them), or None without a
+    broker to reach: `edison-agent doctor` diagnoses the TLS files a config names, one check each.
+    Raises ConfigError only when the file is no YAML mapping."""
+    return _mqtt_only(path)[1]
+
+
+def _mqtt_only(path: Path) -> Tuple[Reader, Optional[MQTTConfig]]:
+    tree = _tree(path, "expected a YAML mapping with an mqtt: section, got %s")
+    reader = Reader(str(path), Path(path).resolve().parent)
     device = reader.section(tree.get("device"), "device", keys_of(AgentConfig, "device"))
     device_id = config_checks.device_id(reader, device)
-    mqtt = mqtt_section.read(reader, tree.get("mqtt"), device_id or "")
-    if reader.problems or mqtt is None:
-        raise ConfigError(reader.problems or ["%s: mqtt: cannot be read" % label])
-    return mqtt
+    return reader, mqtt_section.read(reader, tree.get("mqtt"), device_id or "")

@@ -42,8 +42,10 @@ class TLSConfig:
     ca_file: Path = dataclasses.field(metadata=declared(REQUIRED))
     cert_file: Optional[Path] = dataclasses.field(metadata=declared(None))
     key_file: Optional[Path] = dataclasses.field(metadata=declared(None))
+    # Its first line is the key's passphrase (else $EDISON_AGENT_KEY_PASSWORD).
+    key_password_file: Optional[Path] = setting(None)
     # repr=False: a passphrase must never reach a log line or a traceback.
-    key_password: Optional[str] = setting(None, key="key_password_file", repr=False)
+    key_password: Optional[str] = dataclasses.field(default=None, repr=False, metadata=DERIVED)
     key_password_source: Optional[str] = derived(None)
     # Below 1.2 is broken, and OpenSSL 3 will not speak it.
     min_version: str = setting("1.2", choices=("1.2", "1.3"))
@@ -86,8 +88,10 @@ class MQTTConfig:
     # Sent without a password (the client certificate authenticates); Azure IoT Hub requires one.
     username: Optional[str] = setting(None)
     target: str = setting("generic", choices=("generic", "aws-iot", "azure-iot-hub"))
-    # Issue 19 (agent/config/broker.py). repr=False: a password must never reach a log line.
-    password: Optional[str] = setting(None, key="password_file", repr=False)
+    # Issue 19 (agent/config/broker.py): its first line is the password (else $EDISON_AGENT_MQTT_PASSWORD).
+    password_file: Optional[Path] = setting(None)
+    # repr=False: a password must never reach a log line.
+    password: Optional[str] = dataclasses.field(default=None, repr=False, metadata=DERIVED)
     password_source: Optional[str] = derived(None)
     # Every broker, the preferred first.
     hosts: Tuple[Tuple[str, int], ...] = setting(None, init=())

@@ -298,14 +298,12 @@ def certificate_cn(path: Path) -> Optional[str]:
     return str(names[0].value) if names else None
 
 
-def peek_broker_certificate(t: Target, max_tls: Optional[ssl.TLSVersion]) -> str:
+def peek_broker_certificate(t: Target) -> str:
     """The broker's certificate, fetched without verification, only to describe it."""
     assert t.host is not None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    if max_tls is not None:
-        ctx.maximum_version = max_tls
     if t.cert_file is not None and t.key_file is not None:
         try:  # under TLS 1.2 a broker that requires a client certificate ends the handshake without one
             ctx.load_cert_chain(str(t.cert_file), str(t.key_file), password=lambda: t.password or "")
