@@ -93,23 +93,10 @@ def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
         if mqtt is None and not exc.outside(""):
             return None
         tls_unread = exc.outside("mqtt.tls") != exc.problems
-    target = Target(config_path=path, tls_on=tls_unread)
     if mqtt is None:
-        return target
-    target.host, target.port, target.hosts = mqtt.host, mqtt.port, mqtt.hosts
-    target.keepalive, target.client_id, target.protocol = mqtt.keepalive, mqtt.client_id, mqtt.protocol
-    # The user name may come from a template or a target's default: the loader's reading is the one sent.
-    target.username, target.mqtt_password = mqtt.username, mqtt.password
-    target.topics = tuple((what, topic) for what, topic in (
-        ("status", mqtt.status_topic), ("telemetry", mqtt.topic), ("health", mqtt.health_topic)) if topic)
-    t = mqtt.tls
-    if t is not None:
-        target.tls_on = True
-        target.ca_file, target.cert_file, target.key_file = t.ca_file, t.cert_file, t.key_file
-        target.password_file, target.min_version, target.verify_hostname = (t.key_password_file, t.min_version,
-                                                                            t.verify_hostname)
-        target.alpn, target.server_name = t.alpn, t.server_name
-    return target
+        return Target(config_path=path, tls_on=tls_unread)
+    return Target(config_path=path, mqtt=mqtt, tls_on=tls_unread or mqtt.tls is not None, host=mqtt.host,
+                  port=mqtt.port)
 
 
 # --- live -------------------------------------------------------------------------------
@@ -147,10 +134,9 @@ def _live_checks(t: Target, checks: List[Check]) -> None:
 
 
 def _tls_config(t: Target) -> TLSConfig:
-    assert t.ca_file is not None
-    return TLSConfig(ca_file=t.ca_file, cert_file=t.cert_file, key_file=t.key_file, key_password=t.password,
-                     key_password_source=t.password_source, min_version=t.min_version,
-                     verify_hostname=t.verify_hostname, alpn=t.alpn, server_name=t.server_name)
+    """The loaded mqtt.tls, with the passphrase as the offline checks read it."""
+    assert t.tls is not None
+    return replace(t.tls, key_password=t.password, key_password_source=t.password_source)
 
 
 def _handshake(t: Target, raw: socket.socket, checks: List[Check]) -> Optional[ssl.SSLSocket]:
