@@ -12,7 +12,7 @@ import json
 import socket
 import ssl
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -157,7 +157,8 @@ def _handshake(t: Target, raw: socket.socket, checks: List[Check]) -> Optional[s
     except ssl.SSLError as exc:
         detail = tls.describe_failure(exc, t.host, t.port)
         checks.append(Check("tls handshake", PROBLEM, detail,
-                            _refusal_fix(t, detail) or "see docs/troubleshooting.md (raw error: %s)" % exc))
+                            _refusal_fix(t, Verdict(detail, revoked=_revoked(exc)))
+                            or "see docs/troubleshooting.md (raw error: %s)" % exc))
         return None
     except ConnectionResetError as exc:
         # What a plain MQTT port does with a ClientHello; the words are tls.describe_failure's, as in the log.
@@ -198,18 +199,31 @@ def _verify_fix(exc: ssl.SSLCertVerificationError) -> str:
     return "see docs/troubleshooting.md"
 
 
-_REVOKED = tls.describe_alert("certificate revoked")
+@dataclass(frozen=True)
+class Verdict:
+    """Why the broker closed the connection or refused us: the words, and what they say for the fix."""
+    detail: str
+    # The broker's alert 44: this device's certificate is on the CA's revocation list.
+    revoked: bool = False
+    mqtt311_only: bool = False
+    # False: a bare close that nothing explained.
+    explained: bool = True
 
 
-def _refusal_fix(t: Target, detail: str) -> str:
-    if detail == _REVOKED:
+def _revoked(exc: ssl.SSLError) -> bool:
+    # OpenSSL's own name for alert 44, received: a code, not words.
+    return getattr(exc, "reason", None) == "SSLV3_ALERT_CERTIFICATE_REVOKED"
+
+
+def _refusal_fix(t: Target, verdict: Verdict) -> str:
+    if verdict.revoked:
         return ("issue this device a new certificate ('edison-agent pki issue-device --force DIR %s', or "
                 "'pki renew DIR %s') and install it as %s; the revoked one stays refused"
                 % (t.client_id, t.client_id, t.cert_file))
     return ""
 
 
-def _refusal_under_tls12(t: Target) -> Optional[str]:
+def _refusal_under_tls12(t: Target) -> Optional[Verdict]:
     """Why the broker refused us, asked again over TLS 1.2, or None.
 
     Under TLS 1.3 a broker judges the client certificate after the client's handshake has
@@ -228,17 +242,17 @@ def _refusal_under_tls12(t: Target) -> Optional[str]:
     except ssl.SSLError as exc:
         # Only a verdict on our certificate: a broker requiring TLS 1.3 answers this probe with
         # "protocol version", which says nothing about the close being explained.
-        verdict = tls.describe_alert(str(exc))
-        return verdict if verdict in tls.CLIENT_CERT_REFUSALS else None
+        words = tls.describe_alert(str(exc))
+        return Verdict(words, revoked=_revoked(exc)) if words and words in tls.CLIENT_CERT_REFUSALS else None
     except OSError:
         return None
 
 
-def _why_closed(t: Target, tls13: bool, closed: str) -> str:
+def _why_closed(t: Target, tls13: bool, closed: str) -> Verdict:
     refusal = _refusal_under_tls12(t) if tls13 else None
     if refusal is None and t.protocol == "5" and _answers_mqtt311(t):
-        return SPEAKS_311_ONLY
-    return refusal or closed
+        return Verdict(SPEAKS_311_ONLY, mqtt311_only=True)
+    return refusal or Verdict(closed, explained=False)
 
 
 def _answers_mqtt311(t: Target) -> bool:
@@ -252,10 +266,10 @@ def _answers_mqtt311(t: Target) -> bool:
     return answers_mqtt311(t.host, t.port, ctx, t.client_id, t.keepalive, t.username, t.mqtt_password)
 
 
-def _closed_fix(t: Target, detail: str, fix: str) -> str:
-    if detail == SPEAKS_311_ONLY:
+def _closed_fix(t: Target, verdict: Verdict, fix: str) -> str:
+    if verdict.mqtt311_only:
         return "set mqtt.protocol: 4 (or remove the key: MQTT 3.1.1 is the default)"
-    return _refusal_fix(t, detail) or fix
+    return _refusal_fix(t, verdict) or fix
 
 
 def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
@@ -272,18 +286,18 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
                             "is this port an MQTT listener? check the broker's log"))
         return
     except ssl.SSLError as exc:
-        detail = tls.describe_alert(str(exc)) or _why_closed(t, tls13, closed)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        alert = tls.describe_alert(str(exc))
+        verdict = Verdict(alert, revoked=_revoked(exc)) if alert else _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, verdict.detail, _closed_fix(t, verdict, fix)))
         return
     except OSError as exc:
-        detail = _why_closed(t, tls13, closed)
-        if detail == closed:
-            detail = "%s (%s)" % (closed, exc.strerror or exc)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        verdict = _why_closed(t, tls13, closed)
+        detail = verdict.detail if verdict.explained else "%s (%s)" % (closed, exc.strerror or exc)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, verdict, fix)))
         return
     if len(reply) < 4:
-        detail = _why_closed(t, tls13, closed)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        verdict = _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, verdict.detail, _closed_fix(t, verdict, fix)))
         return
     if reply[0] != 0x20:
         checks.append(Check("mqtt connect", PROBLEM, "the broker answered CONNECT with packet type 0x%02x, "
