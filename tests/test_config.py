@@ -210,3 +210,48 @@ def test_processing_keys_are_typed_and_reach_each_value(config_dir, capsys):
     assert processing.filter.kind == "median" and processing.filter.size == 5
     assert processing.range == (0.0, 1.0)
     assert processing.deadband.abs == 0.5 and processing.deadband.max_silence == 60
+
+
+# -- the config package's own layout --------------------------------------------------------
+
+
+def _config_imports() -> dict:
+    """module -> the agent.config modules it imports, wherever in the file (a function-level import
+    is still a circle)."""
+    import ast
+
+    graph = {}
+    for path in sorted((ROOT / "agent" / "config").glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "agent.config":
+                    names |= {a.name for a in node.names}
+                elif node.module.startswith("agent.config."):
+                    names.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                names |= {a.name.split(".")[2] for a in node.names if a.name.startswith("agent.config.")}
+        graph[path.stem] = names - {path.stem}
+    return graph
+
+
+def test_the_config_modules_import_each_other_without_a_circle():
+    graph = _config_imports()
+    done: set = set()
+
+    def visit(module: str, trail: tuple) -> None:
+        assert module not in trail, "import circle: %s" % " -> ".join(trail + (module,))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, trail + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    assert "sections" in graph["schema"] and "schema" not in graph["broker"] | graph["checks"]
+
+
+def test_no_config_module_is_over_400_lines():
+    for path in (ROOT / "agent" / "config").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from agent.config import identifiers
-from agent.config.fields import DERIVED, REQUIRED, declared, keys_of, setting
+from agent.config.fields import DERIVED, REQUIRED, declared, default_of, keys_of, setting
 from agent.config.identifiers import brief
 from agent.config.reader import MISSING, Reader, join, kind_of
 from agent.hardware import sensors
@@ -166,15 +166,15 @@ def _processing(r: Reader, item: Mapping[str, Any], path: str) -> Processing:
 def _calibration(r: Reader, raw: Any, path: str) -> Optional[Calibration]:
     if raw is None:
         return None
-    c = r.section(raw, path, ("scale", "offset", "polynomial"))
+    c = r.section(raw, path, keys_of(Calibration))
     if "polynomial" in c:
         if "scale" in c or "offset" in c:
             r.problem(path, "give either scale/offset or polynomial, not both")
         # Evaluated at every reading: a degree past 15 is a mistake, not a calibration.
         coefficients = r.numbers(c, "polynomial", path, min_count=1, max_count=16)
         return Calibration(polynomial=tuple(coefficients)) if coefficients else None
-    return Calibration(scale=r.value(c, "scale", path, float, default=1.0),
-                       offset=r.value(c, "offset", path, float, default=0.0))
+    return Calibration(scale=r.value(c, "scale", path, float, default=default_of(Calibration, "scale")),
+                       offset=r.value(c, "offset", path, float, default=default_of(Calibration, "offset")))
 
 
 def _filter(r: Reader, raw: Any, path: str) -> Optional[Filter]:
@@ -194,11 +194,11 @@ def _filter(r: Reader, raw: Any, path: str) -> Optional[Filter]:
 def _deadband(r: Reader, raw: Any, path: str) -> Optional[Deadband]:
     if raw is None:
         return None
-    d = r.section(raw, path, ("abs", "pct", "max_silence"))
+    d = r.section(raw, path, keys_of(Deadband))
     return Deadband(abs=r.value(d, "abs", path, float, default=None, minimum=0.0),
                     pct=r.value(d, "pct", path, float, default=None, minimum=0.0),
-                    max_silence=r.value(d, "max_silence", path, float, default=300.0, minimum=0.01,
-                                        maximum=86400))
+                    max_silence=r.value(d, "max_silence", path, float, default=default_of(Deadband, "max_silence"),
+                                        minimum=0.01, maximum=86400))
 
 
 def _range(r: Reader, item: Mapping[str, Any], path: str) -> Optional[Tuple[float, float]]:
