@@ -58,18 +58,21 @@ def read(r: Reader, raw: Any, device_id: str) -> Optional[MQTTConfig]:
     password, password_source = config_broker.password(r, password_file, username)
     reconnect = _reconnect(r, m.get("reconnect"))
     tls = _tls(r, m["tls"]) if m.get("tls") is not None else None
+    # Every key is read (and its problems reported) whether or not the section can be built.
+    inflight = r.setting(m, MQTTConfig, "inflight", "mqtt")
     protocol = _protocol(r, m)
+    clean_session = r.setting(m, MQTTConfig, "clean_session", "mqtt")
+    session_expiry = r.setting(m, MQTTConfig, "session_expiry", "mqtt")
+    message_expiry = r.setting(m, MQTTConfig, "message_expiry", "mqtt")
     _version_specific_keys(r, m, protocol)
     if (hosts is None or host is None or client_id is None or topic is None or status_topic is None
             or health_topic is None or reconnect is None):
         return None
     return MQTTConfig(host=host, port=port, client_id=client_id, keepalive=keepalive, qos=qos, topic=topic,
                       status_topic=status_topic, reconnect=reconnect, tls=tls,
-                      clean_session=bool(r.setting(m, MQTTConfig, "clean_session", "mqtt")),
-                      inflight=r.setting(m, MQTTConfig, "inflight", "mqtt"),
-                      protocol=protocol or default_of(MQTTConfig, "protocol"),
-                      session_expiry=r.setting(m, MQTTConfig, "session_expiry", "mqtt"),
-                      message_expiry=r.setting(m, MQTTConfig, "message_expiry", "mqtt"), username=username,
+                      clean_session=bool(clean_session), inflight=inflight,
+                      protocol=protocol or default_of(MQTTConfig, "protocol"), session_expiry=session_expiry,
+                      message_expiry=message_expiry, username=username,
                       target=target, health_topic=health_topic, password=password,
                       password_file=password_file, password_source=password_source, hosts=hosts,
                       failback=failback)

@@ -88,17 +88,17 @@ class MQTTConfig:
     # Sent without a password (the client certificate authenticates); Azure IoT Hub requires one.
     username: Optional[str] = setting(None)
     target: str = setting("generic", choices=("generic", "aws-iot", "azure-iot-hub"))
-    # Issue 19 (agent/config/broker.py): its first line is the password (else $EDISON_AGENT_MQTT_PASSWORD).
-    password_file: Optional[Path] = setting(None)
-    # repr=False: a password must never reach a log line.
-    password: Optional[str] = dataclasses.field(default=None, repr=False, metadata=DERIVED)
-    password_source: Optional[str] = derived(None)
     # Every broker, the preferred first.
     hosts: Tuple[Tuple[str, int], ...] = setting(None, init=())
     # Seconds between looks at the preferred broker while on another; 0: never move back. Five
     # minutes: a gateway back from a reboot is used again soon, and a flapping one costs at most one
     # move in five minutes (the AWS IoT Device SDK and Telegraf have no failback at all; docs/fleet.md).
     failback: float = setting(300.0, minimum=0, maximum=86400)
+    # Issue 19 (agent/config/broker.py): its first line is the password (else $EDISON_AGENT_MQTT_PASSWORD).
+    password_file: Optional[Path] = setting(None)
+    # repr=False: a password must never reach a log line.
+    password: Optional[str] = dataclasses.field(default=None, repr=False, metadata=DERIVED)
+    password_source: Optional[str] = derived(None)
 
 
 @dataclass(frozen=True)
