@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from agent.config.fields import REQUIRED, Bounds, bounds_of, choices_of, default_of, field_kind
+from agent.config.fields import COMPUTED, REQUIRED, Bounds, bounds_of, choices_of, default_of, field_kind
 from agent.config.identifiers import brief
 from agent.config.problems import FileProblem, Problem
 
@@ -226,6 +226,8 @@ class Reader:
         from the field (`default` only where a target changes it, as Azure IoT Hub's topics)."""
         if default is MISSING:
             default = default_of(cls, key)
+            if default is COMPUTED:
+                raise TypeError("%s.%s: its default is worked out by the loader: give it" % (cls.__name__, key))
             default = MISSING if default is REQUIRED else default
         return self.value(section, key, path, field_kind(cls, key), default=default,
                           choices=choices_of(cls, key), bounds=bounds_of(cls, key) or Bounds())
