@@ -1,8 +1,9 @@
 """The config's sections as frozen dataclasses: the schema, each key's default, bounds and choices on its field.
 
-Built by agent/config/schema.py (load), read by every stage. A new key is one field here
-(`setting(...)`), its reading in schema.py if it needs more than its type, bounds and choices, and
-its row in docs/configuration.md (tests/test_docs.py holds the two together).
+Built by agent/config/schema.py (load; the mqtt section by mqtt_section.py), read by every stage. A
+new key is one field here (`setting(...)`, agent/config/fields.py), which makes it a known key; its
+reading with `Reader.setting` (and any check beyond its type, bounds and choices); its row in
+docs/configuration.md (tests/test_docs.py holds the row's key, default and choices to the field).
 """
 
 from __future__ import annotations
