@@ -16,6 +16,7 @@ from typing import List, Optional
 from agent import __version__
 from agent.config import schema as config
 from agent.config import targets
+from agent.config.fields import choices_of
 from agent.delivery.spool import SpoolBusy
 from agent.hardware.board import BoardUnavailable
 from agent.mqtt.tls import TLSSetupError, build_context
@@ -36,7 +37,8 @@ def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     commands.required = True
     run = commands.add_parser("run", help="sample sensors and publish over one persistent MQTT session")
     run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
-    run.add_argument("--log-level", choices=config.LOG_LEVELS, help="overrides log_level in the config")
+    run.add_argument("--log-level", choices=choices_of(config.AgentConfig, "log_level"),
+                     help="overrides log_level in the config")
     run.set_defaults(func=_run)
     check = commands.add_parser("check-config", help="validate a config file and show what it means")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")

@@ -148,6 +148,37 @@ def test_every_problem_is_reported_at_once(config_dir, capsys):
     assert len(err.splitlines()) == 3, err
 
 
+def test_every_key_of_a_section_that_cannot_be_built_is_still_judged(tmp_path):
+    # The broker is a URL, so no mqtt section can be built: its other keys are still read and named.
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: {host: 'mqtts://x:1', inflight: 0, clean_session: 'no', session_expiry: .nan}\n"
+                    "board: simulated\nstate_dir: %s\n" % tmp_path)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    keys = [p.split(": ")[1] for p in caught.value.problems]
+    assert keys == ["mqtt.host", "mqtt.inflight", "mqtt.clean_session", "mqtt.session_expiry",
+                    "mqtt.session_expiry"], caught.value.problems
+
+
+def test_a_config_error_is_the_agents_config_error_with_each_problems_key(tmp_path):
+    from agent import errors
+    from agent.config.problems import FileProblem
+    from agent.config.reader import read_text
+
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: {host: broker, tls: {ca_file: nope.crt}}\nboard: nope\nstate_dir: %s\n" % tmp_path)
+    with pytest.raises(errors.ConfigError) as caught:
+        config.load(path)
+    assert isinstance(caught.value, config.ConfigError)
+    assert len(caught.value.problems) == 2 and str(caught.value) == "\n".join(caught.value.problems)
+    # Chosen by key path, not by words: everything but what is under mqtt.tls.
+    assert caught.value.outside("mqtt.tls") == [p for p in caught.value.problems if ": board: " in p]
+    assert caught.value.outside("mqtt") == caught.value.outside("mqtt.tls")
+    with pytest.raises(errors.ConfigError) as unreadable:
+        read_text(tmp_path)
+    assert isinstance(unreadable.value, FileProblem) and "not a regular file" in str(unreadable.value)
+
+
 def test_a_world_readable_private_key_is_refused_with_the_fix(config_dir, capsys):
     (config_dir / "certs" / "client.key").chmod(0o644)
     code, _, err = check(config_dir, GOOD, capsys)
@@ -210,3 +241,48 @@ def test_processing_keys_are_typed_and_reach_each_value(config_dir, capsys):
     assert processing.filter.kind == "median" and processing.filter.size == 5
     assert processing.range == (0.0, 1.0)
     assert processing.deadband.abs == 0.5 and processing.deadband.max_silence == 60
+
+
+# -- the config package's own layout --------------------------------------------------------
+
+
+def _config_imports() -> dict:
+    """module -> the agent.config modules it imports, wherever in the file (a function-level import
+    is still a circle)."""
+    import ast
+
+    graph = {}
+    for path in sorted((ROOT / "agent" / "config").glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "agent.config":
+                    names |= {a.name for a in node.names}
+                elif node.module.startswith("agent.config."):
+                    names.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                names |= {a.name.split(".")[2] for a in node.names if a.name.startswith("agent.config.")}
+        graph[path.stem] = names - {path.stem}
+    return graph
+
+
+def test_the_config_modules_import_each_other_without_a_circle():
+    graph = _config_imports()
+    done: set = set()
+
+    def visit(module: str, trail: tuple) -> None:
+        assert module not in trail, "import circle: %s" % " -> ".join(trail + (module,))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, trail + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    assert "sections" in graph["schema"] and "schema" not in graph["broker"] | graph["checks"]
+
+
+def test_no_config_module_is_over_400_lines():
+    for path in (ROOT / "agent" / "config").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name

@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
-import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import yaml
 from mqtt311_broker import MQTT311Broker
+from tls12_only import doctor_without_tls13
 
 from agent.tools.doctor import checkup as doctor
 from agent.tools.pki import authority as pki
@@ -45,10 +45,14 @@ def bad(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, pki
     }
 
 
-def _run(tmp_path: Path, cfg: Dict[str, Any], max_tls: Optional[ssl.TLSVersion] = None) -> List[doctor.Check]:
+def _run(tmp_path: Path, cfg: Dict[str, Any]) -> List[doctor.Check]:
+    return doctor.run_checks(_write(tmp_path, cfg))
+
+
+def _write(tmp_path: Path, cfg: Dict[str, Any]) -> Path:
     path = tmp_path / "doctor.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return doctor.run_checks(path, _max_tls=max_tls)
+    return path
 
 
 def _tls(**files: Any) -> Dict[str, Any]:
@@ -115,16 +119,26 @@ def test_san_mismatch_shows_the_sans_the_broker_has(certs: Certs, tmp_path: Path
 
 
 def test_broker_requiring_tls_1_3_vs_a_client_capped_at_1_2(certs: Certs, tmp_path: Path) -> None:
-    # The cap stands in for an OpenSSL without TLS 1.3 (the Edison's stock image has 1.0.2).
+    # The doctor runs where OpenSSL has no TLS 1.3, as on the Edison's stock image (1.0.2).
     strict = Broker(tmp_path, certs, certs.broker_cert, certs.broker_key)
     strict.conf.write_text(strict.conf.read_text().replace("tls_version tlsv1.2", "tls_version tlsv1.3"))
     strict.start()
     try:
-        checks = _run(tmp_path, agent_config(certs, strict.port), max_tls=ssl.TLSVersion.TLSv1_2)
+        checks = doctor_without_tls13(_write(tmp_path, agent_config(certs, strict.port)), tmp_path)
     finally:
         strict.stop()
     line = next(c for c in checks if c.check == "tls handshake").line()
     assert line.startswith("PROBLEM") and "share no TLS version" in line, line
+
+
+def test_a_tls_section_without_a_ca_file_is_named_and_nothing_goes_out_in_clear(certs: Certs, tmp_path: Path) -> None:
+    cfg = agent_config(certs, free_port())
+    del cfg["mqtt"]["tls"]["ca_file"]
+    checks = _run(tmp_path, cfg)
+    by_name = {c.check: c for c in checks}
+    assert by_name["ca_file"].status == doctor.PROBLEM and "mqtt.tls.ca_file is not set" in by_name["ca_file"].detail
+    assert by_name["broker"].status == doctor.SKIPPED, _lines(checks)
+    assert "tls" not in by_name and "tcp" not in by_name, _lines(checks)
 
 
 def test_port_closed_names_the_address_tried(certs: Certs, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from test_delivery import BlackHoleProxy
 
 from agent import cli
 from agent.config import schema as config
+from agent.config.fields import keys_of
 from agent.delivery.spool import Spool, clock_floor
 from agent.mqtt import tls
 from agent.mqtt.session import Session
@@ -321,7 +322,7 @@ def test_health_keys_default_and_validate(certs, tmp_path, monkeypatch):
 
 def test_every_health_key_has_a_row_in_the_reference():
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    for key in ["health.%s" % k for k in config.HEALTH_KEYS] + ["mqtt.health_topic"]:
+    for key in ["health.%s" % k for k in keys_of(config.HealthConfig)] + ["mqtt.health_topic"]:
         assert "| `%s` |" % key in doc, key
 
 

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from agent import cli
 from agent.config import identifiers, overlay
 from agent.config import schema as config
-from agent.config.reader import MAX_DEPTH, bounds_of, field_kind
+from agent.config.fields import bounds_of, field_kind
+from agent.config.reader import MAX_DEPTH
 from agent.config.schema import CommandsConfig
 from agent.service.commands import BAD_PAYLOAD, Commands, request_from
 from conftest import ROOT

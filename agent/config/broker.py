@@ -1,20 +1,18 @@
 """mqtt.hosts, mqtt.failback and mqtt.password_file: which brokers the agent may use, and the
-password some brokers want beside a client certificate (issue 19). Read by config._mqtt."""
+password some brokers want beside a client certificate (issue 19). Read by agent/config/mqtt_section.py."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
 from agent.config import checks as config_checks
 from agent.config.identifiers import brief
 from agent.config.reader import Reader, kind_of
+from agent.config.sections import MQTTConfig
 
 MQTT_PASSWORD_ENV = "EDISON_AGENT_MQTT_PASSWORD"  # noqa: S105 - a variable name, not a secret
-# Seconds between looks at the preferred (first) broker while on another one. Five minutes: a
-# gateway back from a reboot is used again soon, and a flapping one costs at most one move in five
-# minutes (the AWS IoT Device SDK and Telegraf have no failback at all; see docs/fleet.md).
-DEFAULT_FAILBACK = 300.0
 
 Address = Tuple[str, int]
 
@@ -70,20 +68,18 @@ def _address(r: Reader, where: str, item: Any, port: int) -> Optional[Address]:
     return host, port
 
 
-def failback(r: Reader, m: Mapping[str, Any]) -> Optional[float]:
+def failback(r: Reader, m: Mapping[str, Any]) -> float:
     """0 turns failback off: the agent stays on whichever broker works until it is lost."""
-    from agent.config.schema import MQTTConfig  # the field that declares failback's bounds (config imports this module)
-
-    value = r.setting(m, MQTTConfig, "failback", "mqtt", default=DEFAULT_FAILBACK)
-    if value is not None and 0 < value < 10:
+    value = r.setting(m, MQTTConfig, "failback", "mqtt")
+    if 0 < value < 10:
         r.problem("mqtt.failback", "%s s would test the preferred broker with a TLS handshake every few seconds: "
                   "use 0 (off) or at least 10" % value)
-    return None if value is None else float(value)
+    return float(value)
 
 
-def password(r: Reader, m: Mapping[str, Any], username: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """(the password, where it came from): mqtt.password_file's first line, else $EDISON_AGENT_MQTT_PASSWORD."""
-    path = r.file(m, "password_file", "mqtt", required=False)
+def password(r: Reader, path: Optional[Path], username: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(the password, where it came from): mqtt.password_file's first line (`path`, as r.file read it),
+    else $EDISON_AGENT_MQTT_PASSWORD."""
     if path is not None:
         if username is None:
             r.problem("mqtt.password_file", "a password needs mqtt.username (MQTT sends no password without a "

@@ -1,7 +1,7 @@
 """The checks of config.yaml that go beyond a value's type and bounds: names, hosts, topics that would
 meet, paths of the wrong kind, and the warnings check-config prints (and the daemon logs at start).
 
-Split from config.py, which builds the dataclasses; the rules for names are agent/config/identifiers.py's.
+Split from the loader (schema.py, mqtt_section.py); the rules for names are agent/config/identifiers.py's.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from agent.config import identifiers
 from agent.config.identifiers import brief
 from agent.config.reader import Reader
-
-if TYPE_CHECKING:
-    from agent.config.schema import AgentConfig, CommandsConfig, MQTTConfig
+from agent.config.sections import AgentConfig, CommandsConfig, MQTTConfig
 
 
 def warnings_for(cfg: AgentConfig) -> List[str]:

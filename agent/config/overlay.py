@@ -16,8 +16,10 @@ import yaml
 
 from agent.atomic_file import replace_file
 from agent.config import identifiers
+from agent.config.fields import Bounds, bounds_of
 from agent.config.identifiers import brief
-from agent.config.reader import Bounds, FileProblem, bounds_of, parse_yaml, read_text
+from agent.config.problems import FileProblem
+from agent.config.reader import parse_yaml, read_text
 from agent.config.sensor_config import SensorConfig
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,6 @@ HEADER = ("# Written by edison-agent (the set-interval command with persist: tru
           "# config.yaml at every start and reload. Delete a line (or the file) to go back to the config.\n")
 # The bounds a sensor's interval has in config.yaml (agent/config/sensor_config.py declares them).
 INTERVAL: Bounds = bounds_of(SensorConfig, "interval") or Bounds()
-MIN_INTERVAL, MAX_INTERVAL = float(INTERVAL.minimum or 0.0), float(INTERVAL.maximum or 0.0)
 
 
 def path_in(state_dir: Path) -> Path:

@@ -2,26 +2,24 @@
 
 Also what may be parsed at all: a regular file of at most MAX_FILE_BYTES, whose YAML nests at most
 MAX_DEPTH levels and expands (aliases counted each time they are used) to at most MAX_NODES values.
-And the numbers' schema: a config dataclass declares each numeric field's bounds once, with
-`setting(...)`; the reader, the docs test and check-config all read them from there.
+A key's kind, default, bounds and choices come from its dataclass field (agent/config/fields.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import functools
 import math
 import os
 import stat
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from agent.config.fields import COMPUTED, REQUIRED, Bounds, bounds_of, choices_of, default_of, field_kind
 from agent.config.identifiers import brief
+from agent.config.problems import FileProblem, Problem
 
 # A board's config with a thousand sensors is ~80 KB; past this it is not a config file.
 MAX_FILE_BYTES = 1024 * 1024
@@ -33,10 +31,6 @@ MAX_DEPTH = 32
 MAX_NODES = 200000
 # An integer key without bounds of its own is at least a C int on the board (mraa takes them).
 INT_BOUNDS = (-(2 ** 31), 2 ** 31 - 1)
-
-
-class FileProblem(Exception):
-    """A config or state file that cannot be parsed: one line, without the file's name."""
 
 
 def read_text(path: Path, limit: int = MAX_FILE_BYTES, what: str = "config file") -> str:
@@ -162,76 +156,6 @@ def parse_yaml(text: str) -> Any:
         raise yaml.YAMLError(str(exc).splitlines()[0][:120]) from None
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """The range a numeric setting must be in, inclusive; None: unbounded on that side (but finite)."""
-
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    # Replaces "is below the minimum N" where the key has more to say.
-    too_low: Optional[str] = None
-
-    def problem(self, shown: str, value: float) -> Optional[str]:
-        if isinstance(value, float) and not math.isfinite(value):
-            return "%s is not a finite number: give %s" % (shown, self.text())
-        if self.minimum is not None and value < self.minimum:
-            if self.too_low:
-                return "%s: %s" % (value, self.too_low)
-            return "%s is below the minimum %s" % (shown, self.minimum)
-        if self.maximum is not None and value > self.maximum:
-            return "%s is above the maximum %s" % (shown, self.maximum)
-        return None
-
-    def text(self) -> str:
-        """As docs/configuration.md states it: `0.1-3600`, `at least 1`, `at most 300`."""
-        low = None if self.minimum is None else number_text(self.minimum)
-        high = None if self.maximum is None else number_text(self.maximum)
-        if low is not None and high is not None:
-            return "%s-%s" % (low, high)
-        if low is not None:
-            return "at least %s" % low
-        return "at most %s" % high if high is not None else "a finite number"
-
-
-def number_text(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def setting(default: Any, minimum: Optional[float] = None, maximum: Optional[float] = None,
-            too_low: Optional[str] = None) -> Any:
-    """A dataclass field whose bounds the reader checks: the one place a numeric key's range is written."""
-    return dataclasses.field(default=default, metadata=bounded(minimum, maximum, too_low))
-
-
-def bounded(minimum: Optional[float] = None, maximum: Optional[float] = None,
-            too_low: Optional[str] = None) -> Dict[str, Bounds]:
-    """The metadata of a field without a default: `port: int = field(metadata=bounded(1, 65535))`."""
-    return {"bounds": Bounds(minimum, maximum, too_low)}
-
-
-@functools.cache
-def bounds_of(cls: type, name: str) -> Optional[Bounds]:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            found = f.metadata.get("bounds")
-            return found if isinstance(found, Bounds) else None
-    raise KeyError("%s has no field %s" % (cls.__name__, name))
-
-
-def _field_default(cls: type, name: str) -> Any:
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return MISSING if field.default is dataclasses.MISSING else field.default
-
-
-@functools.cache
-def field_kind(cls: type, name: str) -> type:
-    """int, float, str or bool, with Optional[...] taken off."""
-    kind = typing.get_type_hints(cls)[name]
-    if typing.get_origin(kind) is typing.Union:
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    return typing.cast(type, kind)
-
-
 MISSING = object()
 
 
@@ -241,10 +165,10 @@ class Reader:
     def __init__(self, label: str, base_dir: Path) -> None:
         self.label = label
         self.base_dir = base_dir
-        self.problems: List[str] = []
+        self.problems: List[Problem] = []
 
     def problem(self, path: str, message: str) -> None:
-        self.problems.append("%s: %s: %s" % (self.label, path, message))
+        self.problems.append(Problem("%s: %s: %s" % (self.label, path, message), path))
 
     def section(self, value: Any, path: str, known: typing.Iterable[str]) -> Dict[str, Any]:
         if value is None:
@@ -298,11 +222,15 @@ class Reader:
         return value
 
     def setting(self, section: Mapping[str, Any], cls: type, key: str, path: str, default: Any = MISSING) -> Any:
-        """A key read by its dataclass field: the kind from its type, the default and bounds from the field."""
+        """A key read by its dataclass field: the kind from its type; the default, bounds and choices
+        from the field (`default` only where a target changes it, as Azure IoT Hub's topics)."""
         if default is MISSING:
-            default = _field_default(cls, key)
+            default = default_of(cls, key)
+            if default is COMPUTED:
+                raise TypeError("%s.%s: its default is worked out by the loader: give it" % (cls.__name__, key))
+            default = MISSING if default is REQUIRED else default
         return self.value(section, key, path, field_kind(cls, key), default=default,
-                          bounds=bounds_of(cls, key) or Bounds())
+                          choices=choices_of(cls, key), bounds=bounds_of(cls, key) or Bounds())
 
     def numbers(self, section: Mapping[str, Any], key: str, path: str, min_count: int = 1,
                 max_count: Optional[int] = None) -> Optional[List[float]]:

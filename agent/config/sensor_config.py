@@ -8,35 +8,36 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from agent.config import identifiers
+from agent.config.fields import DERIVED, REQUIRED, declared, default_of, keys_of, setting
 from agent.config.identifiers import brief
-from agent.config.reader import MISSING, Reader, bounded, join, kind_of, setting
+from agent.config.reader import MISSING, Reader, join, kind_of
 from agent.hardware import sensors
 from agent.sampling.processing import Calibration, Deadband, Filter, Processing
 
-# Keys every sensor may have; the rest belong to its driver's Options.
-SENSOR_KEYS = ("name", "type", "interval", "phase", "unit", "timeout", "error_after", "oversample",
-               "calibration", "filter", "deadband", "range", "channels")
-PROCESSING_KEYS = ("calibration", "filter", "deadband", "range")
-CHANNEL_KEYS = ("name", "unit") + PROCESSING_KEYS
+# A sensor's or a value's processing keys: Processing's fields (agent/sampling/processing.py).
+PROCESSING_KEYS = tuple(f.name for f in dataclasses.fields(Processing))
 
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    key: str
+    # The value's key in the driver's channels (temperature, humidity, ...); "" for a sensor of one value.
+    key: str = dataclasses.field(metadata=DERIVED)
     # The name readings of this channel are published under.
-    name: str
-    unit: Optional[str]
-    processing: Processing
+    name: str = dataclasses.field(metadata=declared(REQUIRED))
+    unit: Optional[str] = dataclasses.field(metadata=declared(None, shown="the driver's"))
+    processing: Processing = dataclasses.field(metadata=DERIVED)
 
 
 @dataclass(frozen=True)
 class SensorConfig:
-    name: str
-    type: str
-    interval: float = dataclasses.field(metadata=bounded(0.01, 86400))
-    # The driver's own options dataclass (see agent/sensors): typed, validated.
-    options: Any
-    channels: Tuple[ChannelConfig, ...]
+    name: str = dataclasses.field(metadata=declared(REQUIRED))
+    # The driver: a key of agent/hardware/sensors' DRIVERS.
+    type: str = dataclasses.field(metadata=declared(REQUIRED))
+    interval: float = dataclasses.field(metadata=declared(10.0, minimum=0.01, maximum=86400))
+    # The driver's own options dataclass (see agent/sensors): typed, validated; its keys are the sensor's.
+    options: Any = dataclasses.field(metadata=DERIVED)
+    # From `channels:`, the per-value overrides.
+    channels: Tuple[ChannelConfig, ...] = dataclasses.field(metadata=declared(None))
     # Seconds after start of the first reading, so sensors on one interval do not fire together.
     phase: float = setting(0.0, minimum=0.0, maximum=86400)
     # A read still running after this long counts as failed (a hung bus, a stuck driver).
@@ -44,6 +45,12 @@ class SensorConfig:
     # Consecutive failures before one reading with quality "error" is published.
     error_after: int = setting(3, minimum=1, maximum=1000)
     oversample: int = setting(1, minimum=1, maximum=100)
+
+
+# Keys every sensor may have (a sensor of one value takes its value's unit and processing); the rest
+# belong to its driver's Options. A value under `channels:` has its own name, unit and processing.
+SENSOR_KEYS = keys_of(SensorConfig) + tuple(k for k in keys_of(ChannelConfig) if k != "name") + PROCESSING_KEYS
+CHANNEL_KEYS = keys_of(ChannelConfig) + PROCESSING_KEYS
 
 
 def parse_sensors(r: Reader, raw: Any) -> Tuple[SensorConfig, ...]:
@@ -80,7 +87,7 @@ def _sensor(r: Reader, item: Mapping[str, Any], path: str, name: Optional[str]) 
     if problem is not None:
         r.problem(path + ".name", "%s %s" % (brief(name), problem))
     kind = r.value(item, "type", path, str, choices=tuple(sorted(sensors.DRIVERS)))
-    interval = r.setting(item, SensorConfig, "interval", path, default=10.0)
+    interval = r.setting(item, SensorConfig, "interval", path)
     phase = r.setting(item, SensorConfig, "phase", path)
     timeout = r.setting(item, SensorConfig, "timeout", path)
     error_after = r.setting(item, SensorConfig, "error_after", path)
@@ -159,15 +166,15 @@ def _processing(r: Reader, item: Mapping[str, Any], path: str) -> Processing:
 def _calibration(r: Reader, raw: Any, path: str) -> Optional[Calibration]:
     if raw is None:
         return None
-    c = r.section(raw, path, ("scale", "offset", "polynomial"))
+    c = r.section(raw, path, keys_of(Calibration))
     if "polynomial" in c:
         if "scale" in c or "offset" in c:
             r.problem(path, "give either scale/offset or polynomial, not both")
         # Evaluated at every reading: a degree past 15 is a mistake, not a calibration.
         coefficients = r.numbers(c, "polynomial", path, min_count=1, max_count=16)
         return Calibration(polynomial=tuple(coefficients)) if coefficients else None
-    return Calibration(scale=r.value(c, "scale", path, float, default=1.0),
-                       offset=r.value(c, "offset", path, float, default=0.0))
+    return Calibration(scale=r.value(c, "scale", path, float, default=default_of(Calibration, "scale")),
+                       offset=r.value(c, "offset", path, float, default=default_of(Calibration, "offset")))
 
 
 def _filter(r: Reader, raw: Any, path: str) -> Optional[Filter]:
@@ -187,11 +194,11 @@ def _filter(r: Reader, raw: Any, path: str) -> Optional[Filter]:
 def _deadband(r: Reader, raw: Any, path: str) -> Optional[Deadband]:
     if raw is None:
         return None
-    d = r.section(raw, path, ("abs", "pct", "max_silence"))
+    d = r.section(raw, path, keys_of(Deadband))
     return Deadband(abs=r.value(d, "abs", path, float, default=None, minimum=0.0),
                     pct=r.value(d, "pct", path, float, default=None, minimum=0.0),
-                    max_silence=r.value(d, "max_silence", path, float, default=300.0, minimum=0.01,
-                                        maximum=86400))
+                    max_silence=r.value(d, "max_silence", path, float, default=default_of(Deadband, "max_silence"),
+                                        minimum=0.01, maximum=86400))
 
 
 def _range(r: Reader, item: Mapping[str, Any], path: str) -> Optional[Tuple[float, float]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional
 
 from agent.config.checks import warnings_for as config_warnings
-from agent.config.schema import AZURE_TOPIC, AgentConfig
+from agent.config.sections import AZURE_TOPIC, AgentConfig
 from agent.sampling.reading import OUT_OF_RANGE, Reading, encode_telemetry
 
 KIB = 1024

@@ -9,18 +9,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import socket
 import ssl
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
-import yaml
-
-from agent.config import schema as config_module
-from agent.config.schema import TLSConfig
+from agent.config import schema
+from agent.config.problems import ConfigError
+from agent.config.sections import MQTTConfig, TLSConfig
 from agent.mqtt import tls
 from agent.mqtt.broker_probe import SPEAKS_311_ONLY, answers_mqtt311
 from agent.mqtt.wire import connect_packet, read_packet, reason_string
@@ -46,10 +44,8 @@ from agent.tools.doctor.publish import publish_checks
 TIMEOUT = 10.0
 
 
-def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
-               _max_tls: Optional[ssl.TLSVersion] = None) -> List[Check]:
-    """All checks, in order. `_max_tls` (tests) caps the client's TLS version, as an OpenSSL without
-    TLS 1.3 (the Edison's stock 1.0.2) would."""
+def run_checks(config_path: Path, now: Optional[datetime.datetime] = None) -> List[Check]:
+    """All checks, in order."""
     now = now or datetime.datetime.now(UTC)
     checks: List[Check] = []
     target = _read_target(Path(config_path), checks)
@@ -69,9 +65,9 @@ def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
         # mqtt.hosts: every gateway is checked, each with its own name against its certificate.
         for i, (host, port) in enumerate(target.hosts, 1):
             checks.append(Check("broker", OK, "%s:%d (%d of %d in mqtt.hosts)" % (host, port, i, len(target.hosts))))
-            _live_checks(replace(target, host=host, port=port), checks, _max_tls)
+            _live_checks(replace(target, host=host, port=port), checks)
     else:
-        _live_checks(target, checks, _max_tls)
+        _live_checks(target, checks)
     return checks
 
 
@@ -79,73 +75,34 @@ def run_checks(config_path: Path, now: Optional[datetime.datetime] = None,
 
 
 def _read_target(path: Path, checks: List[Check]) -> Optional[Target]:
-    loaded: Optional[config_module.AgentConfig] = None
+    """What the loader read, even from a config with problems: the TLS files it names get checks of
+    their own below (with the fix), so their problems are not repeated as config problems."""
+    # mqtt.tls is written but could not be read (no ca_file): TLS stays on, and nothing goes out in clear.
+    tls_unread = False
     try:
-        loaded = config_module.load(path)
+        mqtt: Optional[MQTTConfig] = schema.load(path).mqtt
         checks.append(Check("config", OK, "%s is valid" % path))
-    except config_module.ConfigError as exc:
-        # TLS file problems get their own checks below, with the fix.
-        for problem in exc.problems:
-            if ": mqtt.tls" not in problem:
-                checks.append(Check("config", PROBLEM, problem))
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None  # config.load has said why, in one line
-    if not isinstance(tree, dict):
-        return None
-    base = path.resolve().parent
-    mqtt = _mapping(tree.get("mqtt"))
-    device_id = str(_mapping(tree.get("device")).get("id") or socket.gethostname())
-    target = Target(config_path=path)
-    host = mqtt.get("host")
-    target.host = str(host) if host else None
-    target.port = _int(mqtt.get("port"), 8883)
-    target.keepalive = _int(mqtt.get("keepalive"), 60)
-    target.client_id = str(mqtt.get("client_id") or device_id)
-    t = mqtt.get("tls")
-    if isinstance(t, dict):
-        target.tls_on = True
-        target.ca_file = _path(base, t.get("ca_file"))
-        target.cert_file = _path(base, t.get("cert_file"))
-        target.key_file = _path(base, t.get("key_file"))
-        target.password_file = _path(base, t.get("key_password_file"))
-        target.min_version = str(t.get("min_version") or "1.2")
-        target.verify_hostname = t.get("verify_hostname", True) is not False
-        alpn = t.get("alpn")
-        target.alpn = tuple(str(a) for a in alpn) if isinstance(alpn, list) else ()
-        target.server_name = str(t["server_name"]) if t.get("server_name") else None
-    target.protocol = "5" if str(mqtt.get("protocol")) == "5" else "3.1.1"
-    if loaded is not None:
-        # The user name may come from a template or a target's default: the loader's reading is the one sent.
-        target.username = loaded.mqtt.username
-        target.mqtt_password = loaded.mqtt.password
-        target.host, target.port, target.hosts = loaded.mqtt.host, loaded.mqtt.port, loaded.mqtt.hosts
-        m = loaded.mqtt
-        target.topics = tuple((what, topic) for what, topic in (
-            ("status", m.status_topic), ("telemetry", m.topic), ("health", m.health_topic)) if topic)
-    return target
-
-
-def _mapping(value: Any) -> Dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _path(base: Path, raw: Any) -> Optional[Path]:
-    if not raw:
-        return None
-    p = Path(os.path.expanduser(str(raw)))
-    return p if p.is_absolute() else base / p
+    except ConfigError as exc:
+        try:
+            mqtt = schema.mqtt_as_far_as_it_reads(path)
+        except ConfigError:
+            mqtt = None  # the file itself: the problem below says why
+        own = mqtt is not None and mqtt.tls is not None
+        for problem in exc.outside("mqtt.tls") if own else exc.problems:
+            checks.append(Check("config", PROBLEM, problem))
+        if mqtt is None and not exc.outside(""):
+            return None
+        tls_unread = exc.outside("mqtt.tls") != exc.problems
+    if mqtt is None:
+        return Target(config_path=path, tls_on=tls_unread)
+    return Target(config_path=path, mqtt=mqtt, tls_on=tls_unread or mqtt.tls is not None, host=mqtt.host,
+                  port=mqtt.port)
 
 
 # --- live -------------------------------------------------------------------------------
 
 
-def _live_checks(t: Target, checks: List[Check], max_tls: Optional[ssl.TLSVersion]) -> None:
+def _live_checks(t: Target, checks: List[Check]) -> None:
     assert t.host is not None
     host, port = t.host, t.port
     try:
@@ -166,7 +123,7 @@ def _live_checks(t: Target, checks: List[Check], max_tls: Optional[ssl.TLSVersio
     sock: socket.socket = raw
     try:
         if t.tls_on:
-            tls_sock = _handshake(t, raw, checks, max_tls)
+            tls_sock = _handshake(t, raw, checks)
             if tls_sock is None:
                 return
             sock = tls_sock
@@ -177,34 +134,31 @@ def _live_checks(t: Target, checks: List[Check], max_tls: Optional[ssl.TLSVersio
 
 
 def _tls_config(t: Target) -> TLSConfig:
-    assert t.ca_file is not None
-    return TLSConfig(ca_file=t.ca_file, cert_file=t.cert_file, key_file=t.key_file, key_password=t.password,
-                     key_password_source=t.password_source, min_version=t.min_version,
-                     verify_hostname=t.verify_hostname, alpn=t.alpn, server_name=t.server_name)
+    """The loaded mqtt.tls, with the passphrase as the offline checks read it."""
+    assert t.tls is not None
+    return replace(t.tls, key_password=t.password, key_password_source=t.password_source)
 
 
-def _handshake(t: Target, raw: socket.socket, checks: List[Check],
-               max_tls: Optional[ssl.TLSVersion]) -> Optional[ssl.SSLSocket]:
+def _handshake(t: Target, raw: socket.socket, checks: List[Check]) -> Optional[ssl.SSLSocket]:
     assert t.host is not None
     try:
         ctx = tls.build_context(_tls_config(t))
     except tls.TLSSetupError as exc:
         checks.append(Check("tls handshake", SKIPPED, str(exc)))
         return None
-    if max_tls is not None:
-        ctx.maximum_version = max_tls
     try:
         sock = ctx.wrap_socket(raw, server_hostname=t.host)
     except ssl.SSLCertVerificationError as exc:
         detail = tls.describe_failure(exc, t.host, t.port)
-        peek = peek_broker_certificate(t, max_tls)
+        peek = peek_broker_certificate(t)
         checks.append(Check("tls handshake", PROBLEM, detail + ("; " + peek if peek else ""),
                             _verify_fix(exc)))
         return None
     except ssl.SSLError as exc:
         detail = tls.describe_failure(exc, t.host, t.port)
         checks.append(Check("tls handshake", PROBLEM, detail,
-                            _refusal_fix(t, detail) or "see docs/troubleshooting.md (raw error: %s)" % exc))
+                            _refusal_fix(t, Verdict(detail, revoked=_revoked(exc)))
+                            or "see docs/troubleshooting.md (raw error: %s)" % exc))
         return None
     except ConnectionResetError as exc:
         # What a plain MQTT port does with a ClientHello; the words are tls.describe_failure's, as in the log.
@@ -245,18 +199,31 @@ def _verify_fix(exc: ssl.SSLCertVerificationError) -> str:
     return "see docs/troubleshooting.md"
 
 
-_REVOKED = tls.describe_alert("certificate revoked")
+@dataclass(frozen=True)
+class Verdict:
+    """Why the broker closed the connection or refused us: the words, and what they say for the fix."""
+    detail: str
+    # The broker's alert 44: this device's certificate is on the CA's revocation list.
+    revoked: bool = False
+    mqtt311_only: bool = False
+    # False: a bare close that nothing explained.
+    explained: bool = True
 
 
-def _refusal_fix(t: Target, detail: str) -> str:
-    if detail == _REVOKED:
+def _revoked(exc: ssl.SSLError) -> bool:
+    # OpenSSL's own name for alert 44, received: a code, not words.
+    return getattr(exc, "reason", None) == "SSLV3_ALERT_CERTIFICATE_REVOKED"
+
+
+def _refusal_fix(t: Target, verdict: Verdict) -> str:
+    if verdict.revoked:
         return ("issue this device a new certificate ('edison-agent pki issue-device --force DIR %s', or "
                 "'pki renew DIR %s') and install it as %s; the revoked one stays refused"
                 % (t.client_id, t.client_id, t.cert_file))
     return ""
 
 
-def _refusal_under_tls12(t: Target) -> Optional[str]:
+def _refusal_under_tls12(t: Target) -> Optional[Verdict]:
     """Why the broker refused us, asked again over TLS 1.2, or None.
 
     Under TLS 1.3 a broker judges the client certificate after the client's handshake has
@@ -275,17 +242,17 @@ def _refusal_under_tls12(t: Target) -> Optional[str]:
     except ssl.SSLError as exc:
         # Only a verdict on our certificate: a broker requiring TLS 1.3 answers this probe with
         # "protocol version", which says nothing about the close being explained.
-        verdict = tls.describe_alert(str(exc))
-        return verdict if verdict in tls.CLIENT_CERT_REFUSALS else None
+        words = tls.describe_alert(str(exc))
+        return Verdict(words, revoked=_revoked(exc)) if words and words in tls.CLIENT_CERT_REFUSALS else None
     except OSError:
         return None
 
 
-def _why_closed(t: Target, tls13: bool, closed: str) -> str:
+def _why_closed(t: Target, tls13: bool, closed: str) -> Verdict:
     refusal = _refusal_under_tls12(t) if tls13 else None
     if refusal is None and t.protocol == "5" and _answers_mqtt311(t):
-        return SPEAKS_311_ONLY
-    return refusal or closed
+        return Verdict(SPEAKS_311_ONLY, mqtt311_only=True)
+    return refusal or Verdict(closed, explained=False)
 
 
 def _answers_mqtt311(t: Target) -> bool:
@@ -299,10 +266,10 @@ def _answers_mqtt311(t: Target) -> bool:
     return answers_mqtt311(t.host, t.port, ctx, t.client_id, t.keepalive, t.username, t.mqtt_password)
 
 
-def _closed_fix(t: Target, detail: str, fix: str) -> str:
-    if detail == SPEAKS_311_ONLY:
+def _closed_fix(t: Target, verdict: Verdict, fix: str) -> str:
+    if verdict.mqtt311_only:
         return "set mqtt.protocol: 4 (or remove the key: MQTT 3.1.1 is the default)"
-    return _refusal_fix(t, detail) or fix
+    return _refusal_fix(t, verdict) or fix
 
 
 def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
@@ -319,18 +286,18 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
                             "is this port an MQTT listener? check the broker's log"))
         return
     except ssl.SSLError as exc:
-        detail = tls.describe_alert(str(exc)) or _why_closed(t, tls13, closed)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        alert = tls.describe_alert(str(exc))
+        verdict = Verdict(alert, revoked=_revoked(exc)) if alert else _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, verdict.detail, _closed_fix(t, verdict, fix)))
         return
     except OSError as exc:
-        detail = _why_closed(t, tls13, closed)
-        if detail == closed:
-            detail = "%s (%s)" % (closed, exc.strerror or exc)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        verdict = _why_closed(t, tls13, closed)
+        detail = verdict.detail if verdict.explained else "%s (%s)" % (closed, exc.strerror or exc)
+        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, verdict, fix)))
         return
     if len(reply) < 4:
-        detail = _why_closed(t, tls13, closed)
-        checks.append(Check("mqtt connect", PROBLEM, detail, _closed_fix(t, detail, fix)))
+        verdict = _why_closed(t, tls13, closed)
+        checks.append(Check("mqtt connect", PROBLEM, verdict.detail, _closed_fix(t, verdict, fix)))
         return
     if reply[0] != 0x20:
         checks.append(Check("mqtt connect", PROBLEM, "the broker answered CONNECT with packet type 0x%02x, "

@@ -3,7 +3,6 @@ dates, key usage and chain, before any connection is tried."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import socket
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from agent.config.schema import KEY_PASSWORD_ENV
+from agent.config.sections import KEY_PASSWORD_ENV, MQTTConfig, TLSConfig
 from agent.mqtt import tls
 
 OK, PROBLEM, WARNING, SKIPPED = "ok", "problem", "warning", "skipped"
@@ -35,31 +34,80 @@ class Check:
 
 @dataclass
 class Target:
-    """What the doctor needs from the config, read leniently: a missing file is a finding, not a crash."""
+    """What the doctor checks: the mqtt section as the loader read it (`mqtt`, None without a broker),
+    the broker it talks to now (one of mqtt.hosts), and the key's passphrase as it read it itself."""
     config_path: Path
-    host: Optional[str] = None
-    port: int = 8883
-    client_id: str = ""
-    keepalive: int = 60
+    mqtt: Optional[MQTTConfig] = None
+    # mqtt.tls is written, even when it could not be read (no ca_file): TLS stays on.
     tls_on: bool = False
-    ca_file: Optional[Path] = None
-    cert_file: Optional[Path] = None
-    key_file: Optional[Path] = None
-    password_file: Optional[Path] = None
+    host: Optional[str] = None
+    port: int = 0
     password: Optional[str] = None
     password_source: Optional[str] = None
-    min_version: str = "1.2"
-    verify_hostname: bool = True
-    protocol: str = "3.1.1"
-    username: Optional[str] = None
-    alpn: Tuple[str, ...] = ()
-    server_name: Optional[str] = None
-    # mqtt.password_file / EDISON_AGENT_MQTT_PASSWORD, as the loader read it; never printed.
-    mqtt_password: Optional[str] = dataclasses.field(default=None, repr=False)
-    # mqtt.hosts as the loader read it (one entry for mqtt.host).
-    hosts: Tuple[Tuple[str, int], ...] = ()
-    # (what, topic) for each topic the agent publishes to: status, telemetry, health.
-    topics: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def tls(self) -> Optional[TLSConfig]:
+        return self.mqtt.tls if self.mqtt is not None else None
+
+    @property
+    def ca_file(self) -> Optional[Path]:
+        return self.tls.ca_file if self.tls is not None else None
+
+    @property
+    def cert_file(self) -> Optional[Path]:
+        return self.tls.cert_file if self.tls is not None else None
+
+    @property
+    def key_file(self) -> Optional[Path]:
+        return self.tls.key_file if self.tls is not None else None
+
+    @property
+    def password_file(self) -> Optional[Path]:
+        return self.tls.key_password_file if self.tls is not None else None
+
+    @property
+    def verify_hostname(self) -> bool:
+        return self.tls is None or self.tls.verify_hostname
+
+    @property
+    def alpn(self) -> Tuple[str, ...]:
+        return self.tls.alpn if self.tls is not None else ()
+
+    def _mqtt(self) -> MQTTConfig:
+        assert self.mqtt is not None, "no broker to talk to"
+        return self.mqtt
+
+    @property
+    def client_id(self) -> str:
+        return self._mqtt().client_id
+
+    @property
+    def keepalive(self) -> int:
+        return self._mqtt().keepalive
+
+    @property
+    def protocol(self) -> str:
+        return self._mqtt().protocol
+
+    @property
+    def username(self) -> Optional[str]:
+        # It may come from a template or a target's default: the loader's reading is the one sent.
+        return self._mqtt().username
+
+    @property
+    def mqtt_password(self) -> Optional[str]:
+        return self._mqtt().password
+
+    @property
+    def hosts(self) -> Tuple[Tuple[str, int], ...]:
+        return self.mqtt.hosts if self.mqtt is not None else ()
+
+    @property
+    def topics(self) -> Tuple[Tuple[str, str], ...]:
+        """(what, topic) for each topic the agent publishes to: status, telemetry, health."""
+        m = self._mqtt()
+        return tuple((what, topic) for what, topic in (
+            ("status", m.status_topic), ("telemetry", m.topic), ("health", m.health_topic)) if topic)
 
 
 def offline_checks(t: Target, checks: List[Check], now: datetime.datetime) -> bool:
@@ -298,14 +346,12 @@ def certificate_cn(path: Path) -> Optional[str]:
     return str(names[0].value) if names else None
 
 
-def peek_broker_certificate(t: Target, max_tls: Optional[ssl.TLSVersion]) -> str:
+def peek_broker_certificate(t: Target) -> str:
     """The broker's certificate, fetched without verification, only to describe it."""
     assert t.host is not None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    if max_tls is not None:
-        ctx.maximum_version = max_tls
     if t.cert_file is not None and t.key_file is not None:
         try:  # under TLS 1.2 a broker that requires a client certificate ends the handshake without one
             ctx.load_cert_chain(str(t.cert_file), str(t.key_file), password=lambda: t.password or "")
