@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Optional, Type
 
 import pytest
 from cryptography import x509
@@ -51,7 +52,7 @@ def load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension:
+def ext(cert: x509.Certificate, kind: Type[x509.ExtensionType]) -> x509.Extension:
     return cert.extensions.get_extension_for_class(kind)
 
 
@@ -60,14 +61,14 @@ def ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extensio
 
 @dataclass
 class Handshake:
-    client_cn: str | None = None  # the CN the broker side saw in the device certificate
-    server_error: Exception | None = None
-    client_error: Exception | None = None
+    client_cn: Optional[str] = None  # the CN the broker side saw in the device certificate
+    server_error: Optional[Exception] = None
+    client_error: Optional[Exception] = None
 
 
-def handshake(ca_file: Path, broker: Issued, device: Issued | None,
-              server_hostname: str = "localhost", password: bytes | None = None,
-              client_ca: Path | None = None) -> Handshake:
+def handshake(ca_file: Path, broker: Issued, device: Optional[Issued],
+              server_hostname: str = "localhost", password: Optional[bytes] = None,
+              client_ca: Optional[Path] = None) -> Handshake:
     # The broker's side: what Mosquitto does with require_certificate true.
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
     server.verify_mode = ssl.CERT_REQUIRED
@@ -194,6 +195,23 @@ def test_refuses_to_overwrite_a_device_key_even_if_its_certificate_is_gone(ca_di
     assert device.key_file.read_bytes() != key
 
 
+def test_a_symlink_planted_at_a_key_name_is_refused_and_replaced_with_force_never_written_through(
+        ca_dir: Path, tmp_path: Path):
+    secret = tmp_path / "secret"
+    secret.write_text("someone else's file\n")
+    secret.chmod(0o600)
+    device = issue_device(ca_dir, "edison-01")
+    device.key_file.unlink()
+    device.key_file.symlink_to(secret)
+
+    with pytest.raises(PkiError, match="already exists; use --force"):
+        issue_device(ca_dir, "edison-01")
+    issue_device(ca_dir, "edison-01", force=True)
+    assert (secret.read_text(), mode(secret)) == ("someone else's file\n", 0o600)
+    assert not device.key_file.is_symlink() and mode(device.key_file) == 0o600
+    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.crt", "ca.key", "edison-01.crt", "edison-01.key"]
+
+
 # --- broker certificates ---------------------------------------------------------------
 
 
@@ -260,7 +278,7 @@ def test_without_a_ca_says_how_to_make_one(tmp_path: Path):
     with pytest.raises(PkiError) as caught:
         issue_device(tmp_path, "edison-01")
     assert str(caught.value) == (
-        f"{tmp_path}/ca.crt: no CA here; run 'edison-agent pki init-ca {tmp_path}' first")
+        "%s/ca.crt: no CA here; run 'edison-agent pki init-ca %s' first" % (tmp_path, tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -367,10 +385,10 @@ def test_cli_makes_a_ca_a_broker_and_a_device(tmp_path: Path, capsys: pytest.Cap
 
     out = capsys.readouterr().out
     expires = load_certificate_info(pki / "edison-01.crt").not_after
-    assert f"wrote {pki}/edison-01.crt (expires {expires:%Y-%m-%d})\n" in out
+    assert "wrote %s/edison-01.crt (expires %s)\n" % (pki, expires.strftime("%Y-%m-%d")) in out
     for name in ("ca", "mqtt.local", "edison-01"):
-        assert f"wrote {pki}/{name}.crt (expires " in out
-        assert f"wrote {pki}/{name}.key" in out
+        assert "wrote %s/%s.crt (expires " % (pki, name) in out
+        assert "wrote %s/%s.key" % (pki, name) in out
     assert load_certificate_info(pki / "ca.crt").subject_cn == "Fleet CA"
     assert load_certificate_info(pki / "mqtt.local.crt").sans == (
         "DNS:mqtt.local", "IP:10.0.0.2", "IP:127.0.0.1")
@@ -387,9 +405,9 @@ def test_cli_issue_broker_prints_a_mosquitto_listener(
     block = lines[start:lines.index("", start)]
     assert block == [
         "listener 8883",
-        f"cafile {tmp_path.resolve()}/ca.crt",
-        f"certfile {tmp_path.resolve()}/localhost.crt",
-        f"keyfile {tmp_path.resolve()}/localhost.key",
+        "cafile %s/ca.crt" % tmp_path.resolve(),
+        "certfile %s/localhost.crt" % tmp_path.resolve(),
+        "keyfile %s/localhost.key" % tmp_path.resolve(),
         "require_certificate true",
         "use_identity_as_username true",
         "tls_version tlsv1.2",
@@ -402,8 +420,8 @@ def test_cli_without_a_ca_fails_with_one_line(tmp_path: Path,
     assert run("pki", "issue-device", str(tmp_path), "edison-01") == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == (f"edison-agent pki: {tmp_path}/ca.crt: no CA here; "
-                            f"run 'edison-agent pki init-ca {tmp_path}' first\n")
+    assert captured.err == ("edison-agent pki: %s/ca.crt: no CA here; "
+                            "run 'edison-agent pki init-ca %s' first\n" % (tmp_path, tmp_path))
 
 
 def test_cli_refuses_to_overwrite_and_says_use_force(ca_dir: Path,
@@ -428,7 +446,7 @@ def test_cli_passphrase_comes_from_the_first_line_of_a_file(
     (b"\nsecond line\n", "the first line is empty"),
     (None, "cannot read the passphrase file"),
 ])
-def test_cli_rejects_a_bad_passphrase_file(ca_dir: Path, tmp_path: Path, content: bytes | None,
+def test_cli_rejects_a_bad_passphrase_file(ca_dir: Path, tmp_path: Path, content: Optional[bytes],
                                            message: str, capsys: pytest.CaptureFixture[str]):
     secret = tmp_path / "passphrase"
     if content is not None:
@@ -436,7 +454,7 @@ def test_cli_rejects_a_bad_passphrase_file(ca_dir: Path, tmp_path: Path, content
     assert run("pki", "issue-device", str(ca_dir), "edison-01",
                "--passphrase-file", str(secret)) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"edison-agent pki: {secret}: {message}")
+    assert err.startswith("edison-agent pki: %s: %s" % (secret, message))
     assert err.count("\n") == 1
     assert not (ca_dir / "edison-01.key").exists()
 

@@ -27,7 +27,7 @@ import struct as _struct
 import threading as _threading
 import weakref as _weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 from typing import Protocol as _Protocol
 
 # --------------------------------------------------------------------------------------
@@ -165,9 +165,9 @@ def _arg_int(value: Any, method: str, argn: int, ctype: str = "int",
     """SWIG_AsVal_int / unsigned char / unsigned short: TypeError for non-ints,
     OverflowError for ints out of range (negative included, for unsigned types)."""
     if not isinstance(value, int):
-        raise TypeError(f"in method '{method}', argument {argn} of type '{ctype}'")
+        raise TypeError("in method '%s', argument %s of type '%s'" % (method, argn, ctype))
     if not lo <= value <= hi:
-        raise OverflowError(f"in method '{method}', argument {argn} of type '{ctype}'")
+        raise OverflowError("in method '%s', argument %s of type '%s'" % (method, argn, ctype))
     return int(value)
 
 
@@ -186,17 +186,17 @@ def _arg_uint(value: Any, method: str, argn: int) -> int:
 def _arg_float(value: Any, method: str, argn: int) -> float:
     """SWIG_AsVal_float: ints and floats; beyond FLT_MAX is an OverflowError."""
     if not isinstance(value, (int, float)):
-        raise TypeError(f"in method '{method}', argument {argn} of type 'float'")
+        raise TypeError("in method '%s', argument %s of type 'float'" % (method, argn))
     result = float(value)
     if _math.isfinite(result) and abs(result) > _FLT_MAX:
-        raise OverflowError(f"in method '{method}', argument {argn} of type 'float'")
+        raise OverflowError("in method '%s', argument %s of type 'float'" % (method, argn))
     return result
 
 
 def _arg_bool(value: Any, method: str, argn: int) -> bool:
     # SWIG 4's SWIG_AsVal_bool takes only a bool (PyBool_Check): getPin(1) is a TypeError.
     if not isinstance(value, bool):
-        raise TypeError(f"in method '{method}', argument {argn} of type 'bool'")
+        raise TypeError("in method '%s', argument %s of type 'bool'" % (method, argn))
     return value
 
 
@@ -228,7 +228,7 @@ def _hold_gil(seconds: float) -> None:
 
 
 def _overload_error(name: str) -> TypeError:
-    return TypeError(f"Wrong number or type of arguments for overloaded function '{name}'.")
+    return TypeError("Wrong number or type of arguments for overloaded function '%s'." % name)
 
 
 def _length_arg(value: Any) -> int:
@@ -286,7 +286,7 @@ class _I2cDevice:
     """A register-map slave: a write sets the register pointer (first byte) and stores the
     rest; reads start at the pointer, which auto-increments."""
 
-    def __init__(self, registers: dict[int, int]) -> None:
+    def __init__(self, registers: Dict[int, int]) -> None:
         self.registers = registers
         self.pointer = 0
 
@@ -303,36 +303,36 @@ class _I2cDevice:
 
 
 _lock = _threading.RLock()
-_analog: dict[int, float] = {}
-_pins: dict[int, _PinState] = {}
-_i2c_devices: dict[tuple[int, int], _I2cSlave] = {}
-_failing: dict[str, set[int]] = {"aio": set(), "gpio": set(), "i2c": set()}
-_no_edge: set[int] = set()
-_isr_threads: set[_IsrThread] = set()
+_analog: Dict[int, float] = {}
+_pins: Dict[int, _PinState] = {}
+_i2c_devices: Dict[Tuple[int, int], _I2cSlave] = {}
+_failing: Dict[str, Set[int]] = {"aio": set(), "gpio": set(), "i2c": set()}
+_no_edge: Set[int] = set()
+_isr_threads: Set[_IsrThread] = set()
 _uart_rx = bytearray()
 _uart_tx = bytearray()
 # (kind, channel/pin/bus) -> [seconds, calls left]: calls that hold the GIL that long (_hang).
-_hangs: dict[tuple[str, int], list[float]] = {}
+_hangs: Dict[Tuple[str, int], List[float]] = {}
 # What errno holds when a failed I2C buffer read turns it into OSError: libmraa does not set it
 # (src/i2c/i2c.c:220-224), so it is whatever an earlier call left (_set_errno).
 _stale_errno = 0
 # pin -> edges per second that every isr armed on the pin receives by itself (_set_pulse_rate):
 # how a test in another process (the agent's) makes a counter count.
-_pulse_rates: dict[int, float] = {}
+_pulse_rates: Dict[int, float] = {}
 # src/aio/aio.c:18-20: one max_analog_value for the whole process, rewritten by any context's
 # setBit, and what readFloat divides by.
 _max_analog_value = (1 << _ADC_SUPPORTED_BITS) - 1
 
 #: Exceptions raised by isr callbacks. The real binding logs them to syslog and carries on
 #: (src/python/mraapy.c); the fake does the same, keeping them here for tests to inspect.
-_isr_errors: list[BaseException] = []
+_isr_errors: List[BaseException] = []
 
 
 class _IsrThread(_threading.Thread):
     """The pthread libmraa starts per isr(): waits for edges, calls the Python callback."""
 
     def __init__(self, pin: int, mode: int, callback: Any, arg: Any) -> None:
-        super().__init__(name=f"mraa-isr-gpio{pin}", daemon=True)
+        super().__init__(name="mraa-isr-gpio%s" % pin, daemon=True)
         self.pin = pin
         self.mode = mode
         # libmraa keeps a borrowed pointer to the callback (api/mraa/gpio.hpp:173-176,
@@ -340,7 +340,7 @@ class _IsrThread(_threading.Thread):
         # here, so code that lets go of it fails in the tests as it would crash on the board.
         self._callback = _weakref.ref(callback)
         self._arg = arg
-        self._events: _queue.Queue[_threading.Event | None] = _queue.Queue()
+        self._events: _queue.Queue[Optional[_threading.Event]] = _queue.Queue()
 
     def run(self) -> None:
         while True:
@@ -355,8 +355,8 @@ class _IsrThread(_threading.Thread):
                 callback = self._callback()
                 if callback is None:
                     # The real binding calls freed memory here: a SIGSEGV, or nothing at all.
-                    raise RuntimeError(f"fake mraa: the isr callback on pin {self.pin} was freed "
-                                       "(libmraa keeps no reference to it: this crashes on the board)")
+                    raise RuntimeError("fake mraa: the isr callback on pin %s was freed "
+                                       "(libmraa keeps no reference to it: this crashes on the board)" % self.pin)
                 # mraa_python_isr: PyEval_CallObject(isr, Py_BuildValue("(O)", isr_args))
                 callback(self._arg)
             except Exception as exc:  # noqa: BLE001 - the real binding logs to syslog and goes on
@@ -374,7 +374,7 @@ class _IsrThread(_threading.Thread):
         if _threading.current_thread() is not self:
             self.join(_ISR_TIMEOUT)
 
-    def listens_to(self, edge: int | None) -> bool:
+    def listens_to(self, edge: Optional[int]) -> bool:
         if self.mode == EDGE_NONE:
             return False
         return edge is None or edge == EDGE_BOTH or self.mode == EDGE_BOTH or self.mode == edge
@@ -402,7 +402,7 @@ class _Closable:
 
     def _open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"fake mraa: {type(self).__name__} used after close()")
+            raise RuntimeError("fake mraa: %s used after close()" % type(self).__name__)
 
 
 def _pin(pin: int) -> _PinState:
@@ -493,7 +493,7 @@ class Gpio(_Closable):
                 raise ValueError(_GPIO_INIT_ERROR)
             phy = int(pin)
         self._pin = phy
-        self._isr: _IsrThread | None = None
+        self._isr: Optional[_IsrThread] = None
         with _lock:
             _pin(phy)
 
@@ -626,7 +626,7 @@ class I2c(_Closable):
         self._bus = _I2C_BUS
         self._addr = 0
 
-    def _slave(self) -> _I2cSlave | None:
+    def _slave(self) -> Optional[_I2cSlave]:
         """The device that answers at the current address, or None (a NACK)."""
         self._open()
         return _i2c_devices.get((self._bus, self._addr))
@@ -794,14 +794,14 @@ def _whole(data: bytes, n: int) -> bytearray:
 
 def _first(data: bytes, method: str) -> int:
     if len(data) != 1:
-        raise ValueError(f"Unknown error in I2c::{method}()")
+        raise ValueError("Unknown error in I2c::%s()" % method)
     return data[0]
 
 
 class Spi(_Closable):
     """SPI bus 0 (spidev5.1). No slave is attached: MISO reads back zeros."""
 
-    def __init__(self, bus: int, cs: int | None = None) -> None:
+    def __init__(self, bus: int, cs: Optional[int] = None) -> None:
         if not isinstance(bus, int) or (cs is not None and not isinstance(cs, int)):
             raise _overload_error("new_Spi")
         if bus not in _SPI_BUSES:
@@ -994,20 +994,20 @@ _KINDS = ("aio", "gpio", "i2c")
 
 def _check_channel(channel: int) -> int:
     if not isinstance(channel, int) or channel not in _AIO_CHANNELS:
-        raise ValueError(f"fake mraa: no analog channel {channel!r} (A0-A5 are 0-5)")
+        raise ValueError("fake mraa: no analog channel %r (A0-A5 are 0-5)" % (channel,))
     return int(channel)
 
 
 def _check_gpio(pin: int) -> int:
     if not isinstance(pin, int) or pin not in _GPIO_PINS:
-        raise ValueError(f"fake mraa: no gpio pin {pin!r} (0-19)")
+        raise ValueError("fake mraa: no gpio pin %r (0-19)" % (pin,))
     return int(pin)
 
 
 def _check_bus(bus: int) -> int:
     """Buses as I2c(bus) sees them: 0-8 all lead to bus 6."""
     if not isinstance(bus, int) or not 0 <= bus < _I2C_BUS_COUNT:
-        raise ValueError(f"fake mraa: no i2c bus {bus!r} (0-8, all moved to 6)")
+        raise ValueError("fake mraa: no i2c bus %r (0-8, all moved to 6)" % (bus,))
     return _I2C_BUS
 
 
@@ -1040,7 +1040,7 @@ def _set_analog(channel: int, fraction: float) -> None:
     """Aio(channel).read() returns round(fraction * (2**bits - 1))."""
     channel = _check_channel(channel)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fake mraa: analog fraction must be within 0.0-1.0, not {fraction!r}")
+        raise ValueError("fake mraa: analog fraction must be within 0.0-1.0, not %r" % (fraction,))
     with _lock:
         _analog[channel] = float(fraction)
 
@@ -1049,7 +1049,7 @@ def _set_gpio(pin: int, level: int) -> None:
     """What Gpio(pin).read() returns while the pin is an input."""
     pin = _check_gpio(pin)
     if level not in (0, 1):
-        raise ValueError(f"fake mraa: gpio level must be 0 or 1, not {level!r}")
+        raise ValueError("fake mraa: gpio level must be 0 or 1, not %r" % (level,))
     with _lock:
         _pin(pin).level = int(level)
 
@@ -1060,7 +1060,7 @@ def _fail_reads(kind: str, pin: int, failing: bool = True) -> None:
     "gpio": Gpio.read() returns -1 (the real Gpio.read() never raises);
     "i2c": readByte/readReg/readWordReg raise ValueError, read/readBytesReg raise OSError."""
     if kind not in _KINDS:
-        raise ValueError(f"fake mraa: kind must be one of {', '.join(_KINDS)}, not {kind!r}")
+        raise ValueError("fake mraa: kind must be one of %s, not %r" % (', '.join(_KINDS), kind))
     if kind == "aio":
         pin = _check_channel(pin)
     elif kind == "gpio":
@@ -1074,13 +1074,13 @@ def _fail_reads(kind: str, pin: int, failing: bool = True) -> None:
             _failing[kind].discard(pin)
 
 
-def _add_i2c_device(bus: int, address: int, registers: dict[int, int] | _I2cSlave) -> None:
+def _add_i2c_device(bus: int, address: int, registers: Union[Dict[int, int], _I2cSlave]) -> None:
     """Attach a register-map slave, or any object with i2c_write(data) and i2c_read(n) (a
     simulated chip with commands, like an SHT31). A dict is used as it is (not copied), so a
     test can see what the code under test wrote. Unlisted registers read 0."""
     bus = _check_bus(bus)
     if not isinstance(address, int) or not 0 <= address <= 0x7F:
-        raise ValueError(f"fake mraa: i2c address must be 0x00-0x7f, not {address!r}")
+        raise ValueError("fake mraa: i2c address must be 0x00-0x7f, not %r" % (address,))
     if not isinstance(registers, dict):
         if not (callable(getattr(registers, "i2c_write", None)) and callable(getattr(registers, "i2c_read", None))):
             raise ValueError("fake mraa: an i2c device is a register dict or has i2c_write and i2c_read")
@@ -1089,7 +1089,7 @@ def _add_i2c_device(bus: int, address: int, registers: dict[int, int] | _I2cSlav
         return
     for reg, value in registers.items():
         if not (isinstance(reg, int) and 0 <= reg <= 0xFF and isinstance(value, int) and 0 <= value <= 0xFF):
-            raise ValueError(f"fake mraa: registers must map 0-255 to 0-255, not {reg!r}: {value!r}")
+            raise ValueError("fake mraa: registers must map 0-255 to 0-255, not %r: %r" % (reg, value))
     with _lock:
         _i2c_devices[(bus, address)] = _I2cDevice(registers)
 
@@ -1099,12 +1099,12 @@ def _hang(kind: str, where: int, seconds: float, times: int = 1) -> None:
     `seconds` while holding the GIL, as a stuck ioctl in the real binding does: every Python
     thread of the process stops with it."""
     if kind not in _KINDS:
-        raise ValueError(f"fake mraa: kind must be one of {', '.join(_KINDS)}, not {kind!r}")
+        raise ValueError("fake mraa: kind must be one of %s, not %r" % (', '.join(_KINDS), kind))
     where = {"aio": _check_channel, "gpio": _check_gpio, "i2c": _check_bus}[kind](where)
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
-        raise ValueError(f"fake mraa: hang seconds must be within 0-3600, not {seconds!r}")
+        raise ValueError("fake mraa: hang seconds must be within 0-3600, not %r" % (seconds,))
     if not isinstance(times, int) or times < 1:
-        raise ValueError(f"fake mraa: times must be a positive int, not {times!r}")
+        raise ValueError("fake mraa: times must be a positive int, not %r" % (times,))
     with _lock:
         _hangs[(kind, where)] = [float(seconds), times]
 
@@ -1114,7 +1114,7 @@ def _set_pulse_rate(pin: int, per_second: float) -> None:
     its own thread, with no _pulse needed; 0 stops it."""
     pin = _check_gpio(pin)
     if isinstance(per_second, bool) or not isinstance(per_second, (int, float)) or not 0 <= per_second <= 10000:
-        raise ValueError(f"fake mraa: pulse rate must be within 0-10000 per second, not {per_second!r}")
+        raise ValueError("fake mraa: pulse rate must be within 0-10000 per second, not %r" % (per_second,))
     with _lock:
         if per_second:
             _pulse_rates[pin] = float(per_second)
@@ -1126,7 +1126,7 @@ def _set_errno(code: int) -> None:
     """The errno a failed I2C buffer read reports (libmraa leaves whatever was there; 0 at start)."""
     global _stale_errno
     if not isinstance(code, int) or code < 0:
-        raise ValueError(f"fake mraa: errno must be a non-negative int, not {code!r}")
+        raise ValueError("fake mraa: errno must be a non-negative int, not %r" % (code,))
     _stale_errno = code
 
 
@@ -1141,13 +1141,13 @@ def _set_edge_supported(pin: int, supported: bool) -> None:
             _no_edge.add(pin)
 
 
-def _pulse(pin: int, count: int = 1, edge: int | None = None) -> int:
+def _pulse(pin: int, count: int = 1, edge: Optional[int] = None) -> int:
     """Simulate `count` edges on `pin`: every isr registered on it whose edge mode matches
     (edge=None or EDGE_BOTH: whatever it listens for) has its callback called `count` times,
     on its own isr thread. Blocks until all calls have returned; returns how many were made."""
     pin = _check_gpio(pin)
     if not isinstance(count, int) or count < 0:
-        raise ValueError(f"fake mraa: count must be a non-negative int, not {count!r}")
+        raise ValueError("fake mraa: count must be a non-negative int, not %r" % (count,))
     if edge is not None and edge not in (EDGE_BOTH, EDGE_RISING, EDGE_FALLING):
         raise ValueError("fake mraa: edge must be None, EDGE_BOTH, EDGE_RISING or EDGE_FALLING")
     with _lock:
@@ -1157,8 +1157,8 @@ def _pulse(pin: int, count: int = 1, edge: int | None = None) -> int:
     pending = [thread.fire() for thread in threads for _ in range(count)]
     for done in pending:
         if not done.wait(_ISR_TIMEOUT):
-            raise RuntimeError(f"fake mraa: an isr callback on pin {pin} did not return "
-                               f"within {_ISR_TIMEOUT:.0f} s")
+            raise RuntimeError("fake mraa: an isr callback on pin %s did not return "
+                               "within %.0f s" % (pin, _ISR_TIMEOUT))
     return len(pending)
 
 
@@ -1179,7 +1179,7 @@ def _uart_sent() -> bytes:
 # --------------------------------------------------------------------------------------
 
 
-def _pairs(name: str, text: str, sep: str) -> list[tuple[str, str]]:
+def _pairs(name: str, text: str, sep: str) -> List[Tuple[str, str]]:
     pairs = []
     for item in text.split(","):
         item = item.strip()
@@ -1187,7 +1187,7 @@ def _pairs(name: str, text: str, sep: str) -> list[tuple[str, str]]:
             continue
         key, found, value = item.partition(sep)
         if not found:
-            raise ValueError(f"{name}: {item!r} is not of the form key{sep}value")
+            raise ValueError("%s: %r is not of the form key%svalue" % (name, item, sep))
         pairs.append((key.strip(), value.strip()))
     return pairs
 
@@ -1227,12 +1227,12 @@ def _apply_env(environ: Mapping[str, str]) -> None:
                 continue
             where, found, regs = entry.partition("=")
             if not found:
-                raise ValueError(f"{entry!r} is not of the form [bus/]address=reg:value,...")
+                raise ValueError("%r is not of the form [bus/]address=reg:value,..." % (entry,))
             bus_text, _, addr_text = where.rpartition("/")
             registers = {int(r, 0): int(v, 0) for r, v in _pairs(name, regs, ":")}
             _add_i2c_device(int(bus_text or str(_I2C_BUS), 0), int(addr_text, 0), registers)
     except ValueError as exc:
-        raise ValueError(f"fake mraa: bad {name}: {exc}") from None
+        raise ValueError("fake mraa: bad %s: %s" % (name, exc)) from None
 
 
 _reset()
