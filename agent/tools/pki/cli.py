@@ -12,7 +12,7 @@ from typing import Optional
 from agent.tools.pki import broker_setup, provision, revocation
 from agent.tools.pki.authority import init_ca, issue_broker, issue_device, issue_operator, renew
 from agent.tools.pki.broker_setup import mosquitto_acl
-from agent.tools.pki.files import Issued, list_certificates, load_certificate_info, write_p12
+from agent.tools.pki.files import Issued, list_certificates, load_certificate_info, write_file, write_p12
 from agent.tools.pki.keys import CA_CERT, DEFAULT_KEY_TYPE, KEY_TYPES, UTC, PkiError
 
 
@@ -255,6 +255,6 @@ def _broker_config(args: argparse.Namespace, issued: Issued) -> None:
     text = ("# for %s\n%s" % (broker_setup.CONFIG_FILES[broker], where)
             + broker_setup.snippet(broker, ca, cert, key) + "\n\n" + broker_setup.per_device(broker) + "\n")
     written = args.directory / ("%s.%s.conf" % (args.hostname, broker))
-    written.write_text(text)
+    write_file(written, text.encode("utf-8"), 0o644, force=True)
     print("wrote %s:\n" % written)
     print(text, end="")
