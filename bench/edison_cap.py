@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers)
+import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
+import run  # noqa: E402  (bench/run.py: broker, subscriber)
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
@@ -201,23 +202,23 @@ class Bench:
             run.wait_quiet(lambda: self.sub.snapshot()[0])
             self.sub.reset()
             r0, m0, _ = self.sub.snapshot()
-            # schedstat: ns resolution (clock ticks are 10 ms: too coarse for an idle agent).
-            cpu0, t0 = run.proc_sched_ns(proc.pid) / 1e9, time.monotonic()
+            before = procstat.usage(proc.pid)
             time.sleep(window)
             run.wait_quiet(lambda: self.sub.snapshot()[0])
             r1, m1, _ = self.sub.snapshot()
-            cpu1, t1 = run.proc_sched_ns(proc.pid) / 1e9, time.monotonic()
-            hwm = run.proc_status(proc.pid, "VmHWM")
+            spent = procstat.Window(before, procstat.usage(proc.pid))
+            hwm = procstat.status_kib(proc.pid, "VmHWM")
             with self.sub.lock:
                 lags = sorted(self.sub.lags)
         finally:
             self.stop(proc)
-        wall = t1 - t0
+        wall = spent.wall_s
         expected = sum(wall / s["interval"] for s in sensor_list)
         # One Edison core is quota/period of a host core: the share of it is the host share over that.
+        # schedstat (ns resolution): clock ticks are 10 ms, too coarse for an idle agent.
         edison_core = self.quota_us / PERIOD_US
-        return {"share_of_an_edison_core": (cpu1 - cpu0) / wall / edison_core,
-                "host_cpu_ms_per_min": 1000 * 60 * (cpu1 - cpu0) / wall,
+        return {"share_of_an_edison_core": spent.sched_cpu_s / wall / edison_core,
+                "host_cpu_ms_per_min": 1000 * 60 * spent.sched_cpu_s / wall,
                 "readings": r1 - r0, "expected_readings": round(expected), "messages": m1 - m0,
                 "lag_p50_s": statistics.median(lags) if lags else None,
                 "lag_p90_s": lags[int(0.9 * (len(lags) - 1))] if lags else None,

@@ -47,9 +47,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
 import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers, the agent's W1 path)
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from run import ROOT, Env, proc_cpu, proc_sched_ns, proc_status, voluntary_switches  # noqa: E402
+from run import ROOT, Env  # noqa: E402
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
@@ -241,23 +242,21 @@ def measure_peer_w1(env: Env, counter: PeerCounter, name: str, warm: float, wind
         p.check()
         run.wait_quiet(lambda: counter.count(name))
         r0 = counter.count(name)
-        cpu0, ns0 = proc_cpu(p.pid), proc_sched_ns(p.pid)
-        t0, (v0, _) = time.monotonic(), voluntary_switches(p.pid)
+        before = procstat.usage(p.pid)
         time.sleep(window)
         run.wait_quiet(lambda: counter.count(name))
         r1 = counter.count(name)
-        cpu1, ns1 = proc_cpu(p.pid), proc_sched_ns(p.pid)
-        t1, (v1, threads) = time.monotonic(), voluntary_switches(p.pid)
-        hwm = proc_status(p.pid, "VmHWM")
+        spent = procstat.Window(before, procstat.usage(p.pid))
+        hwm = procstat.status_kib(p.pid, "VmHWM")
         p.check()
     finally:
         p.stop()
     readings = r1 - r0
-    return {"cpu_s": cpu1 - cpu0, "sched_cpu_s": (ns1 - ns0) / 1e9, "wall_s": t1 - t0, "acked": readings,
-            "us_per_reading": 1e6 * (ns1 - ns0) / 1e9 / max(1, readings),
-            "us_per_reading_ticks": 1e6 * (cpu1 - cpu0) / max(1, readings), "threads": threads,
-            "vmhwm_kib": hwm, "wakeups_per_s": (v1 - v0) / (t1 - t0),
-            "wakeups_per_reading": (v1 - v0) / max(1, readings)}
+    return {"cpu_s": spent.cpu_s, "sched_cpu_s": spent.sched_cpu_s, "wall_s": spent.wall_s, "acked": readings,
+            "us_per_reading": 1e6 * spent.sched_cpu_s / max(1, readings),
+            "us_per_reading_ticks": 1e6 * spent.cpu_s / max(1, readings), "threads": spent.threads,
+            "vmhwm_kib": hwm, "wakeups_per_s": spent.wakeups / spent.wall_s,
+            "wakeups_per_reading": spent.wakeups / max(1, readings)}
 
 
 def measure_agent_w1(env: Env, batched: bool, warm: float, window: float) -> Dict[str, Any]:
@@ -288,18 +287,15 @@ def idle(env: Env, counter: PeerCounter, window: float) -> Dict[str, Dict[str, A
             wait_readings(counter, p, 1)
         time.sleep(2.0)
         pids = {"agent": agent.pid, **{p.name: p.pid for p in peers}}
-        before = {k: (voluntary_switches(pid)[0], proc_sched_ns(pid)) for k, pid in pids.items()}
+        before = {k: procstat.usage(pid) for k, pid in pids.items()}
         r0 = {p.name: counter.count(p.name) for p in peers}
-        t0 = time.monotonic()
         time.sleep(window)
-        t1 = time.monotonic()
         out = {}
         for k, pid in pids.items():
-            v1, threads = voluntary_switches(pid)
-            c1 = proc_sched_ns(pid)
-            out[k] = {"window_s": t1 - t0, "wakeups_per_s": (v1 - before[k][0]) / (t1 - t0),
-                      "cpu_ms_per_min": (c1 - before[k][1]) / 1e6 * 60 / (t1 - t0), "threads": threads,
-                      "vmhwm_kib": proc_status(pid, "VmHWM")}
+            spent = procstat.Window(before[k], procstat.usage(pid))
+            out[k] = {"window_s": spent.wall_s, "wakeups_per_s": spent.wakeups / spent.wall_s,
+                      "cpu_ms_per_min": spent.sched_cpu_s * 1e3 * 60 / spent.wall_s, "threads": spent.threads,
+                      "vmhwm_kib": procstat.status_kib(pid, "VmHWM")}
         for p in peers:
             p.check()
             out[p.name]["readings"] = counter.count(p.name) - r0[p.name]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
-import glob
 import importlib.metadata
 import json
 import os
@@ -50,13 +49,14 @@ sys.path.insert(0, str(ROOT))
 
 import edison  # noqa: E402  (bench/edison.py, beside this file)
 import paho.mqtt.client as mqtt  # noqa: E402
+import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from procstat import switches_by_thread as switches_by_thread  # noqa: E402  (bench/session_wakeups.py's)
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
 PY = sys.executable
 CLIENTS = str(ROOT / "bench" / "clients.py")
-HZ = os.sysconf("SC_CLK_TCK")
 DEVICE = "bench-edison-01"
 # Chosen so one reading in one message is ~150 bytes on the wire (checked and reported).
 SENSOR_NAME = "greenhouse-north-soil-temperature-probe"
@@ -64,70 +64,6 @@ TARGETS = {"a/c": ("<=", 1.5), "b/c": ("<=", 0.35), "d/a": (">=", 30.0), "e/a": 
 
 
 # -- processes ----------------------------------------------------------------------------
-
-def proc_cpu(pid: int) -> float:
-    """utime+stime of the whole process (all threads, live and exited), seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def proc_sched_ns(pid: int) -> int:
-    """Sum of live threads' on-CPU time from schedstat (ns resolution; for small idle figures)."""
-    total = 0
-    for path in glob.glob("/proc/%d/task/*/schedstat" % pid):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError):
-            pass
-    return total
-
-
-def proc_status(pid: int, key: str) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def switches_by_thread(pid: int) -> Dict[int, int]:
-    """tid -> voluntary_ctxt_switches (the main thread's tid is the pid)."""
-    out = {}
-    for d in glob.glob("/proc/%d/task/*" % pid):
-        try:
-            with open(d + "/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        out[int(d.rsplit("/", 1)[1])] = int(line.split()[1])
-        except OSError:
-            pass
-    return out
-
-
-def thread_deltas(pid: int, before: Dict[int, int], after: Dict[int, int], per: float) -> Dict[str, float]:
-    """Wake-ups per `per` for each thread: 'main', then the others by tid order (t1, t2, ...)."""
-    out = {"main": (after.get(pid, 0) - before.get(pid, 0)) / per}
-    for i, tid in enumerate(sorted(t for t in after if t != pid)):
-        out["t%d" % (i + 1)] = (after[tid] - before.get(tid, 0)) / per
-    return out
-
-
-def voluntary_switches(pid: int) -> Tuple[int, int]:
-    """(sum of voluntary_ctxt_switches over all threads, thread count)."""
-    total, n = 0, 0
-    for path in glob.glob("/proc/%d/task/*/status" % pid):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
-                        n += 1
-        except OSError:
-            pass
-    return total, n
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -368,24 +304,24 @@ def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[
         if between_bursts:
             wait_quiet(lambda: env.sub.snapshot()[0])
         r0, m0, b0 = env.sub.snapshot()
-        cpu0, t0, s0, ns0 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid), proc_sched_ns(a.pid)
+        before = procstat.usage(a.pid)
         time.sleep(window)
         if between_bursts:
             wait_quiet(lambda: env.sub.snapshot()[0])
         r1, m1, b1 = env.sub.snapshot()
-        cpu1, t1, s1, ns1 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid), proc_sched_ns(a.pid)
-        threads = len(os.listdir("/proc/%d/task" % a.pid))
-        hwm = proc_status(a.pid, "VmHWM")
+        spent = procstat.Window(before, procstat.usage(a.pid))
+        threads = procstat.thread_count(a.pid)
+        hwm = procstat.status_kib(a.pid, "VmHWM")
     finally:
         delivered = a.stop()
     readings = r1 - r0
-    return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "acked": readings, "messages": m1 - m0,
-            "bytes_per_msg": (b1 - b0) / max(1, m1 - m0), "us_per_reading": 1e6 * (cpu1 - cpu0) / max(1, readings),
+    return {"cpu_s": spent.cpu_s, "wall_s": spent.wall_s, "acked": readings, "messages": m1 - m0,
+            "bytes_per_msg": (b1 - b0) / max(1, m1 - m0), "us_per_reading": 1e6 * spent.cpu_s / max(1, readings),
             "delivered_total_from_log": delivered, "threads": threads, "vmhwm_kib": hwm,
             # schedstat: ns resolution, live threads only (a cross-check on the 10 ms ticks)
-            "sched_cpu_s": (ns1 - ns0) / 1e9,
-            "wakeups": sum(s1.values()) - sum(s0.get(t, 0) for t in s1),
-            "wakeups_per_reading_by_thread": thread_deltas(a.pid, s0, s1, max(1, readings))}
+            "sched_cpu_s": spent.sched_cpu_s,
+            "wakeups": spent.wakeups,
+            "wakeups_per_reading_by_thread": spent.wakeups_by_thread(max(1, readings))}
 
 
 # -- the other clients --------------------------------------------------------------------
@@ -587,33 +523,28 @@ def footprint(env: Env, quick: bool) -> Dict[str, Any]:
         idle.wait_connected()
         paho_idle.stdout.readline()  # type: ignore[union-attr]
         time.sleep(2.0)
-        v0, _ = voluntary_switches(idle.pid)
-        byt0 = switches_by_thread(idle.pid)
-        p0, _ = voluntary_switches(paho_idle.pid)
-        c0, pc0 = proc_sched_ns(idle.pid), proc_sched_ns(paho_idle.pid)
+        agent0, paho0 = procstat.usage(idle.pid), procstat.usage(paho_idle.pid)
         w0 = notify.watchdog
         time.sleep(window)
-        v1, n_idle = voluntary_switches(idle.pid)
-        byt1 = switches_by_thread(idle.pid)
-        p1, n_paho = voluntary_switches(paho_idle.pid)
-        c1, pc1 = proc_sched_ns(idle.pid), proc_sched_ns(paho_idle.pid)
+        agent = procstat.Window(agent0, procstat.usage(idle.pid))
+        paho = procstat.Window(paho0, procstat.usage(paho_idle.pid))
         res: Dict[str, Any] = {
             "window_s": window,
-            "agent_5_sensors_vmhwm_mib": proc_status(a5.pid, "VmHWM") / 1024,
-            "agent_5_sensors_threads": len(os.listdir("/proc/%d/task" % a5.pid)),
-            "paho_idle_vmhwm_mib": proc_status(paho_idle.pid, "VmHWM") / 1024,
-            "agent_idle_wakeups_per_s": (v1 - v0) / window,
-            "agent_idle_threads": n_idle,
-            "agent_idle_cpu_ms_per_min": (c1 - c0) / 1e6 * 60 / window,
+            "agent_5_sensors_vmhwm_mib": procstat.status_kib(a5.pid, "VmHWM") / 1024,
+            "agent_5_sensors_threads": procstat.thread_count(a5.pid),
+            "paho_idle_vmhwm_mib": procstat.status_kib(paho_idle.pid, "VmHWM") / 1024,
+            "agent_idle_wakeups_per_s": agent.wakeups / window,
+            "agent_idle_threads": agent.threads,
+            "agent_idle_cpu_ms_per_min": agent.sched_cpu_s * 1e3 * 60 / window,
             "agent_idle_watchdog_pings": notify.watchdog - w0,
-            "paho_idle_wakeups_per_s": (p1 - p0) / window,
-            "paho_idle_threads": n_paho,
-            "paho_idle_cpu_ms_per_min": (pc1 - pc0) / 1e6 * 60 / window,
+            "paho_idle_wakeups_per_s": paho.wakeups / window,
+            "paho_idle_threads": paho.threads,
+            "paho_idle_cpu_ms_per_min": paho.sched_cpu_s * 1e3 * 60 / window,
         }
         res["rss_ratio_agent_over_paho (target <= 1.3)"] = (res["agent_5_sensors_vmhwm_mib"]
                                                              / res["paho_idle_vmhwm_mib"])
         res["agent_idle_wakeups_per_s_by_thread"] = {k: round(v, 3) for k, v in
-                                                     thread_deltas(idle.pid, byt0, byt1, window).items()}
+                                                     agent.wakeups_by_thread(window).items()}
     finally:
         a5.stop()
         idle.stop()
