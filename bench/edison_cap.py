@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
-import run  # noqa: E402  (bench/run.py: broker, subscriber)
+import rig  # noqa: E402  (bench/rig.py: broker, subscriber)
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
@@ -79,8 +79,8 @@ class Notify:
                 self.ready_at = time.monotonic()
 
 
-class LagSubscriber(run.Subscriber):
-    """run.Subscriber, plus each reading's lag: arrival minus the reading's own timestamp."""
+class LagSubscriber(rig.Subscriber):
+    """rig.Subscriber, plus each reading's lag: arrival minus the reading's own timestamp."""
 
     def __init__(self, port: int, ec: Dict[str, Path]) -> None:
         self.lags: List[float] = []
@@ -134,7 +134,7 @@ class Cap:
 
 
 class Bench:
-    def __init__(self, work: Path, merged: Path, ec: Dict[str, Path], rsa: Dict[str, Path], broker: run.Broker,
+    def __init__(self, work: Path, merged: Path, ec: Dict[str, Path], rsa: Dict[str, Path], broker: rig.Broker,
                  sub: LagSubscriber) -> None:
         self.work, self.merged, self.ec, self.rsa, self.broker, self.sub = work, merged, ec, rsa, broker, sub
         self.n = 0
@@ -145,8 +145,8 @@ class Bench:
         d = self.work / ("agent%d" % self.n)
         (d / "state").mkdir(parents=True)
         cfg: Dict[str, Any] = {
-            "device": {"id": run.DEVICE},
-            "mqtt": {"host": "localhost", "port": self.broker.port, "client_id": "%s-%d" % (run.DEVICE, self.n),
+            "device": {"id": rig.DEVICE},
+            "mqtt": {"host": "localhost", "port": self.broker.port, "client_id": "%s-%d" % (rig.DEVICE, self.n),
                      "tls": {"ca_file": str(self.ec["ca"]), "cert_file": str(self.ec["device_cert"]),
                              "key_file": str(self.ec["device_key"])}},
             "board": "simulated", "log_level": "info", "state_dir": str(d / "state"),
@@ -199,12 +199,12 @@ class Bench:
                 time.sleep(0.05)
             time.sleep(warm)
             # Windows that start and end between two bursts of readings hold whole bursts.
-            run.wait_quiet(lambda: self.sub.snapshot()[0])
+            rig.wait_quiet(lambda: self.sub.snapshot()[0])
             self.sub.reset()
             r0, m0, _ = self.sub.snapshot()
             before = procstat.usage(proc.pid)
             time.sleep(window)
-            run.wait_quiet(lambda: self.sub.snapshot()[0])
+            rig.wait_quiet(lambda: self.sub.snapshot()[0])
             r1, m1, _ = self.sub.snapshot()
             spent = procstat.Window(before, procstat.usage(proc.pid))
             hwm = procstat.status_kib(proc.pid, "VmHWM")
@@ -275,7 +275,7 @@ class Bench:
             self._wait_log(log, "connected to", 60)
             for _ in range(3):
                 mark = len(log.read_text().splitlines())
-                self._intruder("%s-%d" % (run.DEVICE, self.n))
+                self._intruder("%s-%d" % (rig.DEVICE, self.n))
                 lines.append(self._wait_log(log, "again", 60, after=mark) or "")
                 time.sleep(1)
         finally:
@@ -405,13 +405,13 @@ def main() -> int:
         ecd = work / "pki"
         pki.init_ca(ecd, name="bench CA")
         b = pki.issue_broker(ecd, "localhost", ips=["127.0.0.1"])
-        device = pki.issue_device(ecd, run.DEVICE)
+        device = pki.issue_device(ecd, rig.DEVICE)
         monitor = pki.issue_device(ecd, "monitor")
         ec = {"ca": ecd / "ca.crt", "broker_cert": b.cert_file, "broker_key": b.key_file,
               "device_cert": device.cert_file, "device_key": device.key_file,
               "monitor_cert": monitor.cert_file, "monitor_key": monitor.key_file}
-        rsa = run.rsa_pki(work / "rsa")
-        broker = run.Broker(work, ec, rsa)
+        rsa = rig.rsa_pki(work / "rsa")
+        broker = rig.Broker(work, ec, rsa)
         sub = LagSubscriber(broker.port, ec)
         bench = Bench(work, merged, ec, rsa, broker, sub)
         bench.quota_us = args.quota

@@ -48,9 +48,11 @@ sys.path.insert(0, str(BENCH))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
-import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers, the agent's W1 path)
+import report  # noqa: E402  (bench/report.py: the machine)
+import rig  # noqa: E402  (bench/rig.py: broker, subscriber, the agent as a process)
+import run  # noqa: E402  (bench/run.py: the agent's W1 path)
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from run import ROOT, Env  # noqa: E402
+from rig import ROOT, Env  # noqa: E402
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
@@ -240,11 +242,11 @@ def measure_peer_w1(env: Env, counter: PeerCounter, name: str, warm: float, wind
         wait_readings(counter, p, SENSORS)
         time.sleep(warm)
         p.check()
-        run.wait_quiet(lambda: counter.count(name))
+        rig.wait_quiet(lambda: counter.count(name))
         r0 = counter.count(name)
         before = procstat.usage(p.pid)
         time.sleep(window)
-        run.wait_quiet(lambda: counter.count(name))
+        rig.wait_quiet(lambda: counter.count(name))
         r1 = counter.count(name)
         spent = procstat.Window(before, procstat.usage(p.pid))
         hwm = procstat.status_kib(p.pid, "VmHWM")
@@ -276,8 +278,8 @@ def measure_agent_w1(env: Env, batched: bool, warm: float, window: float) -> Dic
 def idle(env: Env, counter: PeerCounter, window: float) -> Dict[str, Dict[str, Any]]:
     """One sensor every 10 s; the agent (watchdog on, as under systemd), mqtt-io and collectd
     side by side: their idle loads are too small to disturb each other."""
-    notify = run.NotifySocket(env.work / "peers-notify.sock")
-    agent = run.AgentProc(run.agent_config(env, [{"name": "temperature", "type": "analog", "pin": 0,
+    notify = rig.NotifySocket(env.work / "peers-notify.sock")
+    agent = rig.AgentProc(rig.agent_config(env, [{"name": "temperature", "type": "analog", "pin": 0,
                                                    "interval": 10, "unit": "degC"}]),
                           {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "30000000"})
     peers = [start_peer(env, name, 1, 10, "idle") for name in ("mqtt-io", "collectd")]
@@ -429,7 +431,7 @@ def main() -> int:
     who = args.only.split(",")
     started = time.monotonic()
     CONFIGS.mkdir(exist_ok=True)
-    res: Dict[str, Any] = {"machine": run.machine(), "versions": versions(), "rounds": args.rounds,
+    res: Dict[str, Any] = {"machine": report.machine(), "versions": versions(), "rounds": args.rounds,
                            "window_s": args.window, "idle_window_s": args.idle_window,
                            "configs": str(CONFIGS.relative_to(ROOT))}
     with tempfile.TemporaryDirectory(prefix="edison-peers-") as tmp:
@@ -437,13 +439,13 @@ def main() -> int:
         ecd = work / "pki"
         pki.init_ca(ecd, name="bench CA")
         broker_issued = pki.issue_broker(ecd, "localhost", ips=["127.0.0.1"])
-        device = pki.issue_device(ecd, run.DEVICE)
+        device = pki.issue_device(ecd, rig.DEVICE)
         monitor = pki.issue_device(ecd, "monitor")
         ec = {"ca": ecd / "ca.crt", "broker_cert": broker_issued.cert_file, "broker_key": broker_issued.key_file,
               "device_cert": device.cert_file, "device_key": device.key_file,
               "monitor_cert": monitor.cert_file, "monitor_key": monitor.key_file}
-        broker = run.Broker(work, ec, run.rsa_pki(work / "rsa"))
-        sub = run.Subscriber(broker.port, ec)
+        broker = rig.Broker(work, ec, rig.rsa_pki(work / "rsa"))
+        sub = rig.Subscriber(broker.port, ec)
         counter = PeerCounter(broker.port, ec)
         env = Env(work, ec, {}, broker, sub)
         cases: Dict[str, Callable[[int], Dict[str, Any]]] = {}
