@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from agent.tools.pki import authority as pki  # noqa: E402
 
 PY = sys.executable
+CLIENTS = str(ROOT / "bench" / "clients.py")
 DEVICE = "bench-edison-01"
 # Chosen so one reading in one message is ~150 bytes on the wire (checked and reported).
 SENSOR_NAME = "greenhouse-north-soil-temperature-probe"
@@ -286,3 +287,34 @@ class NotifySocket:
                 self.watchdog += 1
 
 
+# -- the other clients --------------------------------------------------------------------
+
+def helper(env: Env, mode: str, *extra: str, port: Optional[int] = None) -> Dict[str, Any]:
+    argv = [PY, CLIENTS, mode, "--port", str(port or env.broker.port), "--ca", str(env.ec["ca"]),
+            "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), *extra]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
+    result: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def per_reading(r: Dict[str, Any]) -> Dict[str, Any]:
+    r["us_per_reading"] = 1e6 * r["cpu_s"] / max(1, r["acked"])
+    if "wakeups" in r:
+        r["wakeups_per_reading"] = r["wakeups"] / max(1, r["acked"])
+    return r
+
+
+def measure_mosquitto_pub(env: Env, count: int) -> Dict[str, Any]:
+    argv = ["mosquitto_pub", "-h", "localhost", "-p", str(env.broker.port), "--cafile", str(env.ec["ca"]),
+            "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), "-q", "1",
+            "-t", "bench/pub", "-m", "x" * 150]
+    cpu = 0.0
+    ok = 0
+    t0 = time.monotonic()
+    for _ in range(count):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        cpu += ru.ru_utime + ru.ru_stime
+        ok += p.returncode == 0
+    return per_reading({"cpu_s": cpu, "wall_s": time.monotonic() - t0, "acked": ok})

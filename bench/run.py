@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from procstat import switches_by_thread as switches_by_thread  # noqa: E402  (bench/session_wakeups.py's)
 from report import TARGETS, crypto_speed, machine, table  # noqa: E402
 from rig import (  # noqa: E402
+    CLIENTS,
     DEVICE,
     PY,
     SENSOR_NAME,
@@ -55,6 +55,9 @@ from rig import (  # noqa: E402
     NotifySocket,
     Subscriber,
     agent_config,
+    helper,
+    measure_mosquitto_pub,
+    per_reading,
     rsa_pki,
     wait_quiet,
 )
@@ -62,8 +65,6 @@ from rig import free_port as free_port  # noqa: E402  (bench/session_wakeups.py'
 from rig import wait_listening as wait_listening  # noqa: E402  (bench/session_wakeups.py's)
 
 from agent.tools.pki import authority as pki  # noqa: E402
-
-CLIENTS = str(ROOT / "bench" / "clients.py")
 
 
 def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[str, Any]],
@@ -94,39 +95,6 @@ def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[
             "sched_cpu_s": spent.sched_cpu_s,
             "wakeups": spent.wakeups,
             "wakeups_per_reading_by_thread": spent.wakeups_by_thread(max(1, readings))}
-
-
-# -- the other clients --------------------------------------------------------------------
-
-def helper(env: Env, mode: str, *extra: str, port: Optional[int] = None) -> Dict[str, Any]:
-    argv = [PY, CLIENTS, mode, "--port", str(port or env.broker.port), "--ca", str(env.ec["ca"]),
-            "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), *extra]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
-    result: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
-def per_reading(r: Dict[str, Any]) -> Dict[str, Any]:
-    r["us_per_reading"] = 1e6 * r["cpu_s"] / max(1, r["acked"])
-    if "wakeups" in r:
-        r["wakeups_per_reading"] = r["wakeups"] / max(1, r["acked"])
-    return r
-
-
-def measure_mosquitto_pub(env: Env, count: int) -> Dict[str, Any]:
-    argv = ["mosquitto_pub", "-h", "localhost", "-p", str(env.broker.port), "--cafile", str(env.ec["ca"]),
-            "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), "-q", "1",
-            "-t", "bench/pub", "-m", "x" * 150]
-    cpu = 0.0
-    ok = 0
-    t0 = time.monotonic()
-    for _ in range(count):
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        cpu += ru.ru_utime + ru.ru_stime
-        ok += p.returncode == 0
-    return per_reading({"cpu_s": cpu, "wall_s": time.monotonic() - t0, "acked": ok})
 
 
 # -- the measurements ---------------------------------------------------------------------
