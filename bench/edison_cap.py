@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,41 +40,17 @@ sys.path.insert(0, str(ROOT))
 
 import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
 import rig  # noqa: E402  (bench/rig.py: broker, subscriber)
+from edison_box import AGENT, AGENT_PY, CPU_CG, PERIOD_US, Cap, cleanup, prepare_root  # noqa: E402
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
-CPU_CG = Path("/sys/fs/cgroup/cpu")
-CPUSET_CG = Path("/sys/fs/cgroup/cpuset")
-PERIOD_US = 100000
 # 100 ms / 29.5: the Edison estimate of docs/performance.md.
 QUOTA_US = 3390
-AGENT = "/opt/edison-agent/bin/edison-agent"
-AGENT_PY = "/opt/edison-agent/bin/python"
 
 
 def sensors(count: int, intervals: List[float]) -> List[Dict[str, Any]]:
     return [{"name": "s%03d" % i, "type": "analog", "pin": i % 6, "interval": intervals[i % len(intervals)],
              "unit": "degC"} for i in range(count)]
-
-
-class Notify:
-    """sd_notify's socket: the time READY=1 arrived."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.path = path
-        self.ready_at: Optional[float] = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except OSError:
-                return
-            if b"READY=1" in data and self.ready_at is None:
-                self.ready_at = time.monotonic()
 
 
 class LagSubscriber(rig.Subscriber):
@@ -99,38 +73,6 @@ class LagSubscriber(rig.Subscriber):
     def reset(self) -> None:
         with self.lock:
             self.lags, self.first_at = [], None
-
-
-class Cap:
-    """A cgroup v1 cpu cap (and, for one core, a cpuset of one CPU) that processes join."""
-
-    def __init__(self, cores: int, quota_us: int) -> None:
-        name = "edison-bench-%d-%d" % (os.getpid(), cores)
-        self.cpu = CPU_CG / name
-        self.cpu.mkdir()
-        (self.cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        # The quota is per period for the whole group: two cores get twice the quota.
-        (self.cpu / "cpu.cfs_quota_us").write_text(str(quota_us * cores))
-        self.cpuset: Optional[Path] = None
-        if CPUSET_CG.is_dir():
-            self.cpuset = CPUSET_CG / name
-            self.cpuset.mkdir()
-            (self.cpuset / "cpuset.cpus").write_text("0" if cores == 1 else "0-%d" % (cores - 1))
-            (self.cpuset / "cpuset.mems").write_text((CPUSET_CG / "cpuset.mems").read_text().strip())
-
-    def join(self) -> None:
-        """In the child, before exec: this process and all it starts are capped."""
-        for group in (self.cpu, self.cpuset):
-            if group is not None:
-                (group / "cgroup.procs").write_text(str(os.getpid()))
-
-    def close(self) -> None:
-        for group in (self.cpu, self.cpuset):
-            if group is not None:
-                try:
-                    group.rmdir()
-                except OSError:
-                    pass
 
 
 class Bench:
@@ -157,8 +99,8 @@ class Bench:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
-    def start(self, cap: Cap, cfg: Path) -> "tuple[subprocess.Popen[bytes], Notify, float]":
-        notify = Notify(cfg.parent / "notify.sock")
+    def start(self, cap: Cap, cfg: Path) -> "Tuple[subprocess.Popen[bytes], rig.NotifySocket, float]":
+        notify = rig.NotifySocket(cfg.parent / "notify.sock")
         log = open(cfg.parent / "agent.log", "wb")
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -309,47 +251,6 @@ class Bench:
                     return line
             time.sleep(0.1)
         return None
-
-
-def prepare_root(work: Path) -> Path:
-    """The cached i386 root under an overlay, with /proc, /dev, /sys, this checkout at /src and
-    the agent installed as docs/operations.md says. Called inside a private mount namespace."""
-    root = subprocess.run([str(ROOT / "tests/i386/root.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    merged = work / "merged"
-    for d in ("upper", "ovl-work", "merged"):
-        (work / d).mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s"
-                    % (root, work / "upper", work / "ovl-work"), str(merged)], check=True)
-    subprocess.run(["mount", "--rbind", "/dev", str(merged / "dev")], check=True)
-    subprocess.run(["mount", "-t", "proc", "proc", str(merged / "proc")], check=True)
-    subprocess.run(["mount", "--rbind", "/sys", str(merged / "sys")], check=True)
-    for name in ("resolv.conf", "hosts"):
-        shutil.copy("/etc/" + name, merged / "etc" / name)
-    # The bench's files (certificates, configs, the notify socket) at the same path inside and out.
-    (merged / str(work).lstrip("/")).mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(work), str(merged / str(work).lstrip("/"))], check=True)
-    shutil.copytree(ROOT, merged / "src", ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".peers-venv", "__pycache__", "*.egg-info", "build", ".*_cache"))
-    chroot = ["setarch", "i686", "chroot", str(merged), "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-              "HOME=/root", "LANG=C.UTF-8"]
-    subprocess.run(chroot + ["python3", "-m", "venv", "--system-site-packages", "/opt/edison-agent"], check=True)
-    subprocess.run(chroot + ["/opt/edison-agent/bin/pip", "install", "-q", "--disable-pip-version-check",
-                             "--cert", "/etc/ssl/certs/ca-certificates.crt", "/src"], check=True)
-    out = subprocess.run(chroot + [AGENT_PY, "-c", "import struct, platform; print(struct.calcsize('P') * 8, "
-                                   "platform.machine())"], check=True, capture_output=True, text=True).stdout
-    print("bench-edison: agent installed in the i386 root (%s)" % out.strip(), flush=True)
-    return merged
-
-
-def cleanup(work: Path) -> None:
-    """Unmount the root (its /dev is the host's own: never delete through a mount), then remove."""
-    subprocess.run(["umount", "-R", "-l", str(work / "merged")], check=False, stderr=subprocess.DEVNULL)
-    with open("/proc/self/mounts") as f:
-        if any(line.split()[1].startswith(str(work)) for line in f):
-            print("bench-edison: %s still has mounts; left in place" % work, file=sys.stderr)
-            return
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(bench: Bench, cap: Cap, key: str, args: argparse.Namespace) -> Dict[str, Any]:

@@ -268,13 +268,15 @@ def wait_quiet(count: Callable[[], int], quiet: float = 0.25, timeout: float = 2
 
 
 class NotifySocket:
-    """An AF_UNIX datagram socket standing in for systemd, so the agent's watchdog is on."""
+    """An AF_UNIX datagram socket standing in for systemd, so the agent's watchdog is on: counts
+    the watchdog pings and keeps the time READY=1 first arrived."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.watchdog = 0
+        self.ready_at: Optional[float] = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -285,6 +287,8 @@ class NotifySocket:
                 return
             if b"WATCHDOG=1" in data:
                 self.watchdog += 1
+            if b"READY=1" in data and self.ready_at is None:
+                self.ready_at = time.monotonic()
 
 
 # -- the other clients --------------------------------------------------------------------
