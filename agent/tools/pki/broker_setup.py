@@ -115,7 +115,6 @@ def install(directory: Path, broker: str, ca: Path, cert: Path, key: Path) -> Tu
         new_key, owner, group, group)
 
 
-
 def mosquitto_listener(ca_file: Path, cert_file: Path, key_file: Path, port: int = 8883,
                        address: Optional[str] = None, crlfile: Optional[Path] = None) -> str:
     """The mosquitto.conf listener block for a broker certificate from this tool.
