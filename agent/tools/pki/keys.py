@@ -90,7 +90,7 @@ def key_usage(**flags: bool) -> x509.KeyUsage:
 
 def validity(not_before: Optional[datetime], days: int) -> Tuple[datetime, datetime]:
     if days < 1:
-        raise PkiError("--days %d: must be at least 1" % days)
+        raise PkiError("--days %s: must be at least 1" % days)
     if not_before is None:
         not_before = datetime.now(UTC) - SKEW
     elif not_before.tzinfo is None:
