@@ -1,5 +1,4 @@
-"""The fake `mraa`'s buses: I2c, Spi and Uart (mraa.py beside this file).
-"""
+"""The fake `mraa`'s buses: I2c, Spi and Uart (mraa.py beside this file)."""
 
 from __future__ import annotations
 

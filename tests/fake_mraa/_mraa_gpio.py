@@ -1,5 +1,4 @@
-"""The fake `mraa`'s pins: Aio, Gpio and Pwm (mraa.py beside this file).
-"""
+"""The fake `mraa`'s pins: Aio, Gpio and Pwm (mraa.py beside this file)."""
 
 from __future__ import annotations
 
