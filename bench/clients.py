@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import paho.mqtt.client as mqtt
+import procstat  # bench/procstat.py: this script's own directory is on sys.path
 from paho.mqtt.enums import CallbackAPIVersion
 
 PAYLOAD = b"x" * 150
@@ -36,14 +37,7 @@ TOPIC = "bench/floor"
 
 def switches_self() -> int:
     """Voluntary context switches of every live thread of this process (wake-ups after a wait)."""
-    import glob
-    total = 0
-    for path in glob.glob("/proc/self/task/*/status"):
-        with open(path) as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
-    return total
+    return sum(procstat.switches_by_thread("self").values())
 
 
 def cpu_self() -> float:

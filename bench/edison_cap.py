@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,17 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers)
+import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
+import rig  # noqa: E402  (bench/rig.py: broker, subscriber)
+from edison_box import AGENT, AGENT_PY, CPU_CG, PERIOD_US, Cap, cleanup, prepare_root  # noqa: E402
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
-CPU_CG = Path("/sys/fs/cgroup/cpu")
-CPUSET_CG = Path("/sys/fs/cgroup/cpuset")
-PERIOD_US = 100000
 # 100 ms / 29.5: the Edison estimate of docs/performance.md.
 QUOTA_US = 3390
-AGENT = "/opt/edison-agent/bin/edison-agent"
-AGENT_PY = "/opt/edison-agent/bin/python"
 
 
 def sensors(count: int, intervals: List[float]) -> List[Dict[str, Any]]:
@@ -58,28 +53,8 @@ def sensors(count: int, intervals: List[float]) -> List[Dict[str, Any]]:
              "unit": "degC"} for i in range(count)]
 
 
-class Notify:
-    """sd_notify's socket: the time READY=1 arrived."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.path = path
-        self.ready_at: Optional[float] = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except OSError:
-                return
-            if b"READY=1" in data and self.ready_at is None:
-                self.ready_at = time.monotonic()
-
-
-class LagSubscriber(run.Subscriber):
-    """run.Subscriber, plus each reading's lag: arrival minus the reading's own timestamp."""
+class LagSubscriber(rig.Subscriber):
+    """rig.Subscriber, plus each reading's lag: arrival minus the reading's own timestamp."""
 
     def __init__(self, port: int, ec: Dict[str, Path]) -> None:
         self.lags: List[float] = []
@@ -100,40 +75,8 @@ class LagSubscriber(run.Subscriber):
             self.lags, self.first_at = [], None
 
 
-class Cap:
-    """A cgroup v1 cpu cap (and, for one core, a cpuset of one CPU) that processes join."""
-
-    def __init__(self, cores: int, quota_us: int) -> None:
-        name = "edison-bench-%d-%d" % (os.getpid(), cores)
-        self.cpu = CPU_CG / name
-        self.cpu.mkdir()
-        (self.cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        # The quota is per period for the whole group: two cores get twice the quota.
-        (self.cpu / "cpu.cfs_quota_us").write_text(str(quota_us * cores))
-        self.cpuset: Optional[Path] = None
-        if CPUSET_CG.is_dir():
-            self.cpuset = CPUSET_CG / name
-            self.cpuset.mkdir()
-            (self.cpuset / "cpuset.cpus").write_text("0" if cores == 1 else "0-%d" % (cores - 1))
-            (self.cpuset / "cpuset.mems").write_text((CPUSET_CG / "cpuset.mems").read_text().strip())
-
-    def join(self) -> None:
-        """In the child, before exec: this process and all it starts are capped."""
-        for group in (self.cpu, self.cpuset):
-            if group is not None:
-                (group / "cgroup.procs").write_text(str(os.getpid()))
-
-    def close(self) -> None:
-        for group in (self.cpu, self.cpuset):
-            if group is not None:
-                try:
-                    group.rmdir()
-                except OSError:
-                    pass
-
-
 class Bench:
-    def __init__(self, work: Path, merged: Path, ec: Dict[str, Path], rsa: Dict[str, Path], broker: run.Broker,
+    def __init__(self, work: Path, merged: Path, ec: Dict[str, Path], rsa: Dict[str, Path], broker: rig.Broker,
                  sub: LagSubscriber) -> None:
         self.work, self.merged, self.ec, self.rsa, self.broker, self.sub = work, merged, ec, rsa, broker, sub
         self.n = 0
@@ -144,8 +87,8 @@ class Bench:
         d = self.work / ("agent%d" % self.n)
         (d / "state").mkdir(parents=True)
         cfg: Dict[str, Any] = {
-            "device": {"id": run.DEVICE},
-            "mqtt": {"host": "localhost", "port": self.broker.port, "client_id": "%s-%d" % (run.DEVICE, self.n),
+            "device": {"id": rig.DEVICE},
+            "mqtt": {"host": "localhost", "port": self.broker.port, "client_id": "%s-%d" % (rig.DEVICE, self.n),
                      "tls": {"ca_file": str(self.ec["ca"]), "cert_file": str(self.ec["device_cert"]),
                              "key_file": str(self.ec["device_key"])}},
             "board": "simulated", "log_level": "info", "state_dir": str(d / "state"),
@@ -156,8 +99,8 @@ class Bench:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
-    def start(self, cap: Cap, cfg: Path) -> "tuple[subprocess.Popen[bytes], Notify, float]":
-        notify = Notify(cfg.parent / "notify.sock")
+    def start(self, cap: Cap, cfg: Path) -> "Tuple[subprocess.Popen[bytes], rig.NotifySocket, float]":
+        notify = rig.NotifySocket(cfg.parent / "notify.sock")
         log = open(cfg.parent / "agent.log", "wb")
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -198,26 +141,26 @@ class Bench:
                 time.sleep(0.05)
             time.sleep(warm)
             # Windows that start and end between two bursts of readings hold whole bursts.
-            run.wait_quiet(lambda: self.sub.snapshot()[0])
+            rig.wait_quiet(lambda: self.sub.snapshot()[0])
             self.sub.reset()
             r0, m0, _ = self.sub.snapshot()
-            # schedstat: ns resolution (clock ticks are 10 ms: too coarse for an idle agent).
-            cpu0, t0 = run.proc_sched_ns(proc.pid) / 1e9, time.monotonic()
+            before = procstat.usage(proc.pid)
             time.sleep(window)
-            run.wait_quiet(lambda: self.sub.snapshot()[0])
+            rig.wait_quiet(lambda: self.sub.snapshot()[0])
             r1, m1, _ = self.sub.snapshot()
-            cpu1, t1 = run.proc_sched_ns(proc.pid) / 1e9, time.monotonic()
-            hwm = run.proc_status(proc.pid, "VmHWM")
+            spent = procstat.Window(before, procstat.usage(proc.pid))
+            hwm = procstat.status_kib(proc.pid, "VmHWM")
             with self.sub.lock:
                 lags = sorted(self.sub.lags)
         finally:
             self.stop(proc)
-        wall = t1 - t0
+        wall = spent.wall_s
         expected = sum(wall / s["interval"] for s in sensor_list)
         # One Edison core is quota/period of a host core: the share of it is the host share over that.
+        # schedstat (ns resolution): clock ticks are 10 ms, too coarse for an idle agent.
         edison_core = self.quota_us / PERIOD_US
-        return {"share_of_an_edison_core": (cpu1 - cpu0) / wall / edison_core,
-                "host_cpu_ms_per_min": 1000 * 60 * (cpu1 - cpu0) / wall,
+        return {"share_of_an_edison_core": spent.sched_cpu_s / wall / edison_core,
+                "host_cpu_ms_per_min": 1000 * 60 * spent.sched_cpu_s / wall,
                 "readings": r1 - r0, "expected_readings": round(expected), "messages": m1 - m0,
                 "lag_p50_s": statistics.median(lags) if lags else None,
                 "lag_p90_s": lags[int(0.9 * (len(lags) - 1))] if lags else None,
@@ -274,7 +217,7 @@ class Bench:
             self._wait_log(log, "connected to", 60)
             for _ in range(3):
                 mark = len(log.read_text().splitlines())
-                self._intruder("%s-%d" % (run.DEVICE, self.n))
+                self._intruder("%s-%d" % (rig.DEVICE, self.n))
                 lines.append(self._wait_log(log, "again", 60, after=mark) or "")
                 time.sleep(1)
         finally:
@@ -308,47 +251,6 @@ class Bench:
                     return line
             time.sleep(0.1)
         return None
-
-
-def prepare_root(work: Path) -> Path:
-    """The cached i386 root under an overlay, with /proc, /dev, /sys, this checkout at /src and
-    the agent installed as docs/operations.md says. Called inside a private mount namespace."""
-    root = subprocess.run([str(ROOT / "tests/i386/root.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    merged = work / "merged"
-    for d in ("upper", "ovl-work", "merged"):
-        (work / d).mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s"
-                    % (root, work / "upper", work / "ovl-work"), str(merged)], check=True)
-    subprocess.run(["mount", "--rbind", "/dev", str(merged / "dev")], check=True)
-    subprocess.run(["mount", "-t", "proc", "proc", str(merged / "proc")], check=True)
-    subprocess.run(["mount", "--rbind", "/sys", str(merged / "sys")], check=True)
-    for name in ("resolv.conf", "hosts"):
-        shutil.copy("/etc/" + name, merged / "etc" / name)
-    # The bench's files (certificates, configs, the notify socket) at the same path inside and out.
-    (merged / str(work).lstrip("/")).mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(work), str(merged / str(work).lstrip("/"))], check=True)
-    shutil.copytree(ROOT, merged / "src", ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".peers-venv", "__pycache__", "*.egg-info", "build", ".*_cache"))
-    chroot = ["setarch", "i686", "chroot", str(merged), "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-              "HOME=/root", "LANG=C.UTF-8"]
-    subprocess.run(chroot + ["python3", "-m", "venv", "--system-site-packages", "/opt/edison-agent"], check=True)
-    subprocess.run(chroot + ["/opt/edison-agent/bin/pip", "install", "-q", "--disable-pip-version-check",
-                             "--cert", "/etc/ssl/certs/ca-certificates.crt", "/src"], check=True)
-    out = subprocess.run(chroot + [AGENT_PY, "-c", "import struct, platform; print(struct.calcsize('P') * 8, "
-                                   "platform.machine())"], check=True, capture_output=True, text=True).stdout
-    print("bench-edison: agent installed in the i386 root (%s)" % out.strip(), flush=True)
-    return merged
-
-
-def cleanup(work: Path) -> None:
-    """Unmount the root (its /dev is the host's own: never delete through a mount), then remove."""
-    subprocess.run(["umount", "-R", "-l", str(work / "merged")], check=False, stderr=subprocess.DEVNULL)
-    with open("/proc/self/mounts") as f:
-        if any(line.split()[1].startswith(str(work)) for line in f):
-            print("bench-edison: %s still has mounts; left in place" % work, file=sys.stderr)
-            return
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(bench: Bench, cap: Cap, key: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -404,13 +306,13 @@ def main() -> int:
         ecd = work / "pki"
         pki.init_ca(ecd, name="bench CA")
         b = pki.issue_broker(ecd, "localhost", ips=["127.0.0.1"])
-        device = pki.issue_device(ecd, run.DEVICE)
+        device = pki.issue_device(ecd, rig.DEVICE)
         monitor = pki.issue_device(ecd, "monitor")
         ec = {"ca": ecd / "ca.crt", "broker_cert": b.cert_file, "broker_key": b.key_file,
               "device_cert": device.cert_file, "device_key": device.key_file,
               "monitor_cert": monitor.cert_file, "monitor_key": monitor.key_file}
-        rsa = run.rsa_pki(work / "rsa")
-        broker = run.Broker(work, ec, rsa)
+        rsa = rig.rsa_pki(work / "rsa")
+        broker = rig.Broker(work, ec, rsa)
         sub = LagSubscriber(broker.port, ec)
         bench = Bench(work, merged, ec, rsa, broker, sub)
         bench.quota_us = args.quota

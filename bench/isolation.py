@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import procstat  # bench/procstat.py: this script's own directory is on sys.path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "fake_mraa"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def descendants(pid: int) -> List[int]:
@@ -46,17 +46,6 @@ def descendants(pid: int) -> List[int]:
             except OSError:
                 pass
     return found
-
-
-def cpu_seconds(pids: List[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
 
 
 def memory(pids: List[int]) -> Dict[str, Any]:
@@ -116,10 +105,10 @@ def run_once(work: Path, agent_path: Path, window: float) -> Dict[str, object]:
     try:
         time.sleep(5)  # connected, every hardware process started and warm
         pids = descendants(agent.pid)
-        cpu0, n0, t0 = cpu_seconds(pids), sampled(state / "health.json"), time.monotonic()
+        cpu0, n0, t0 = procstat.total_ticks_s(pids), sampled(state / "health.json"), time.monotonic()
         time.sleep(window)
         pids = descendants(agent.pid)
-        cpu1, n1, t1 = cpu_seconds(pids), sampled(state / "health.json"), time.monotonic()
+        cpu1, n1, t1 = procstat.total_ticks_s(pids), sampled(state / "health.json"), time.monotonic()
         result: Dict[str, object] = {"readings_per_s": round((n1 - n0) / (t1 - t0), 1),
                                      "cpu_us_per_reading": round((cpu1 - cpu0) / max(1, n1 - n0) * 1e6),
                                      "cpu_pct": round((cpu1 - cpu0) / (t1 - t0) * 100, 1)}

@@ -10,7 +10,7 @@ Peers (installed by `make bench-peers`, checked here):
             row per sensor once per interval (the way collectd reads /proc or /sys), the
             `mqtt` plugin publishes each value at QoS 1
 
-Workloads, every process against the bench's own mutual-TLS mosquitto (bench/run.py's
+Workloads, every process against the bench's own mutual-TLS mosquitto (bench/rig.py's
 Broker, the same ECDSA P-256 certificates as the agent):
   W1    200 simulated sensors read once a second: a warm-up, then a --window s window that
         starts and ends between two bursts of readings where there are such gaps: process
@@ -23,8 +23,8 @@ Broker, the same ECDSA P-256 certificates as the agent):
   idle  one sensor every 10 s, all three processes side by side for --idle-window s:
         wake-ups/s over all threads, CPU per minute (schedstat, ns resolution).
 Rounds are interleaved (agent, mqtt-io, collectd, rotated each round); figures are medians.
-The peers' generated configs are kept in bench/peers-configs/ (and their paths are in the
-JSON) so anyone can read exactly what ran.
+The peers' generated configs (bench/peer_procs.py) are kept in bench/peers-configs/ (and their
+paths are in the JSON) so anyone can read exactly what ran.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import argparse
 import importlib.metadata
 import json
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,17 +46,25 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import paho.mqtt.client as mqtt  # noqa: E402
-import run  # noqa: E402  (bench/run.py: broker, subscriber, /proc readers, the agent's W1 path)
+import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
+import report  # noqa: E402  (bench/report.py: the machine)
+import rig  # noqa: E402  (bench/rig.py: broker, subscriber, the agent as a process)
+import run  # noqa: E402  (bench/run.py: the agent's W1 path)
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from run import ROOT, Env, proc_cpu, proc_sched_ns, proc_status, voluntary_switches  # noqa: E402
+from peer_procs import (  # noqa: E402
+    COLLECTD_PREFIX,
+    CONFIGS,
+    MQTT_IO_PREFIX,
+    PEERS_VENV,
+    PeerProc,
+    mqtt_io_python,
+    start_peer,
+)
+from rig import ROOT, Env  # noqa: E402
 
 from agent.tools.pki import authority as pki  # noqa: E402
 
-PEERS_VENV = BENCH / ".peers-venv"
-CONFIGS = BENCH / "peers-configs"
 SENSORS = 200
-MQTT_IO_PREFIX = "peers/mqtt-io"
-COLLECTD_PREFIX = "peers/collectd"
 # mqtt-io with its default logging (one INFO line per reading): context, measured once on request.
 MQTT_IO_STOCK = "mqtt-io INFO log"
 # Each peer sends one reading per message; these filters leave out mqtt-io's status topic.
@@ -108,118 +115,6 @@ class PeerCounter:
         self.client.loop_stop()
 
 
-# -- the peers: configs and processes -----------------------------------------------------
-
-def mqtt_io_python() -> Path:
-    return PEERS_VENV / "bin" / "python"
-
-
-def mqtt_io_config(env: Env, sensors: int, interval: int, path: Path, stock_log: bool = False) -> Path:
-    import yaml
-    ec = env.ec
-    cfg = {
-        "mqtt": {"host": "localhost", "port": env.broker.port, "client_id": "bench-mqtt-io",
-                 "topic_prefix": MQTT_IO_PREFIX,
-                 "tls": {"enabled": True, "ca_certs": str(ec["ca"]), "certfile": str(ec["device_cert"]),
-                         "keyfile": str(ec["device_key"])}},
-        "sensor_modules": [{"name": "sim", "module": "mock"}],
-        "sensor_inputs": [{"name": "s%03d" % i, "module": "sim", "interval": interval} for i in range(sensors)],
-    }
-    if not stock_log:
-        # Its default logs every reading at INFO; the agent logs none, so neither does mqtt-io
-        # here (which only makes mqtt-io cheaper: the comparison is not tilted against it).
-        cfg["logging"] = {"version": 1,
-                          "handlers": {"console": {"class": "logging.StreamHandler", "level": "WARNING"}},
-                          "loggers": {"mqtt_io": {"level": "WARNING", "handlers": ["console"]}}}
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def collectd_config(env: Env, sensors: int, interval: int, d: Path) -> Path:
-    """collectd.conf and the table file it reads; stock thread counts and queue settings."""
-    ec = env.ec
-    d.mkdir(parents=True, exist_ok=True)
-    table = d / "sensors.txt"
-    # One row per simulated sensor: name, value (what a driver would leave in /sys).
-    table.write_text("".join("s%03d %.2f\n" % (i, 20 + i / 100) for i in range(sensors)))
-    conf = d / "collectd.conf"
-    conf.write_text("\n".join([
-        'Hostname "bench"',
-        "FQDNLookup false",
-        'BaseDir "%s"' % d,
-        'PIDFile "%s"' % (d / "collectd.pid"),
-        'PluginDir "/usr/lib/collectd"',
-        'TypesDB "/usr/share/collectd/types.db"',
-        "Interval %d" % interval,
-        "LoadPlugin table",
-        "LoadPlugin mqtt",
-        "<Plugin table>",
-        '  <Table "%s">' % table,
-        '    Plugin "sim"',
-        '    Instance "w1"',
-        '    Separator " "',
-        "    <Result>",
-        "      Type gauge",
-        "      InstancesFrom 0",
-        "      ValuesFrom 1",
-        "    </Result>",
-        "  </Table>",
-        "</Plugin>",
-        "<Plugin mqtt>",
-        '  <Publish "bench">',
-        '    Host "localhost"',
-        '    Port "%d"' % env.broker.port,
-        '    ClientId "bench-collectd"',
-        "    QoS 1",
-        '    Prefix "%s"' % COLLECTD_PREFIX,
-        "    Retain false",
-        '    CACert "%s"' % ec["ca"],
-        '    CertificateFile "%s"' % ec["device_cert"],
-        '    CertificateKeyFile "%s"' % ec["device_key"],
-        "  </Publish>",
-        "</Plugin>",
-        "",
-    ]))
-    return conf
-
-
-class PeerProc:
-    def __init__(self, name: str, argv: List[str], log: Path) -> None:
-        self.name, self.log_path = name, log
-        self.log = open(log, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(log.parent))
-        self.pid = self.proc.pid
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise SystemExit("bench-peers: %s exited (%s):\n%s"
-                             % (self.name, self.proc.returncode, self.log_path.read_text()[-3000:]))
-
-    def stop(self) -> None:
-        # SIGTERM is what systemd sends both; mqtt-io handles it like SIGINT.
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-def start_peer(env: Env, name: str, sensors: int, interval: int, tag: str, stock_log: bool = False) -> PeerProc:
-    d = env.work / ("%s-%s" % (name, tag))
-    d.mkdir(parents=True, exist_ok=True)
-    if name == "mqtt-io":
-        cfg = mqtt_io_config(env, sensors, interval, d / "mqtt-io.yml", stock_log)
-        argv = [str(mqtt_io_python()), "-m", "mqtt_io", str(cfg)]
-    else:
-        cfg = collectd_config(env, sensors, interval, d)
-        argv = ["collectd", "-f", "-C", str(cfg)]
-    keep = CONFIGS / ("%s-%s%s" % (name, tag, cfg.suffix))
-    keep.write_text(cfg.read_text())
-    return PeerProc(name, argv, d / "log.txt")
-
-
 def wait_readings(counter: PeerCounter, p: PeerProc, want: int, timeout: float = 60.0) -> None:
     """Until the subscriber has seen `want` of this peer's readings (it has connected and is reading)."""
     start = counter.count(p.name)
@@ -239,25 +134,23 @@ def measure_peer_w1(env: Env, counter: PeerCounter, name: str, warm: float, wind
         wait_readings(counter, p, SENSORS)
         time.sleep(warm)
         p.check()
-        run.wait_quiet(lambda: counter.count(name))
+        rig.wait_quiet(lambda: counter.count(name))
         r0 = counter.count(name)
-        cpu0, ns0 = proc_cpu(p.pid), proc_sched_ns(p.pid)
-        t0, (v0, _) = time.monotonic(), voluntary_switches(p.pid)
+        before = procstat.usage(p.pid)
         time.sleep(window)
-        run.wait_quiet(lambda: counter.count(name))
+        rig.wait_quiet(lambda: counter.count(name))
         r1 = counter.count(name)
-        cpu1, ns1 = proc_cpu(p.pid), proc_sched_ns(p.pid)
-        t1, (v1, threads) = time.monotonic(), voluntary_switches(p.pid)
-        hwm = proc_status(p.pid, "VmHWM")
+        spent = procstat.Window(before, procstat.usage(p.pid))
+        hwm = procstat.status_kib(p.pid, "VmHWM")
         p.check()
     finally:
         p.stop()
     readings = r1 - r0
-    return {"cpu_s": cpu1 - cpu0, "sched_cpu_s": (ns1 - ns0) / 1e9, "wall_s": t1 - t0, "acked": readings,
-            "us_per_reading": 1e6 * (ns1 - ns0) / 1e9 / max(1, readings),
-            "us_per_reading_ticks": 1e6 * (cpu1 - cpu0) / max(1, readings), "threads": threads,
-            "vmhwm_kib": hwm, "wakeups_per_s": (v1 - v0) / (t1 - t0),
-            "wakeups_per_reading": (v1 - v0) / max(1, readings)}
+    return {"cpu_s": spent.cpu_s, "sched_cpu_s": spent.sched_cpu_s, "wall_s": spent.wall_s, "acked": readings,
+            "us_per_reading": 1e6 * spent.sched_cpu_s / max(1, readings),
+            "us_per_reading_ticks": 1e6 * spent.cpu_s / max(1, readings), "threads": spent.threads,
+            "vmhwm_kib": hwm, "wakeups_per_s": spent.wakeups / spent.wall_s,
+            "wakeups_per_reading": spent.wakeups / max(1, readings)}
 
 
 def measure_agent_w1(env: Env, batched: bool, warm: float, window: float) -> Dict[str, Any]:
@@ -277,8 +170,8 @@ def measure_agent_w1(env: Env, batched: bool, warm: float, window: float) -> Dic
 def idle(env: Env, counter: PeerCounter, window: float) -> Dict[str, Dict[str, Any]]:
     """One sensor every 10 s; the agent (watchdog on, as under systemd), mqtt-io and collectd
     side by side: their idle loads are too small to disturb each other."""
-    notify = run.NotifySocket(env.work / "peers-notify.sock")
-    agent = run.AgentProc(run.agent_config(env, [{"name": "temperature", "type": "analog", "pin": 0,
+    notify = rig.NotifySocket(env.work / "peers-notify.sock")
+    agent = rig.AgentProc(rig.agent_config(env, [{"name": "temperature", "type": "analog", "pin": 0,
                                                    "interval": 10, "unit": "degC"}]),
                           {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "30000000"})
     peers = [start_peer(env, name, 1, 10, "idle") for name in ("mqtt-io", "collectd")]
@@ -288,18 +181,15 @@ def idle(env: Env, counter: PeerCounter, window: float) -> Dict[str, Dict[str, A
             wait_readings(counter, p, 1)
         time.sleep(2.0)
         pids = {"agent": agent.pid, **{p.name: p.pid for p in peers}}
-        before = {k: (voluntary_switches(pid)[0], proc_sched_ns(pid)) for k, pid in pids.items()}
+        before = {k: procstat.usage(pid) for k, pid in pids.items()}
         r0 = {p.name: counter.count(p.name) for p in peers}
-        t0 = time.monotonic()
         time.sleep(window)
-        t1 = time.monotonic()
         out = {}
         for k, pid in pids.items():
-            v1, threads = voluntary_switches(pid)
-            c1 = proc_sched_ns(pid)
-            out[k] = {"window_s": t1 - t0, "wakeups_per_s": (v1 - before[k][0]) / (t1 - t0),
-                      "cpu_ms_per_min": (c1 - before[k][1]) / 1e6 * 60 / (t1 - t0), "threads": threads,
-                      "vmhwm_kib": proc_status(pid, "VmHWM")}
+            spent = procstat.Window(before[k], procstat.usage(pid))
+            out[k] = {"window_s": spent.wall_s, "wakeups_per_s": spent.wakeups / spent.wall_s,
+                      "cpu_ms_per_min": spent.sched_cpu_s * 1e3 * 60 / spent.wall_s, "threads": spent.threads,
+                      "vmhwm_kib": procstat.status_kib(pid, "VmHWM")}
         for p in peers:
             p.check()
             out[p.name]["readings"] = counter.count(p.name) - r0[p.name]
@@ -433,7 +323,7 @@ def main() -> int:
     who = args.only.split(",")
     started = time.monotonic()
     CONFIGS.mkdir(exist_ok=True)
-    res: Dict[str, Any] = {"machine": run.machine(), "versions": versions(), "rounds": args.rounds,
+    res: Dict[str, Any] = {"machine": report.machine(), "versions": versions(), "rounds": args.rounds,
                            "window_s": args.window, "idle_window_s": args.idle_window,
                            "configs": str(CONFIGS.relative_to(ROOT))}
     with tempfile.TemporaryDirectory(prefix="edison-peers-") as tmp:
@@ -441,13 +331,13 @@ def main() -> int:
         ecd = work / "pki"
         pki.init_ca(ecd, name="bench CA")
         broker_issued = pki.issue_broker(ecd, "localhost", ips=["127.0.0.1"])
-        device = pki.issue_device(ecd, run.DEVICE)
+        device = pki.issue_device(ecd, rig.DEVICE)
         monitor = pki.issue_device(ecd, "monitor")
         ec = {"ca": ecd / "ca.crt", "broker_cert": broker_issued.cert_file, "broker_key": broker_issued.key_file,
               "device_cert": device.cert_file, "device_key": device.key_file,
               "monitor_cert": monitor.cert_file, "monitor_key": monitor.key_file}
-        broker = run.Broker(work, ec, run.rsa_pki(work / "rsa"))
-        sub = run.Subscriber(broker.port, ec)
+        broker = rig.Broker(work, ec, rig.rsa_pki(work / "rsa"))
+        sub = rig.Subscriber(broker.port, ec)
         counter = PeerCounter(broker.port, ec)
         env = Env(work, ec, {}, broker, sub)
         cases: Dict[str, Callable[[int], Dict[str, Any]]] = {}

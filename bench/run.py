@@ -24,16 +24,8 @@ window; the agent's own "stopped: N readings delivered" is kept as a cross-check
 from __future__ import annotations
 
 import argparse
-import datetime
-import getpass
-import glob
-import importlib.metadata
 import json
-import os
-import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,321 +33,38 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
-
-import yaml
+from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import edison  # noqa: E402  (bench/edison.py, beside this file)
 import paho.mqtt.client as mqtt  # noqa: E402
+import procstat  # noqa: E402  (bench/procstat.py: /proc snapshots and windows)
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from procstat import switches_by_thread as switches_by_thread  # noqa: E402  (bench/session_wakeups.py's)
+from report import TARGETS, crypto_speed, machine, table  # noqa: E402
+from rig import (  # noqa: E402
+    CLIENTS,
+    DEVICE,
+    PY,
+    SENSOR_NAME,
+    AgentProc,
+    Broker,
+    Env,
+    NotifySocket,
+    Subscriber,
+    agent_config,
+    helper,
+    measure_mosquitto_pub,
+    per_reading,
+    rsa_pki,
+    wait_quiet,
+)
+from rig import free_port as free_port  # noqa: E402  (bench/session_wakeups.py's)
+from rig import wait_listening as wait_listening  # noqa: E402  (bench/session_wakeups.py's)
 
 from agent.tools.pki import authority as pki  # noqa: E402
-
-PY = sys.executable
-CLIENTS = str(ROOT / "bench" / "clients.py")
-HZ = os.sysconf("SC_CLK_TCK")
-DEVICE = "bench-edison-01"
-# Chosen so one reading in one message is ~150 bytes on the wire (checked and reported).
-SENSOR_NAME = "greenhouse-north-soil-temperature-probe"
-TARGETS = {"a/c": ("<=", 1.5), "b/c": ("<=", 0.35), "d/a": (">=", 30.0), "e/a": (">=", 100.0)}
-
-
-# -- processes ----------------------------------------------------------------------------
-
-def proc_cpu(pid: int) -> float:
-    """utime+stime of the whole process (all threads, live and exited), seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def proc_sched_ns(pid: int) -> int:
-    """Sum of live threads' on-CPU time from schedstat (ns resolution; for small idle figures)."""
-    total = 0
-    for path in glob.glob("/proc/%d/task/*/schedstat" % pid):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError):
-            pass
-    return total
-
-
-def proc_status(pid: int, key: str) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def switches_by_thread(pid: int) -> Dict[int, int]:
-    """tid -> voluntary_ctxt_switches (the main thread's tid is the pid)."""
-    out = {}
-    for d in glob.glob("/proc/%d/task/*" % pid):
-        try:
-            with open(d + "/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        out[int(d.rsplit("/", 1)[1])] = int(line.split()[1])
-        except OSError:
-            pass
-    return out
-
-
-def thread_deltas(pid: int, before: Dict[int, int], after: Dict[int, int], per: float) -> Dict[str, float]:
-    """Wake-ups per `per` for each thread: 'main', then the others by tid order (t1, t2, ...)."""
-    out = {"main": (after.get(pid, 0) - before.get(pid, 0)) / per}
-    for i, tid in enumerate(sorted(t for t in after if t != pid)):
-        out["t%d" % (i + 1)] = (after[tid] - before.get(tid, 0)) / per
-    return out
-
-
-def voluntary_switches(pid: int) -> Tuple[int, int]:
-    """(sum of voluntary_ctxt_switches over all threads, thread count)."""
-    total, n = 0, 0
-    for path in glob.glob("/proc/%d/task/*/status" % pid):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
-                        n += 1
-        except OSError:
-            pass
-    return total, n
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: "subprocess.Popen[bytes]") -> None:
-    wanted = ":%04X " % port
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("bench: mosquitto exited")
-        with open("/proc/net/tcp") as table:
-            if any(wanted in line and line.split()[3] == "0A" for line in table):
-                return
-        time.sleep(0.05)
-    raise SystemExit("bench: mosquitto is not listening on %d" % port)
-
-
-# -- certificates -------------------------------------------------------------------------
-
-def rsa_pki(d: Path) -> Dict[str, Path]:
-    """The founding post's setup: RSA-2048 CA, broker and client certificates (made here, not by agent.tools.pki)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
-
-    def key() -> Any:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def write_key(k: Any, path: Path) -> None:
-        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
-        path.chmod(0o600)
-
-    ca_key = key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench RSA CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out = {"ca": d / "ca.crt"}
-    for name, server in (("localhost", True), ("device", False)):
-        k = key()
-        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-             .issuer_name(ca_name).public_key(k.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                   else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-        if server:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        (d / ("%s.crt" % name)).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        write_key(k, d / ("%s.key" % name))
-        out[name + "_cert"] = d / ("%s.crt" % name)
-        out[name + "_key"] = d / ("%s.key" % name)
-    return out
-
-
-# -- broker and subscriber ----------------------------------------------------------------
-
-class Broker:
-    def __init__(self, work: Path, ec: Dict[str, Path], rsa: Dict[str, Path]) -> None:
-        self.port, self.rsa_port, self.plain_port = free_port(), free_port(), free_port()
-        conf = work / "mosquitto.conf"
-        rsa_listener = pki.mosquitto_listener(rsa["ca"], rsa["localhost_cert"], rsa["localhost_key"],
-                                              port=self.rsa_port, address="127.0.0.1")
-        conf.write_text("\n".join([
-            # Started as root, mosquitto would switch to the mosquitto user before reading the 0600 key.
-            "user %s" % getpass.getuser(),
-            "persistence false",
-            "log_dest file %s" % (work / "mosquitto.log"),
-            "log_type error",
-            "log_type warning",
-            "max_inflight_messages 20",
-            pki.mosquitto_listener(ec["ca"], ec["broker_cert"], ec["broker_key"], port=self.port,
-                                   address="127.0.0.1"),
-            rsa_listener,
-            # For the connection-cost baseline only: what a connect costs without TLS.
-            "listener %d 127.0.0.1" % self.plain_port,
-            "allow_anonymous true",
-            "",
-        ]))
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_listening(self.port, self.proc)
-        wait_listening(self.rsa_port, self.proc)
-        wait_listening(self.plain_port, self.proc)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-class Subscriber:
-    """Independent QoS 1 subscriber: counts readings (and messages, bytes) with arrival times."""
-
-    def __init__(self, port: int, ec: Dict[str, Path]) -> None:
-        import ssl
-        ctx = ssl.create_default_context(cafile=str(ec["ca"]))
-        ctx.load_cert_chain(str(ec["monitor_cert"]), str(ec["monitor_key"]))
-        self.lock = threading.Lock()
-        self.readings = self.messages = self.bytes = 0
-        self.first = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-monitor", protocol=mqtt.MQTTv311)
-        c.tls_set_context(ctx)
-        ready = threading.Event()
-        c.on_connect = lambda cl, *a: cl.subscribe("edison/+/telemetry", qos=1)
-        c.on_subscribe = lambda *a: ready.set()
-        c.on_message = self._message
-        c.connect("localhost", port)
-        c.loop_start()
-        if not ready.wait(10):
-            raise SystemExit("bench: subscriber did not subscribe")
-        self.client = c
-
-    def _message(self, client: Any, userdata: Any, msg: Any) -> None:
-        n = len(json.loads(msg.payload)["readings"])
-        with self.lock:
-            self.readings += n
-            self.messages += 1
-            self.bytes += len(msg.payload)
-        self.first.set()
-
-    def snapshot(self) -> Tuple[int, int, int]:
-        with self.lock:
-            return self.readings, self.messages, self.bytes
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-# -- the agent ----------------------------------------------------------------------------
-
-class Env:
-    def __init__(self, work: Path, ec: Dict[str, Path], rsa: Dict[str, Path], broker: Broker, sub: Subscriber):
-        self.work, self.ec, self.rsa, self.broker, self.sub = work, ec, rsa, broker, sub
-        self.n = 0
-
-
-def agent_config(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[str, Any]] = None) -> Path:
-    env.n += 1
-    d = env.work / ("agent%d" % env.n)
-    (d / "state").mkdir(parents=True)
-    cfg = {
-        "device": {"id": DEVICE},
-        "mqtt": {"host": "localhost", "port": env.broker.port, "client_id": "%s-%d" % (DEVICE, env.n),
-                 "reconnect": {"min_delay": 1, "max_delay": 5},
-                 "tls": {"ca_file": str(env.ec["ca"]), "cert_file": str(env.ec["device_cert"]),
-                         "key_file": str(env.ec["device_key"]), "min_version": "1.2"}},
-        "board": "simulated",
-        "log_level": "info",
-        "state_dir": str(d / "state"),
-        "health": {"file": str(d / "state" / "health.json")},
-        "spool": {},
-        "sensors": sensors,
-    }
-    if batch:
-        cfg["batch"] = batch
-    path = d / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-class AgentProc:
-    def __init__(self, cfg: Path, extra_env: Optional[Dict[str, str]] = None) -> None:
-        self.log_path = cfg.parent / "agent.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([PY, "-m", "agent", "run", "-c", str(cfg)], cwd=str(ROOT),
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {})))
-        self.pid = self.proc.pid
-
-    def wait_connected(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit("bench: agent exited early:\n" + self.log_path.read_text())
-            if "connected to" in self.log_path.read_text():
-                return
-            time.sleep(0.05)
-        raise SystemExit("bench: agent did not connect:\n" + self.log_path.read_text())
-
-    def stop(self) -> Optional[int]:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        for line in self.log_path.read_text().splitlines():
-            if "readings delivered" in line:
-                return int(line.split("stopped: ")[1].split()[0])
-        return None
-
-
-def wait_quiet(count: Callable[[], int], quiet: float = 0.25, timeout: float = 2.0) -> None:
-    """Until no reading has arrived for `quiet` s, at most `timeout` s: a window that starts and
-    ends between two once-a-second bursts holds whole bursts, in its CPU and in its count."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        n = count()
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
 
 
 def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[str, Any]],
@@ -368,57 +77,24 @@ def measure_agent(env: Env, sensors: List[Dict[str, Any]], batch: Optional[Dict[
         if between_bursts:
             wait_quiet(lambda: env.sub.snapshot()[0])
         r0, m0, b0 = env.sub.snapshot()
-        cpu0, t0, s0, ns0 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid), proc_sched_ns(a.pid)
+        before = procstat.usage(a.pid)
         time.sleep(window)
         if between_bursts:
             wait_quiet(lambda: env.sub.snapshot()[0])
         r1, m1, b1 = env.sub.snapshot()
-        cpu1, t1, s1, ns1 = proc_cpu(a.pid), time.monotonic(), switches_by_thread(a.pid), proc_sched_ns(a.pid)
-        threads = len(os.listdir("/proc/%d/task" % a.pid))
-        hwm = proc_status(a.pid, "VmHWM")
+        spent = procstat.Window(before, procstat.usage(a.pid))
+        threads = procstat.thread_count(a.pid)
+        hwm = procstat.status_kib(a.pid, "VmHWM")
     finally:
         delivered = a.stop()
     readings = r1 - r0
-    return {"cpu_s": cpu1 - cpu0, "wall_s": t1 - t0, "acked": readings, "messages": m1 - m0,
-            "bytes_per_msg": (b1 - b0) / max(1, m1 - m0), "us_per_reading": 1e6 * (cpu1 - cpu0) / max(1, readings),
+    return {"cpu_s": spent.cpu_s, "wall_s": spent.wall_s, "acked": readings, "messages": m1 - m0,
+            "bytes_per_msg": (b1 - b0) / max(1, m1 - m0), "us_per_reading": 1e6 * spent.cpu_s / max(1, readings),
             "delivered_total_from_log": delivered, "threads": threads, "vmhwm_kib": hwm,
             # schedstat: ns resolution, live threads only (a cross-check on the 10 ms ticks)
-            "sched_cpu_s": (ns1 - ns0) / 1e9,
-            "wakeups": sum(s1.values()) - sum(s0.get(t, 0) for t in s1),
-            "wakeups_per_reading_by_thread": thread_deltas(a.pid, s0, s1, max(1, readings))}
-
-
-# -- the other clients --------------------------------------------------------------------
-
-def helper(env: Env, mode: str, *extra: str, port: Optional[int] = None) -> Dict[str, Any]:
-    argv = [PY, CLIENTS, mode, "--port", str(port or env.broker.port), "--ca", str(env.ec["ca"]),
-            "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), *extra]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300).stdout
-    result: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
-def per_reading(r: Dict[str, Any]) -> Dict[str, Any]:
-    r["us_per_reading"] = 1e6 * r["cpu_s"] / max(1, r["acked"])
-    if "wakeups" in r:
-        r["wakeups_per_reading"] = r["wakeups"] / max(1, r["acked"])
-    return r
-
-
-def measure_mosquitto_pub(env: Env, count: int) -> Dict[str, Any]:
-    argv = ["mosquitto_pub", "-h", "localhost", "-p", str(env.broker.port), "--cafile", str(env.ec["ca"]),
-            "--cert", str(env.ec["device_cert"]), "--key", str(env.ec["device_key"]), "-q", "1",
-            "-t", "bench/pub", "-m", "x" * 150]
-    cpu = 0.0
-    ok = 0
-    t0 = time.monotonic()
-    for _ in range(count):
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        cpu += ru.ru_utime + ru.ru_stime
-        ok += p.returncode == 0
-    return per_reading({"cpu_s": cpu, "wall_s": time.monotonic() - t0, "acked": ok})
+            "sched_cpu_s": spent.sched_cpu_s,
+            "wakeups": spent.wakeups,
+            "wakeups_per_reading_by_thread": spent.wakeups_by_thread(max(1, readings))}
 
 
 # -- the measurements ---------------------------------------------------------------------
@@ -541,26 +217,6 @@ def agent_resumes(env: Env) -> Dict[str, Any]:
             "log_line": line}
 
 
-class NotifySocket:
-    """An AF_UNIX datagram socket standing in for systemd, so the agent's watchdog is on."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.watchdog = 0
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except OSError:
-                return
-            if b"WATCHDOG=1" in data:
-                self.watchdog += 1
-
-
 def footprint(env: Env, quick: bool) -> Dict[str, Any]:
     # The issue's 60 s: at one reading per 10 s a 30 s window held 3, and one wake-up more was 0.033/s.
     window = 10.0 if quick else 60.0
@@ -587,33 +243,28 @@ def footprint(env: Env, quick: bool) -> Dict[str, Any]:
         idle.wait_connected()
         paho_idle.stdout.readline()  # type: ignore[union-attr]
         time.sleep(2.0)
-        v0, _ = voluntary_switches(idle.pid)
-        byt0 = switches_by_thread(idle.pid)
-        p0, _ = voluntary_switches(paho_idle.pid)
-        c0, pc0 = proc_sched_ns(idle.pid), proc_sched_ns(paho_idle.pid)
+        agent0, paho0 = procstat.usage(idle.pid), procstat.usage(paho_idle.pid)
         w0 = notify.watchdog
         time.sleep(window)
-        v1, n_idle = voluntary_switches(idle.pid)
-        byt1 = switches_by_thread(idle.pid)
-        p1, n_paho = voluntary_switches(paho_idle.pid)
-        c1, pc1 = proc_sched_ns(idle.pid), proc_sched_ns(paho_idle.pid)
+        agent = procstat.Window(agent0, procstat.usage(idle.pid))
+        paho = procstat.Window(paho0, procstat.usage(paho_idle.pid))
         res: Dict[str, Any] = {
             "window_s": window,
-            "agent_5_sensors_vmhwm_mib": proc_status(a5.pid, "VmHWM") / 1024,
-            "agent_5_sensors_threads": len(os.listdir("/proc/%d/task" % a5.pid)),
-            "paho_idle_vmhwm_mib": proc_status(paho_idle.pid, "VmHWM") / 1024,
-            "agent_idle_wakeups_per_s": (v1 - v0) / window,
-            "agent_idle_threads": n_idle,
-            "agent_idle_cpu_ms_per_min": (c1 - c0) / 1e6 * 60 / window,
+            "agent_5_sensors_vmhwm_mib": procstat.status_kib(a5.pid, "VmHWM") / 1024,
+            "agent_5_sensors_threads": procstat.thread_count(a5.pid),
+            "paho_idle_vmhwm_mib": procstat.status_kib(paho_idle.pid, "VmHWM") / 1024,
+            "agent_idle_wakeups_per_s": agent.wakeups / window,
+            "agent_idle_threads": agent.threads,
+            "agent_idle_cpu_ms_per_min": agent.sched_cpu_s * 1e3 * 60 / window,
             "agent_idle_watchdog_pings": notify.watchdog - w0,
-            "paho_idle_wakeups_per_s": (p1 - p0) / window,
-            "paho_idle_threads": n_paho,
-            "paho_idle_cpu_ms_per_min": (pc1 - pc0) / 1e6 * 60 / window,
+            "paho_idle_wakeups_per_s": paho.wakeups / window,
+            "paho_idle_threads": paho.threads,
+            "paho_idle_cpu_ms_per_min": paho.sched_cpu_s * 1e3 * 60 / window,
         }
         res["rss_ratio_agent_over_paho (target <= 1.3)"] = (res["agent_5_sensors_vmhwm_mib"]
                                                              / res["paho_idle_vmhwm_mib"])
         res["agent_idle_wakeups_per_s_by_thread"] = {k: round(v, 3) for k, v in
-                                                     thread_deltas(idle.pid, byt0, byt1, window).items()}
+                                                     agent.wakeups_by_thread(window).items()}
     finally:
         a5.stop()
         idle.stop()
@@ -673,113 +324,6 @@ def spool_drain(env: Env, quick: bool) -> Dict[str, Any]:
           % (backlog, received, drained, done - connected), flush=True)
     return {"backlog": backlog, "received": received, "drain_s": drained, "after_connect_s": done - connected,
             "target_met (<= 10 s)": received >= backlog and drained <= 10.0}
-
-
-def machine() -> Dict[str, Any]:
-    model = ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
-    import ssl
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "agent"], capture_output=True,
-                           text=True).stdout.split("\n")
-    return {"agent_commit": git.stdout.strip(),
-            # The agent is measured as it is in the working tree: say when that differs from the commit.
-            "agent_uncommitted": [line[3:] for line in dirty if line.strip()],
-            "cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
-            "paho": importlib.metadata.version("paho-mqtt"),
-            "mosquitto": mosq[0] if mosq else "", "date_utc": datetime.datetime.now(datetime.timezone.utc)
-            .strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def crypto_speed() -> Dict[str, Any]:
-    """This machine's `openssl speed` for the handshake's asymmetric operations and a Python
-    microbenchmark: the two figures to take on the board for a scaled estimate (docs/performance.md)."""
-    out: Dict[str, Any] = {}
-    try:
-        text = subprocess.run(["openssl", "speed", "-seconds", "1", "rsa2048", "ecdsap256", "ecdhx25519"],
-                              capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return out
-    for line in text.splitlines():
-        f = line.split()
-        if line.startswith("rsa 2048 bits"):
-            out["rsa2048_sign_us"], out["rsa2048_verify_us"] = 1e6 / float(f[-2]), 1e6 / float(f[-1])
-        elif "ecdsa (nistp256)" in line:
-            out["ecdsap256_sign_us"], out["ecdsap256_verify_us"] = 1e6 / float(f[-2]), 1e6 / float(f[-1])
-        elif "ecdh (X25519)" in line:
-            out["x25519_op_us"] = 1e6 / float(f[-1])
-    import timeit
-
-    from agent.sampling.reading import Reading, encode_telemetry
-    r = [Reading(1, time.time(), SENSOR_NAME, 23.4765625, "degC")]
-    n = 20000
-    out["python_encode_telemetry_us"] = 1e6 * min(timeit.repeat(lambda: encode_telemetry(DEVICE, r), number=n,
-                                                                repeat=3)) / n
-    return out
-
-
-def table(results: Dict[str, Any]) -> str:
-    lines = []
-    c = results.get("cpu_per_reading")
-    if c:
-        lines += ["", "1. CPU per acknowledged reading (median of %d interleaved rounds; %g readings/s for the agent)"
-                  % (c["rounds"], c["rate_readings_per_s"]),
-                  "   %-8s %14s   %s" % ("case", "us/reading", "all rounds")]
-        for k, v in c["median_us_per_reading"].items():
-            lines.append("   %-8s %14.1f   %s" % (k, v, ", ".join("%.1f" % r["us_per_reading"] for r in c["runs"][k])))
-        lines.append("   wake-ups per reading (median, all threads): %s" % ", ".join(
-            "%s %.2f" % (k, v) for k, v in c.get("median_wakeups_per_reading", {}).items()))
-        for k, v in c["ratios"].items():
-            t = TARGETS.get(k)
-            verdict = ("  target %s %g: %s" % (t[0], t[1], "met" if c["targets_met"][k] else "NOT met")) if t else ""
-            lines.append("   %-9s %8.2f%s" % (k, v, verdict))
-    cc = results.get("connection_cost")
-    if cc:
-        lines += ["", "2. Connection cost (connect to CONNACK, client side)",
-                  "   %-27s %8s %10s %10s %8s %8s" % ("variant", "CPU us", "wall p50", "wall p90", "resumed", "TLS")]
-        for k, v in cc.items():
-            if isinstance(v, dict) and "cpu_us_median" in v:
-                lines.append("   %-27s %8.0f %8.2fms %8.2fms %7.0f%% %8s" % (k, v["cpu_us_median"], v["wall_ms_p50"],
-                             v["wall_ms_p90"], 100 * v["resumed_fraction"], v["tls_version"]))
-        for k, v in cc["ratios"].items():
-            lines.append("   %s: %.2f" % (k, v))
-        ar = cc.get("agent_session_resumes", {})
-        lines.append("   the agent itself, reconnecting after a session takeover: reconnected %s, resumed %s"
-                     % (ar.get("reconnected"), ar.get("resumed")))
-    f = results.get("footprint")
-    if f:
-        lines += ["", "3. Footprint (idle window %g s)" % f["window_s"]]
-        for k, v in f.items():
-            if k != "window_s":
-                lines.append("   %-45s %s" % (k, ("%.2f" % v) if isinstance(v, float) else v))
-    w = results.get("w1")
-    if w:
-        lines += ["", "4. W1: 200 simulated sensors at 1 s"]
-        for k in ("default", "batched (10, 1 s)"):
-            lines.append("   %-20s %8.1f us/reading  (%d readings in %.0f s, %d threads)"
-                         % (k, w[k]["us_per_reading"], w[k]["acked"], w[k]["wall_s"], w[k]["threads"]))
-        for k, v in w["targets"].items():
-            lines.append("   %-40s %s" % (k, "met" if v else "NOT met"))
-    sd = results.get("spool_drain")
-    if sd:
-        lines += ["", "5. Spool: a %d-reading backlog drains in %.2f s (%d received; target <= 10 s: %s)"
-                  % (sd["backlog"], sd["drain_s"], sd["received"], "met" if sd["target_met (<= 10 s)"] else "NOT met"),
-                  "   fsyncs per second at 1/10/100 readings/s: python bench/spool_bench.py"]
-    sp = results.get("speed")
-    if sp:
-        lines += ["", "6. openssl speed / Python on this machine (us per operation)",
-                  "   " + ", ".join("%s %.1f" % (k, v) for k, v in sp.items())]
-    if "edison_estimate" in results:
-        lines += ["", "7. Scaled estimate for the Intel Edison (method: bench/edison.py)",
-                  edison.describe(results["edison_estimate"])]
-    return "\n".join(lines)
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, List
+from typing import IO, List, Tuple
 
 import yaml
 
@@ -79,7 +79,7 @@ def make_certificates() -> Path:
     return certs
 
 
-def write_configs(certs: Path, port: int) -> tuple[Path, Path]:
+def write_configs(certs: Path, port: int) -> Tuple[Path, Path]:
     broker_conf = DEMO / "mosquitto.conf"
     broker_conf.write_text("\n".join([
         # mosquitto started as root switches to its own user before reading the 0600 key.

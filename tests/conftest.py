@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.tools.pki import authority as pki
 
@@ -227,6 +230,52 @@ class Subscriber:
         self._reader.join(5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    dup: bool  # the broker's own resend of a copy it had sent before (transport, not the publisher)
+    at: float  # time.monotonic() on arrival
+
+
+class Recorder:
+    """Every message on `topic`, in arrival order, from a persistent session of the test's own.
+
+    paho, not mosquitto_sub like Subscriber: it keeps what mosquitto_sub cannot print (the DUP
+    flag, the arrival time) for a test to count afterwards, and its session survives a broker
+    restart with persistence."""
+
+    def __init__(self, broker: Broker, certs: Certs, client_id: str, topic: str = "edison/#") -> None:
+        self._lock = threading.Lock()
+        self._received: List[Received] = []
+        subscribed = threading.Event()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        ctx.load_cert_chain(str(certs.monitor_cert), str(certs.monitor_key))
+        self._client.tls_set_context(ctx)
+        self._client.reconnect_delay_set(1, 2)
+        self._client.on_message = self._message
+        self._client.on_subscribe = lambda *a: subscribed.set()
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
+        self._client.connect("127.0.0.1", broker.port)
+        self._client.loop_start()
+        assert subscribed.wait(15)
+
+    def _message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self._received.append(Received(msg.topic, bytes(msg.payload), bool(msg.dup), time.monotonic()))
+
+    def received(self) -> List[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def close(self) -> List[Received]:
+        """Stops, and returns everything received."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        return self.received()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -16,12 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.delivery.spool import clock_floor
-from conftest import ROOT, Broker, Certs, agent_config
+from conftest import ROOT, Broker, Certs, Recorder, agent_config
 
 DOC = ROOT / "docs" / "consumers.md"
 
@@ -81,36 +78,6 @@ class Consumer:
         self._reader.join(5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
-
-
-class Recorder:
-    """Every message under edison/, in arrival order, from a persistent session of the test's own."""
-
-    def __init__(self, broker: Broker, certs: Certs) -> None:
-        self.messages: List[Tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="consumers-recorder", clean_session=False)
-        ctx = ssl.create_default_context(cafile=str(certs.ca))
-        ctx.load_cert_chain(str(certs.monitor_cert), str(certs.monitor_key))
-        self.client.tls_set_context(ctx)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.on_message = self._message
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("edison/#", 1)
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        assert subscribed.wait(15)
-
-    def _message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-
-    def close(self) -> List[Tuple[str, bytes]]:
-        self.client.disconnect()
-        self.client.loop_stop()
-        with self._lock:
-            return list(self.messages)
 
 
 # Node-RED's function node, as far as this code uses it: `msg` in, `context.get/set`, the returned
@@ -185,7 +152,7 @@ def test_a_run_after_a_crash_announces_its_seq_start_in_the_status_and_the_healt
 
 @pytest.fixture
 def recorder(persistent_broker: Broker, certs: Certs) -> Iterator[Recorder]:
-    r = Recorder(persistent_broker, certs)
+    r = Recorder(persistent_broker, certs, "consumers-recorder")
     yield r
     r.close()
 
@@ -222,7 +189,7 @@ def test_the_consumers_in_the_docs_report_the_loss_and_not_the_crash_jump(
     # Exactly what the agent dropped, and nothing else.
     assert sum(int(m.group(1)) for m in consumer.matching(r"^thunder10 lost (\d+) readings")) == dropped
     assert second.stop() == 0
-    messages = recorder.close()
+    messages = [(m.topic, m.payload) for m in recorder.close()]
 
     # The Node-RED function, under node, on the same messages as they came from the broker.
     if shutil.which("node") is None:

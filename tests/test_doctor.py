@@ -40,7 +40,8 @@ def bad(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, pki
     return {
         "expired": pki.issue_device(d, "old", not_before=now - datetime.timedelta(days=40), days=30),
         "future": pki.issue_device(d, "young", not_before=now + datetime.timedelta(days=2), days=30),
-        "server_only": pki.issue_device(d, "serverish", _wrong_usage=True),
+        # A broker's certificate is serverAuth only: what a device must not present as its own.
+        "server_only": pki.issue_broker(d, "serverish"),
         "encrypted": pki.issue_device(d, "locked", passphrase=b"secret passphrase"),
     }
 

@@ -73,10 +73,10 @@ def test_three_rows_make_three_bundles_that_load_and_connect(ca: Path, fleet_bro
 
     lines = capsys.readouterr().out.splitlines()
     for n, name in enumerate(("thunder21", "thunder22", "thunder23")):
-        assert lines[n].startswith(f"issued {name}: {out}/{name}/ (config.yaml, certs/ca.crt"), lines[n]
-        assert f"CN={name}, expires " in lines[n] and f"broker 127.0.0.1:{fleet_broker.port}" in lines[n]
-    assert lines[3] == f"3 devices: 3 issued; certificates recorded in {ca} ('edison-agent pki list {ca}')"
-    assert f"  rsync -a {out}/thunder21/config.yaml {out}/thunder21/certs root@thunder21:/etc/edison-agent/" \
+        assert lines[n].startswith("issued %s: %s/%s/ (config.yaml, certs/ca.crt" % (name, out, name)), lines[n]
+        assert "CN=%s, expires " % name in lines[n] and "broker 127.0.0.1:%s" % fleet_broker.port in lines[n]
+    assert lines[3] == "3 devices: 3 issued; certificates recorded in %s ('edison-agent pki list %s')" % (ca, ca)
+    assert "  rsync -a %s/thunder21/config.yaml %s/thunder21/certs root@thunder21:/etc/edison-agent/" % (out, out) \
         in lines
 
     for name in ("thunder21", "thunder22", "thunder23"):
@@ -89,8 +89,8 @@ def test_three_rows_make_three_bundles_that_load_and_connect(ca: Path, fleet_bro
             (name, name, "127.0.0.1", fleet_broker.port)
         assert cfg.mqtt.tls is not None and cfg.mqtt.tls.key_file == bundle / "certs" / "client.key"
         # The certificate is recorded beside the CA (where list/renew/revoke look); the key is not.
-        assert (ca / f"{name}.crt").read_bytes() == (bundle / "certs/client.crt").read_bytes()
-        assert not (ca / f"{name}.key").exists()
+        assert (ca / ("%s.crt" % name)).read_bytes() == (bundle / "certs/client.crt").read_bytes()
+        assert not (ca / ("%s.key" % name)).exists()
         checks = doctor.run_checks(bundle / "config.yaml")
         assert {c.status for c in checks} == {doctor.OK}, "\n".join(c.line() for c in checks)
 
@@ -109,7 +109,7 @@ def test_a_bundle_passes_check_config_and_runs_the_agent(ca: Path, fleet_broker:
     done = subprocess.run([sys.executable, "-m", "agent", "check-config", "-c", str(path)], cwd=str(ROOT),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"{path}: valid\n  device     thunder31\n"), done.stdout
+    assert done.stdout.startswith("%s: valid\n  device     thunder31\n" % path), done.stdout
 
     agent = AgentProcess(path)
     try:
@@ -147,8 +147,8 @@ def test_existing_bundles_are_skipped_and_replaced_with_force(ca: Path, tmp_path
 
     assert run("pki", "issue-devices", str(ca), str(out), "--from", str(csv_file)) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"skipped thunder51: {out}/thunder51 and {ca}/thunder51.crt already exist; "
-                               "--force issues a new certificate and bundle"), lines[0]
+    assert lines[0].startswith("skipped thunder51: %s/thunder51 and %s/thunder51.crt already exist; "
+                               "--force issues a new certificate and bundle" % (out, ca)), lines[0]
     assert lines[1].startswith("issued thunder52: ")
     assert lines[2].startswith("2 devices: 1 issued, 1 skipped;")
     assert (out / "thunder51/certs/client.key").read_bytes() == key
@@ -182,7 +182,7 @@ def test_a_bad_csv_is_refused_with_one_line_per_problem_and_nothing_written(
     err = captured.err.splitlines()
     assert len(err) == len(errors), captured.err
     for line, expected in zip(err, errors):
-        assert line.startswith(f"edison-agent pki: {csv_file}: ") and expected in line, line
+        assert line.startswith("edison-agent pki: %s: " % csv_file) and expected in line, line
     assert not out.exists()
     assert contents(ca) == before
 
@@ -207,6 +207,6 @@ def test_a_template_that_makes_an_invalid_config_leaves_no_bundle(ca: Path, tmp_
     out = tmp_path / "bundles"
     assert run("pki", "issue-devices", str(ca), str(out), "--from", str(csv_file), "--template", str(template)) == 2
     err = capsys.readouterr().err
-    assert f"{out}/thunder81/config.yaml: mqtt.qos:" in err, err
+    assert "%s/thunder81/config.yaml: mqtt.qos:" % out in err, err
     assert os.listdir(out) == []
     assert not (ca / "thunder81.crt").exists()

@@ -67,11 +67,11 @@ def crl_broker(fleet: Path, tmp_path: Path) -> Iterator[Broker]:
 def device_config(d: Path, name: str, port: int, tmp_path: Path) -> Path:
     cfg = {"device": {"id": name},
            "mqtt": {"host": "127.0.0.1", "port": port, "reconnect": {"min_delay": 0.2, "max_delay": 0.5},
-                    "tls": {"ca_file": str(d / "ca.crt"), "cert_file": str(d / f"{name}.crt"),
-                            "key_file": str(d / f"{name}.key")}},
+                    "tls": {"ca_file": str(d / "ca.crt"), "cert_file": str(d / ("%s.crt" % name)),
+                            "key_file": str(d / ("%s.key" % name))}},
            "board": "simulated", "state_dir": str(tmp_path / "state"),
            "sensors": [{"name": "t", "type": "analog", "pin": 0, "interval": 1}]}
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / ("%s.yaml" % name)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -111,7 +111,7 @@ def test_a_revoked_device_is_refused_after_a_reload_and_the_others_still_connect
     assert live(doctor_checks(fleet, "alpha", crl_broker.port, tmp_path)) == "ok"
 
     assert run("pki", "revoke", str(fleet), "alpha", "--reason", "keyCompromise") == 0
-    assert f"crlfile {fleet.resolve()}/crl.pem" in capsys.readouterr().out.splitlines()
+    assert "crlfile %s/crl.pem" % fleet.resolve() in capsys.readouterr().out.splitlines()
     reload(crl_broker)
 
     # TLS 1.3 (the refusal comes after the handshake) and TLS 1.2 (it ends the handshake).
@@ -201,7 +201,7 @@ def load_crl(d: Path) -> x509.CertificateRevocationList:
 
 
 def serial(d: Path, name: str) -> int:
-    return x509.load_pem_x509_certificate((d / f"{name}.crt").read_bytes()).serial_number
+    return x509.load_pem_x509_certificate((d / ("%s.crt" % name)).read_bytes()).serial_number
 
 
 def test_the_crl_is_signed_by_the_ca_and_lists_the_serial_with_its_reason(fleet: Path):
@@ -248,8 +248,8 @@ def test_refresh_bumps_next_update_and_number_and_keeps_the_entries(fleet: Path,
     assert crl.next_update_utc - first.crl.next_update > timedelta(days=58)
     assert [e.serial_number for e in crl] == [serial(fleet, "alpha")]
     out = capsys.readouterr().out
-    assert f"wrote {fleet}/crl.pem: CRL number 2, 1 revoked, next update" in out
-    assert f"edison-agent pki crl {fleet}" in out  # the reminder to refresh it again
+    assert "wrote %s/crl.pem: CRL number 2, 1 revoked, next update" % fleet in out
+    assert "edison-agent pki crl %s" % fleet in out  # the reminder to refresh it again
 
 
 def test_list_shows_revoked_certificates_and_the_crl(fleet: Path, capsys: pytest.CaptureFixture[str]):
@@ -297,6 +297,6 @@ def test_a_crl_from_a_replaced_ca_is_refused_rather_than_extended(fleet: Path):
 def test_the_mosquitto_listener_gains_a_crlfile_line(fleet: Path):
     block = pki.mosquitto_listener(fleet / "ca.crt", fleet / "localhost.crt", fleet / "localhost.key",
                                    crlfile=fleet / "crl.pem").splitlines()
-    assert block[-1] == f"crlfile {(fleet / 'crl.pem').resolve()}"
+    assert block[-1] == "crlfile %s" % (fleet / 'crl.pem').resolve()
     assert not any(line.startswith("crlfile") for line in pki.mosquitto_listener(
         fleet / "ca.crt", fleet / "localhost.crt", fleet / "localhost.key").splitlines())

@@ -9,21 +9,17 @@ import os
 import pty
 import select
 import signal
-import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Counter, Dict, Iterator, List, Set
+from typing import Any, Counter, Dict, Iterator, List, Set, Tuple
 
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.tools.watch.fleet import Fleet
-from conftest import ROOT, AgentProcess, Broker, Certs, agent_config
+from conftest import ROOT, AgentProcess, Broker, Certs, Received, Recorder, agent_config
 
 # -- the rule, message by message (no broker) ------------------------------------------------
 
@@ -143,47 +139,25 @@ def start_watch(config: Path, *args: str, **popen: Any) -> "subprocess.Popen[byt
                             **popen)
 
 
-class Recorder:
-    """The truth, independent of watch: every telemetry delivery, from a persistent session of its own."""
+def delivering_since(recorder: Recorder, moment: float) -> Set[str]:
+    """The boards whose telemetry arrived after `moment`."""
+    return {m.topic.split("/")[1] for m in recorder.received() if m.at > moment}
 
-    def __init__(self, broker: Broker, certs: Certs) -> None:
-        self.lock = threading.Lock()
-        self.seen: Dict[str, Set[int]] = collections.defaultdict(set)
-        self.repeats: Counter[str] = collections.Counter()
-        self.latest: Dict[str, float] = {}
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="recorder", clean_session=False)
-        ctx = ssl.create_default_context(cafile=str(certs.ca))
-        ctx.load_cert_chain(str(certs.monitor_cert), str(certs.monitor_key))
-        self.client.tls_set_context(ctx)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.on_message = self._message
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("edison/+/telemetry", 1)
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        assert subscribed.wait(15)
 
-    def _message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        device = msg.topic.split("/")[1]
-        with self.lock:
-            for reading in json.loads(msg.payload)["readings"]:
-                seq = reading["seq"]
-                if seq in self.seen[device]:
-                    # The broker's own retry of a copy we had (DUP) is transport, not the board sending twice.
-                    if not msg.dup:
-                        self.repeats[device] += 1
-                else:
-                    self.seen[device].add(seq)
-                self.latest[device] = time.monotonic()
-
-    def delivering_since(self, moment: float) -> Set[str]:
-        with self.lock:
-            return {d for d, t in self.latest.items() if t > moment}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def deliveries(received: List[Received]) -> Tuple[Dict[str, Set[int]], Counter[str]]:
+    """The truth, independent of watch: each board's distinct seqs, and the readings it sent again."""
+    seen: Dict[str, Set[int]] = collections.defaultdict(set)
+    repeats: Counter[str] = collections.Counter()
+    for m in received:
+        device = m.topic.split("/")[1]
+        for reading in json.loads(m.payload)["readings"]:
+            if reading["seq"] in seen[device]:
+                # The broker's own retry of a copy we had (DUP) is transport, not the board sending twice.
+                if not m.dup:
+                    repeats[device] += 1
+            else:
+                seen[device].add(reading["seq"])
+    return seen, repeats
 
 
 FLEET = 20
@@ -220,7 +194,7 @@ def test_watch_once_json_reports_exactly_the_crash_and_the_broker_restart_over_2
     broker = persistent_broker
     watcher = start_watch(watch_config(tmp_path / "watch.yaml", certs, broker.port), "--once", "--json",
                           "--duration", "900", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    recorder = Recorder(broker, certs)
+    recorder = Recorder(broker, certs, "recorder", "edison/+/telemetry")
     agents: List[AgentProcess] = []
     try:
         time.sleep(1.0)
@@ -229,7 +203,7 @@ def test_watch_once_json_reports_exactly_the_crash_and_the_broker_restart_over_2
                    for n in range(FLEET)]
         started = time.monotonic()
         agents = [AgentProcess(path) for path in configs]
-        wait_until(lambda: len(recorder.delivering_since(started)) == FLEET, 120, "every board delivering")
+        wait_until(lambda: len(delivering_since(recorder, started)) == FLEET, 120, "every board delivering")
 
         # A crash with duplicates on purpose: the broker paused long enough for board 1 to commit
         # what it has sent and not had acknowledged; board 1 killed; the broker then reads those
@@ -244,14 +218,14 @@ def test_watch_once_json_reports_exactly_the_crash_and_the_broker_restart_over_2
         agents[1].close()
         restarted = time.monotonic()
         agents[1] = AgentProcess(configs[1])
-        wait_until(lambda: "watch-01" in recorder.delivering_since(restarted + 2), 60, "board 1 back")
+        wait_until(lambda: "watch-01" in delivering_since(recorder, restarted + 2), 60, "board 1 back")
 
         # A broker restart (its persistence keeps the watcher's and the recorder's sessions).
         broker.stop()
         time.sleep(4)
         broker.start()
         back = time.monotonic()
-        wait_until(lambda: len(recorder.delivering_since(back + 2)) == FLEET, 120, "every board back")
+        wait_until(lambda: len(delivering_since(recorder, back + 2)) == FLEET, 120, "every board back")
 
         # All at once, each signalled once (a second SIGTERM during the interpreter's exit would kill it).
         for agent in agents:
@@ -264,11 +238,12 @@ def test_watch_once_json_reports_exactly_the_crash_and_the_broker_restart_over_2
     finally:
         for agent in agents:
             agent.close()
-        recorder.close()
+        received = recorder.close()
         if watcher.poll() is None:
             watcher.kill()
             watcher.communicate()
 
+    seen, repeats = deliveries(received)
     rows = {row["device"]: row for row in json.loads(out)["boards"]}
     print("watch: lost, duplicates, readings:",
           {d: (r["lost"], r["duplicates"], r["readings"]) for d, r in rows.items()})
@@ -280,8 +255,8 @@ def test_watch_once_json_reports_exactly_the_crash_and_the_broker_restart_over_2
     for device, row in rows.items():
         expected_lost = dropped if device == "watch-00" else 0
         assert (device, row["lost"]) == (device, expected_lost)
-        assert (device, row["duplicates"]) == (device, recorder.repeats[device])
-        assert (device, row["readings"]) == (device, len(recorder.seen[device]))
+        assert (device, row["duplicates"]) == (device, repeats[device])
+        assert (device, row["readings"]) == (device, len(seen[device]))
         # The crash is a second run, its seq jump no loss; every board stopped cleanly at the end.
         assert (device, row["runs"]) == (device, 2 if device == "watch-01" else 1)
         assert row["online"] is False and row["cert_days_left"] in (729, 730)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from agent.atomic_file import replace_file
+from agent.errors import AgentError
 
 UNIT_NAME = "edison-agent.service"
 CONFIG_DIR = Path("etc/edison-agent")
@@ -93,7 +94,7 @@ Output = Callable[[str], None]
 Systemctl = Callable[[List[str]], None]
 
 
-class InstallError(Exception):
+class InstallError(AgentError):
     """A failure, said in one line."""
 
 

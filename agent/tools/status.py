@@ -35,7 +35,7 @@ def add_status_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     status.set_defaults(func=run_status)
 
 
-def run_status(args: argparse.Namespace, out: Optional[IO[str]] = None, now: Optional[float] = None) -> int:
+def run_status(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     out = out or sys.stdout
     path = _health_file(args)
     if path is None:
@@ -53,7 +53,7 @@ def run_status(args: argparse.Namespace, out: Optional[IO[str]] = None, now: Opt
     except (ValueError, UnicodeDecodeError) as exc:
         _err("%s is not a health document the agent wrote: %s" % (path, exc))
         return EXIT_NOT_RUNNING
-    now = time.time() if now is None else now
+    now = time.time()
     stale = health_report.is_stale(report, now)
     if args.json:
         out.write(text if text.endswith("\n") else text + "\n")

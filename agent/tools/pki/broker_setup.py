@@ -6,11 +6,11 @@ the broker's own user can read them."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-from agent.tools.pki.authority import PkiError, mosquitto_listener
+from agent.atomic_file import replace_file
+from agent.tools.pki.keys import PkiError, check_name, group_id
 
 BROKERS = ("mosquitto", "rabbitmq", "emqx")
 # The system user and group each broker's Debian package runs as.
@@ -88,20 +88,16 @@ def install(directory: Path, broker: str, ca: Path, cert: Path, key: Path) -> Tu
     broker's group when that group exists (the broker reads it after dropping root), else 0600.
     Returns the new paths and a line saying who can read the key."""
     group = BROKER_GROUPS[broker]
-    gid = _group_id(group)
+    gid = group_id(group)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)
         targets = directory / ca.name, directory / cert.name, directory / key.name
         for source, target in zip((ca, cert), targets[:2]):
-            shutil.copyfile(source, target)
-            target.chmod(0o644)
+            replace_file(target, source.read_bytes(), 0o644)
         new_key = targets[2]
-        # Written private from the start: never a moment at the default umask's 0644.
-        fd = os.open(str(new_key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key.read_bytes())
-        os.chmod(new_key, 0o600)
+        # Private from its first byte: never a moment at the default umask's 0644.
+        replace_file(new_key, key.read_bytes(), 0o600)
     except OSError as exc:
         raise PkiError("--install-dir %s: %s" % (directory, exc.strerror or exc)) from None
     if gid is None:
@@ -119,10 +115,53 @@ def install(directory: Path, broker: str, ca: Path, cert: Path, key: Path) -> Tu
         new_key, owner, group, group)
 
 
-def _group_id(group: str) -> Optional[int]:
-    import grp
+def mosquitto_listener(ca_file: Path, cert_file: Path, key_file: Path, port: int = 8883,
+                       address: Optional[str] = None, crlfile: Optional[Path] = None) -> str:
+    """The mosquitto.conf listener block for a broker certificate from this tool.
 
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        return None
+    With `crlfile` (DIR/crl.pem from 'pki revoke' or 'pki crl') the broker refuses revoked devices."""
+    lines = [
+        "listener %s" % port + (" %s" % address if address else ""),
+        "cafile %s" % ca_file.resolve(),
+        "certfile %s" % cert_file.resolve(),
+        "keyfile %s" % key_file.resolve(),
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+        # Nagle plus delayed ACKs adds ~40 ms to every TLS handshake otherwise.
+        "set_tcp_nodelay true",
+    ]
+    if crlfile is not None:
+        lines.append("crlfile %s" % crlfile.resolve())
+    return "\n".join(lines)
+
+
+def mosquitto_acl(operators: Sequence[str] = ("operator",), prefix: str = "edison") -> str:
+    """An acl_file for mosquitto: each device under its own prefix, commands from operators only."""
+    for name in operators:
+        check_name(name, "operator name")
+    if not prefix or any(c in prefix for c in "+# %"):
+        raise PkiError("--prefix %r: a topic level without '+', '#', '%%' or spaces" % prefix)
+    lines = [
+        "# Mosquitto ACL for edison-agent: acl_file in mosquitto.conf. The TLS listener needs",
+        "# use_identity_as_username true, so a client's username is its certificate's CN, which",
+        "# no client can choose. A topic not granted below is denied; a denied publish is dropped",
+        "# silently by the broker (the publisher still gets its PUBACK).",
+        "",
+        "# Every certificate (%u is its CN): publish only under its own prefix, read its own",
+        "# commands. Not " + prefix + "/%u/#: that would let a device write commands, to itself at least.",
+        "pattern write " + prefix + "/%u/telemetry",
+        "pattern write " + prefix + "/%u/status",
+        "pattern write " + prefix + "/%u/health",
+        "pattern write " + prefix + "/%u/reply/#",
+        "pattern read " + prefix + "/%u/cmd/#",
+    ]
+    for name in operators:
+        lines += [
+            "",
+            "# Operator %s: commands to every device, and everything devices publish." % name,
+            "user %s" % name,
+            "topic write %s/+/cmd/#" % prefix,
+            "topic read %s/#" % prefix,
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """`edison-agent pki ...`: argument parsing and output for agent.tools.pki.authority, agent.tools.pki.provision and
-agent.tools.pki.revocation (moved out of pki.py, which keeps the certificate work)."""
+agent.tools.pki.revocation, which do the certificate work."""
 
 from __future__ import annotations
 
@@ -7,25 +7,13 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 from agent.tools.pki import broker_setup, provision, revocation
-from agent.tools.pki.authority import (
-    CA_CERT,
-    DEFAULT_KEY_TYPE,
-    KEY_TYPES,
-    UTC,
-    Issued,
-    PkiError,
-    init_ca,
-    issue_broker,
-    issue_device,
-    issue_operator,
-    list_certificates,
-    load_certificate_info,
-    mosquitto_acl,
-    renew,
-    write_p12,
-)
+from agent.tools.pki.authority import init_ca, issue_broker, issue_device, issue_operator, renew
+from agent.tools.pki.broker_setup import mosquitto_acl
+from agent.tools.pki.files import Issued, list_certificates, load_certificate_info, write_file, write_p12
+from agent.tools.pki.keys import CA_CERT, DEFAULT_KEY_TYPE, KEY_TYPES, UTC, PkiError
 
 
 def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,8 +67,8 @@ def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     many.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key; records NAME.crt")
     many.add_argument("outdir", metavar="OUTDIR", type=Path, help="gets OUTDIR/NAME/{config.yaml,certs/}")
     many.add_argument("--from", dest="csv", metavar="CSV", type=Path, required=True,
-                      help=f"header then one row per device; columns: {', '.join(provision.COLUMNS)} "
-                           "(only name is required)")
+                      help="header then one row per device; columns: %s "
+                           "(only name is required)" % ", ".join(provision.COLUMNS))
     many.add_argument("--template", metavar="CONFIG", type=Path,
                       help="config to start from (default: the shipped example config)")
     many.add_argument("--host", help="mqtt.host for rows without a host (default: the template's)")
@@ -95,13 +83,13 @@ def add_pki_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     crl.add_argument("directory", metavar="DIR", type=Path, help="holds ca.crt, ca.key")
     for parser in (revoke_cmd, crl):
         parser.add_argument("--days", type=int, default=revocation.CRL_DAYS,
-                            help=f"the CRL is valid for this many days (default: {revocation.CRL_DAYS})")
+                            help="the CRL is valid for this many days (default: %s)" % revocation.CRL_DAYS)
     for parser, days in ((init, 3650), (broker, 730), (device, 730), (operator, 730), (renew_cmd, None),
                          (many, 730)):
         parser.add_argument("--days", type=int, default=days,
-                            help=f"validity in days (default: {days or 'as before'})")
+                            help="validity in days (default: %s)" % (days or "as before"))
         parser.add_argument("--key-type", choices=KEY_TYPES, default=DEFAULT_KEY_TYPE,
-                            help=f"default: {DEFAULT_KEY_TYPE}")
+                            help="default: %s" % DEFAULT_KEY_TYPE)
         if parser is not init:
             parser.add_argument("--ca-passphrase-file", type=Path, metavar="FILE",
                                 help="the CA key's passphrase (first line of FILE)")
@@ -118,7 +106,7 @@ def run_pki(args: argparse.Namespace) -> int:
         _run(args)
     except PkiError as exc:
         for line in str(exc).splitlines():  # a CSV's problems come all at once, one per line
-            print(f"edison-agent pki: {line}", file=sys.stderr)
+            print("edison-agent pki: %s" % line, file=sys.stderr)
         return 2
     return 0
 
@@ -144,13 +132,14 @@ def _run(args: argparse.Namespace) -> None:
                               passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
         _report(issued, encrypted=passphrase is not None)
         if args.p12:
-            print(f"wrote {write_p12(issued, args.directory / CA_CERT, passphrase)} (mode 0600"
-                  f"{', encrypted' if passphrase else ', NOT encrypted: Java keytool wants a passphrase'})")
+            p12 = write_p12(issued, args.directory / CA_CERT, passphrase)
+            print("wrote %s (mode 0600%s)" % (
+                p12, ", encrypted" if passphrase else ", NOT encrypted: Java keytool wants a passphrase"))
     elif command == "issue-operator":
         issued = issue_operator(args.directory, args.name, days=args.days, force=args.force,
                                 passphrase=passphrase, key_type=args.key_type, ca_passphrase=ca_passphrase)
         _report(issued, encrypted=passphrase is not None)
-        print(f"grant it in the broker's ACL: edison-agent pki acl --operator {args.name}")
+        print("grant it in the broker's ACL: edison-agent pki acl --operator %s" % args.name)
     elif command == "acl":
         print(mosquitto_acl(args.operator or ["operator"], args.prefix), end="")
     elif command == "renew":
@@ -166,7 +155,7 @@ def _run(args: argparse.Namespace) -> None:
     elif command == "crl":
         _refreshed(revocation.refresh(args.directory, days=args.days, ca_passphrase=ca_passphrase))
     else:
-        raise PkiError(f"unknown pki command {command!r}")
+        raise PkiError("unknown pki command %r" % command)
 
 
 def _list(directory: Path) -> None:
@@ -175,11 +164,12 @@ def _list(directory: Path) -> None:
     for item in list_certificates(directory):
         i = item.info
         state = ("REVOKED" if item.serial in revoked else "EXPIRED" if item.days_left < 0
-                 else f"{item.days_left} days left")
-        print(f"{item.file.name}: {item.usage} CN={i.subject_cn}, SANs {', '.join(i.sans) or 'none'}, "
-              f"expires {i.not_after:%Y-%m-%d} ({state}), issued by CN={i.issuer_cn}")
+                 else "%s days left" % item.days_left)
+        print("%s: %s CN=%s, SANs %s, expires %s (%s), issued by CN=%s" % (
+            item.file.name, item.usage, i.subject_cn, ", ".join(i.sans) or "none", i.not_after.strftime("%Y-%m-%d"),
+            state, i.issuer_cn))
     if crl is not None:
-        print(f"{crl.file.name}: {_crl_state(crl)}")
+        print("%s: %s" % (crl.file.name, _crl_state(crl)))
 
 
 def _crl_state(crl: revocation.Crl) -> str:
@@ -187,24 +177,24 @@ def _crl_state(crl: revocation.Crl) -> str:
     if left.total_seconds() <= 0:
         when = "EXPIRED: a broker using it refuses EVERY device; run 'edison-agent pki crl %s'" % crl.file.parent
     else:
-        when = f"{round(left.total_seconds() / 86400)} days left"  # a fresh 30-day CRL says 30, not 29
-    return (f"CRL number {crl.number}, {len(crl.serials)} revoked, next update "
-            f"{crl.next_update:%Y-%m-%d %H:%M} UTC ({when})")
+        when = "%s days left" % round(left.total_seconds() / 86400)  # a fresh 30-day CRL says 30, not 29
+    return "CRL number %s, %s revoked, next update %s UTC (%s)" % (
+        crl.number, len(crl.serials), crl.next_update.strftime("%Y-%m-%d %H:%M"), when)
 
 
-def _issue_devices(args: argparse.Namespace, ca_passphrase: bytes | None) -> None:
+def _issue_devices(args: argparse.Namespace, ca_passphrase: Optional[bytes]) -> None:
     bundles = provision.issue_devices(args.directory, args.outdir, args.csv, template=args.template,
                                       host=args.host, port=args.port, days=args.days, key_type=args.key_type,
                                       force=args.force, ca_passphrase=ca_passphrase)
     counts = {status: sum(b.status == status for b in bundles) for status in ("issued", "replaced", "skipped")}
-    print(f"{len(bundles)} devices: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-          + f"; certificates recorded in {args.directory} ('edison-agent pki list {args.directory}')")
+    print("%s devices: " % len(bundles) + ", ".join("%s %s" % (n, status) for status, n in counts.items() if n)
+          + "; certificates recorded in %s ('edison-agent pki list %s')" % (args.directory, args.directory))
     made = [b for b in bundles if b.status != "skipped"]
     if made:
         print(provision.copy_hint(made[0]))
 
 
-def _revoke(args: argparse.Namespace, ca_passphrase: bytes | None) -> None:
+def _revoke(args: argparse.Namespace, ca_passphrase: Optional[bytes]) -> None:
     if args.refresh:
         if args.name is not None:
             raise PkiError("--refresh revokes nothing: drop NAME, or drop --refresh to revoke it")
@@ -215,17 +205,17 @@ def _revoke(args: argparse.Namespace, ca_passphrase: bytes | None) -> None:
     done = revocation.revoke(args.directory, args.name, reason=args.reason, days=args.days,
                              ca_passphrase=ca_passphrase)
     if done.already:
-        print(f"{done.name} ({done.cert_file}, serial {done.serial:x}) was already revoked on "
-              f"{done.revoked_on:%Y-%m-%d %H:%M} UTC; {done.crl.file} is unchanged")
+        print("%s (%s, serial %x) was already revoked on %s UTC; %s is unchanged" % (
+            done.name, done.cert_file, done.serial, done.revoked_on.strftime("%Y-%m-%d %H:%M"), done.crl.file))
         return
-    print(f"revoked {done.name} ({done.cert_file}, serial {done.serial:x}"
-          f"{', reason ' + args.reason if args.reason != 'unspecified' else ''})")
-    print(f"wrote {done.crl.file}: {_crl_state(done.crl)}")
+    reason = ", reason " + args.reason if args.reason != "unspecified" else ""
+    print("revoked %s (%s, serial %x%s)" % (done.name, done.cert_file, done.serial, reason))
+    print("wrote %s: %s" % (done.crl.file, _crl_state(done.crl)))
     print(revocation.mosquitto_lines(done.crl))
 
 
 def _refreshed(crl: revocation.Crl) -> None:
-    print(f"wrote {crl.file}: {_crl_state(crl)}")
+    print("wrote %s: %s" % (crl.file, _crl_state(crl)))
     print(revocation.mosquitto_lines(crl))
 
 
@@ -233,19 +223,19 @@ def _read_passphrase(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PkiError(f"{path}: cannot read the passphrase file: {exc.strerror}") from None
+        raise PkiError("%s: cannot read the passphrase file: %s" % (path, exc.strerror)) from None
     # An editor on Windows ends the line with CRLF; neither byte is part of the passphrase.
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
     if not line:
-        raise PkiError(f"{path}: the first line is empty; put the passphrase on it")
+        raise PkiError("%s: the first line is empty; put the passphrase on it" % path)
     return line
 
 
-def _report(issued: Issued, encrypted: bool = False, group: str | None = None) -> None:
+def _report(issued: Issued, encrypted: bool = False, group: Optional[str] = None) -> None:
     info = load_certificate_info(issued.cert_file)
-    print(f"wrote {issued.cert_file} (expires {info.not_after:%Y-%m-%d})")
-    mode = f"0640, group {group}" if group else "0600"
-    print(f"wrote {issued.key_file} (mode {mode}{', encrypted' if encrypted else ''})")
+    print("wrote %s (expires %s)" % (issued.cert_file, info.not_after.strftime("%Y-%m-%d")))
+    mode = "0640, group %s" % group if group else "0600"
+    print("wrote %s (mode %s%s)" % (issued.key_file, mode, ", encrypted" if encrypted else ""))
 
 
 def _broker_config(args: argparse.Namespace, issued: Issued) -> None:
@@ -255,16 +245,16 @@ def _broker_config(args: argparse.Namespace, issued: Issued) -> None:
     ca, cert, key = args.directory / CA_CERT, issued.cert_file, issued.key_file
     if args.install_dir is not None:
         ca, cert, key, readable = broker_setup.install(args.install_dir, broker, ca, cert, key)
-        print(f"copied {ca.name}, {cert.name} and {key.name} to {args.install_dir}; {readable}")
+        print("copied %s, %s and %s to %s; %s" % (ca.name, cert.name, key.name, args.install_dir, readable))
         where = ""
     elif broker == "mosquitto":
         where = ("# mosquitto 2 reads these files as the mosquitto user, after dropping root: that user\n"
                  "# must be able to read the key and enter its 0700 directory (or use --install-dir).\n")
     else:
         where = "# the broker reads these files as its own user: copy them where it can (--install-dir).\n"
-    text = (f"# for {broker_setup.CONFIG_FILES[broker]}\n{where}"
+    text = ("# for %s\n%s" % (broker_setup.CONFIG_FILES[broker], where)
             + broker_setup.snippet(broker, ca, cert, key) + "\n\n" + broker_setup.per_device(broker) + "\n")
-    written = args.directory / f"{args.hostname}.{broker}.conf"
-    written.write_text(text)
-    print(f"wrote {written}:\n")
+    written = args.directory / ("%s.%s.conf" % (args.hostname, broker))
+    write_file(written, text.encode("utf-8"), 0o644, force=True)
+    print("wrote %s:\n" % written)
     print(text, end="")

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, FrozenSet, List, Optional
 
-from agent.tools.pki.authority import CA_CERT, UTC, PkiError, check_name, load_ca, load_cert, require_crypto, write_file
+from agent.tools.pki.files import load_ca, load_cert, write_file
+from agent.tools.pki.keys import CA_CERT, UTC, PkiError, check_name, require_crypto
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -35,7 +36,7 @@ class Crl:
     number: int
     last_update: datetime
     next_update: datetime
-    serials: frozenset[int]
+    serials: FrozenSet[int]
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Revocation:
 
 
 def revoke(directory: Path, name: str, reason: str = "unspecified", days: int = CRL_DAYS,
-           ca_passphrase: bytes | None = None) -> Revocation:
+           ca_passphrase: Optional[bytes] = None) -> Revocation:
     """Add DIR/<name>.crt's serial to DIR/crl.pem (made if missing); a second time changes nothing."""
     require_crypto()
     from cryptography import x509
@@ -57,20 +58,20 @@ def revoke(directory: Path, name: str, reason: str = "unspecified", days: int = 
     directory = Path(directory)
     check_name(name, "device name")
     if reason not in REASONS:
-        raise PkiError(f"--reason {reason}: use one of {', '.join(REASONS)}")
-    cert_file = directory / f"{name}.crt"
+        raise PkiError("--reason %s: use one of %s" % (reason, ", ".join(REASONS)))
+    cert_file = directory / ("%s.crt" % name)
     if not cert_file.exists():
-        raise PkiError(f"{cert_file}: no such certificate; 'edison-agent pki list {directory}' shows them")
+        raise PkiError("%s: no such certificate; 'edison-agent pki list %s' shows them" % (cert_file, directory))
     cert = load_cert(cert_file)
     ca_cert, ca_key = load_ca(directory, ca_passphrase)
     if cert.subject == ca_cert.subject and cert.public_key() == ca_cert.public_key():
-        raise PkiError(f"{cert_file}: is the CA; a CA cannot revoke itself: make a new one with "
-                       "'pki init-ca --force' and re-issue everything")
+        raise PkiError("%s: is the CA; a CA cannot revoke itself: make a new one with "
+                       "'pki init-ca --force' and re-issue everything" % cert_file)
     try:
         cert.verify_directly_issued_by(ca_cert)
     except Exception:  # noqa: BLE001 - ValueError, TypeError, InvalidSignature: another CA's
-        raise PkiError(f"{cert_file}: was not issued by {directory / CA_CERT}; only its own CA can "
-                       "revoke it") from None
+        raise PkiError("%s: was not issued by %s; only its own CA can "
+                       "revoke it" % (cert_file, directory / CA_CERT)) from None
     existing = _load_crl(directory, ca_cert)
     entries = list(existing) if existing is not None else []
     for entry in entries:
@@ -87,7 +88,7 @@ def revoke(directory: Path, name: str, reason: str = "unspecified", days: int = 
     return Revocation(name, cert_file, cert.serial_number, now.replace(microsecond=0), crl, already=False)
 
 
-def refresh(directory: Path, days: int = CRL_DAYS, ca_passphrase: bytes | None = None) -> Crl:
+def refresh(directory: Path, days: int = CRL_DAYS, ca_passphrase: Optional[bytes] = None) -> Crl:
     """Re-sign DIR/crl.pem with the same entries, the next number and a new nextUpdate; makes an
     empty one if there is none (a broker with `crlfile` needs one before anything is revoked)."""
     require_crypto()
@@ -99,7 +100,7 @@ def refresh(directory: Path, days: int = CRL_DAYS, ca_passphrase: bytes | None =
     return _sign(directory, ca_cert, ca_key, entries, number, days)
 
 
-def read_crl(directory: Path) -> Crl | None:
+def read_crl(directory: Path) -> Optional[Crl]:
     """DIR/crl.pem, checked against DIR's CA certificate; None if there is none yet."""
     require_crypto()
     directory = Path(directory)
@@ -109,7 +110,7 @@ def read_crl(directory: Path) -> Crl | None:
     return _describe(directory / CRL_FILE, crl) if crl is not None else None
 
 
-def _load_crl(directory: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+def _load_crl(directory: Path, ca_cert: x509.Certificate) -> Optional[x509.CertificateRevocationList]:
     from cryptography import x509
 
     path = directory / CRL_FILE
@@ -118,28 +119,29 @@ def _load_crl(directory: Path, ca_cert: x509.Certificate) -> x509.CertificateRev
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise PkiError(f"{path}: cannot read: {exc.strerror}") from None
+        raise PkiError("%s: cannot read: %s" % (path, exc.strerror)) from None
     try:
         crl = x509.load_pem_x509_crl(data)
     except ValueError as exc:
-        raise PkiError(f"{path}: not a PEM CRL ({exc}); move it away and run 'edison-agent pki crl "
-                       f"{directory}' (the revocations in it are then lost: revoke those devices again)") from None
+        raise PkiError("%s: not a PEM CRL (%s); move it away and run 'edison-agent pki crl %s' (the "
+                       "revocations in it are then lost: revoke those devices again)"
+                       % (path, exc, directory)) from None
     # A CRL signed by an earlier CA (init-ca --force) would make the broker refuse everyone.
     if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
-        raise PkiError(f"{path}: not signed by {directory / CA_CERT} (was the CA replaced?); move it away "
-                       f"and run 'edison-agent pki crl {directory}'")
+        raise PkiError("%s: not signed by %s (was the CA replaced?); move it away "
+                       "and run 'edison-agent pki crl %s'" % (path, directory / CA_CERT, directory))
     return crl
 
 
 def _sign(directory: Path, ca_cert: x509.Certificate, ca_key: object,
-          entries: list[x509.RevokedCertificate], number: int, days: int) -> Crl:
+          entries: List[x509.RevokedCertificate], number: int, days: int) -> Crl:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.hazmat.primitives.serialization import Encoding
 
     if days < 1:
-        raise PkiError(f"--days {days}: must be at least 1")
+        raise PkiError("--days %s: must be at least 1" % days)
     now = datetime.now(UTC).replace(microsecond=0)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
                .last_update(now - _SKEW).next_update(now + timedelta(days=days))
@@ -168,7 +170,7 @@ def _describe(path: Path, crl: x509.CertificateRevocationList) -> Crl:
     return Crl(path, _number(crl), last, next_, frozenset(e.serial_number for e in crl))
 
 
-def _number(crl: x509.CertificateRevocationList | None) -> int:
+def _number(crl: Optional[x509.CertificateRevocationList]) -> int:
     from cryptography import x509
 
     if crl is None:
@@ -197,7 +199,7 @@ def mosquitto_lines(crl: Crl) -> str:
     return "\n".join([
         "",
         "# in the mosquitto.conf listener block (the one with require_certificate true):",
-        f"crlfile {crl.file.resolve()}",
+        "crlfile %s" % crl.file.resolve(),
         "",
         "# The first time the line is added, restart mosquitto. After later revokes a reload is enough",
         "# (systemctl reload mosquitto, i.e. SIGHUP): mosquitto 2.0 rereads crlfile then and refuses the",
@@ -205,7 +207,8 @@ def mosquitto_lines(crl: Crl) -> str:
         "# the device off now, systemctl restart mosquitto (every client reconnects). mosquitto reads",
         "# the file as its own user: it must be able to enter this directory (or copy crl.pem next to",
         "# its cafile and change the path).",
-        f"# The CRL expires {crl.next_update:%Y-%m-%d %H:%M} UTC (nextUpdate): after that mosquitto refuses",
+        "# The CRL expires %s UTC (nextUpdate): after that mosquitto refuses"
+        % crl.next_update.strftime("%Y-%m-%d %H:%M"),
         "# EVERY device. Refresh it before then (cron), and reload mosquitto:",
-        f"#   edison-agent pki crl {crl.file.parent}",
+        "#   edison-agent pki crl %s" % crl.file.parent,
     ])
