@@ -34,7 +34,6 @@ from agent.service.health_report import (
     Readings,
     SpoolState,
 )
-
 from conftest import ROOT, Subscriber, agent_config, free_port
 
 HEALTH = "edison/thunder10/health"

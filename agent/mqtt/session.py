@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config.schema import MQTTConfig
-from agent.mqtt import broker_probe
+from agent.mqtt import broker_probe, paho_shim
 from agent.mqtt.broker_hosts import BrokerList, describe
 from agent.mqtt.reconnect_schedule import AfterLoss
 from agent.mqtt.refusals import Outstanding
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-# Only if paho (a future 2.x) no longer has the keepalive timestamps we read: then the network
-# thread looks at keepalive at a fixed step, as paho's own loop() does.
-ALIVE_STEP = 15.0
 # MQTT 5 ContentType of what we publish: consumers (and cloud rules engines) need not sniff.
 JSON = "application/json"
 TEXT = "text/plain"
@@ -54,8 +51,6 @@ TEXT = "text/plain"
 # Runs on the network thread: it must hand the message on, never block.
 OnMessage = Callable[[str, bytes, Any], None]
 
-# A select() that returns a hair before paho's keepalive is due would just go round again.
-_LATE = 0.005
 # A publishing thread writes its packet itself only after this long without one (see _write_now).
 _QUIET = 0.5
 
@@ -544,36 +539,15 @@ class Session:
             return client.loop_misc()
 
     def _loop_write(self) -> MQTTErrorCode:
-        """paho's loop_write(), then the time of the write where its keepalive looks (under _io_lock).
-
-        paho 2.2 leaves its last-sent time alone when a write empties its queue, so it sent a
-        PINGREQ every keepalive even to a broker that had just received a reading: a wake-up
-        and two TLS records a minute, on a board that publishes every few seconds. The spec's
-        keepalive counts any packet sent."""
+        """paho's loop_write(), then the time of the write where its keepalive looks (under _io_lock)."""
         client = self._client
         rc = client.loop_write()
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not client.want_write():
-            lock = getattr(client, "_msgtime_mutex", None)
-            if lock is not None and hasattr(client, "_last_msg_out"):
-                with lock:
-                    client._last_msg_out = mqtt.time_func()  # noqa: SLF001 - paho's own clock
+            paho_shim.note_packet_sent(client)
         return rc
 
     def _keepalive_due(self) -> float:
-        """When paho's keepalive check next has something to do (monotonic, paho's own clock): a
-        PINGREQ to send, or a PINGRESP (or CONNACK) that is overdue."""
-        client = self._client
-        keepalive = client.keepalive
-        try:
-            # paho 2.x has no public accessor for these; they are what its loop_misc() looks at.
-            last = min(client._last_msg_out, client._last_bytes_received)  # noqa: SLF001
-            ping = client._ping_t  # noqa: SLF001
-        except AttributeError:
-            return time.monotonic() + min(ALIVE_STEP, keepalive / 4)
-        due = last + keepalive
-        if ping > 0:
-            due = min(due, ping + keepalive)
-        return due + _LATE
+        return paho_shim.keepalive_due(self._client)
 
     def _working(self) -> None:
         self._alive = (None, time.monotonic())

@@ -10,6 +10,7 @@ import ssl
 from typing import Any, Callable, Optional, Tuple
 
 from agent.config.schema import KEY_PASSWORD_ENV, TLSConfig
+from agent.mqtt import paho_shim
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +167,12 @@ def _reason(exc: BaseException) -> str:
 
 def certificate_dates(path: str) -> Optional[Tuple[datetime.datetime, datetime.datetime]]:
     """notBefore/notAfter of a PEM certificate, without needing `cryptography` on the board."""
+    decoded = paho_shim.decode_certificate(path)
+    if decoded is None:
+        return None
     try:
-        # The ssl module's own decoder; private, but present since Python 2.7.
-        decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
         return parse_cert_time(decoded["notBefore"]), parse_cert_time(decoded["notAfter"])
-    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+    except (KeyError, ValueError, TypeError):
         return None
 
 
