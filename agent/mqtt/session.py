@@ -27,17 +27,20 @@ from paho.mqtt.properties import Properties
 from agent.config.schema import MQTTConfig
 from agent.mqtt import broker_probe, paho_shim
 from agent.mqtt.broker_hosts import BrokerList, describe
+from agent.mqtt.problems import (
+    BrokerDisconnect,
+    ClosedBeforeConnack,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectRefused,
+    RejectedAfterHandshake,
+    SessionProblem,
+    TLSAlert,
+    alert_of,
+)
 from agent.mqtt.reconnect_schedule import AfterLoss
 from agent.mqtt.refusals import Outstanding
-from agent.mqtt.tls import (
-    CLIENT_CERT_REFUSALS,
-    REJECTED_AFTER_HANDSHAKE,
-    ClientContext,
-    describe_alert,
-    describe_connack,
-    describe_failure,
-    describe_reason_code,
-)
+from agent.mqtt.tls import ClientContext
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +163,11 @@ class Session:
         self._pending_subs: Dict[int, List[str]] = {}
         # "subscribed to" is said once per session object, not at every reconnect.
         self._announced: Set[str] = set()
-        self._refusal: Optional[str] = None
+        self._refusal: Optional[ConnectRefused] = None
         self._socket_error: Optional[str] = None
         # The answer of the one MQTT 3.1.1 probe (see _speaks_311_only); None until asked.
         self._protocol_probe: Optional[bool] = None
-        self._last_problem: Optional[str] = None
+        self._last_problem: Optional[SessionProblem] = None
         self._session_present = False
         # Set at the first CONNACK: later connects of this process ask the broker to resume the session.
         # A session replaced by a reload hands its broker-side session on when it is the same
@@ -345,12 +348,7 @@ class Session:
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                         properties: Any) -> None:
         if reason_code.is_failure:
-            if self._v5:
-                # The refusal ends with the code's name: the journal's MQTT_RC field is taken from there.
-                self._refusal = "broker refused the connection (%s): %s" % (
-                    describe_reason_code(reason_code.value, _reason_string(properties)), reason_code)
-            else:
-                self._refusal = "%s: %s" % (describe_connack(_CONNACK_CODES.get(reason_code.value, 0)), reason_code)
+            self._refusal = ConnectRefused.from_paho(reason_code, properties, self._v5)
             return
         self._refusal = None
         self._had_connack = True
@@ -377,13 +375,11 @@ class Session:
         # Only MQTT 5 brokers say why they end a connection: a DISCONNECT packet with a reason code.
         if not getattr(flags, "is_disconnect_packet_from_server", False):
             return
-        why = "broker sent DISCONNECT (%s): %s" % (
-            describe_reason_code(reason_code.value, _reason_string(properties)), reason_code)
+        why = BrokerDisconnect(reason_code, properties)
         # The "connection lost" line that follows says this too.
-        self._socket_error = why
+        self._socket_error = str(why)
         # The module logger, not the adapter: an adapter replaces `extra` with its own.
-        log.warning("%s:%d: %s", *self._where, why,
-                    extra=dict(self._log.extra or {}, MQTT_RC=str(reason_code)))
+        log.warning("%s:%d: %s", *self._where, why, extra=dict(self._log.extra or {}, MQTT_RC=why.name))
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
                           properties: Any) -> None:
@@ -463,8 +459,7 @@ class Session:
         except (OSError, ValueError) as exc:
             if isinstance(self._ssl_context, ClientContext):
                 self._ssl_context.discard_last_socket()
-            tls_error = {"TLS_ERROR": str(exc)} if isinstance(exc, ssl.SSLError) else {}
-            self._problem(describe_failure(exc, host), tls_error)
+            self._problem(ConnectFailed(exc, host))
             return False
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         was_connected = False
@@ -488,11 +483,11 @@ class Session:
             # A keepalive timeout is the link going quiet; anything else, the broker (or the path) closing.
             self._outstanding.lost(by_broker=rc != MQTTErrorCode.MQTT_ERR_KEEPALIVE)
             self.disconnected_since = time.time()
-            self._problem("connection lost" + (": %s" % self._socket_error if self._socket_error else ""))
+            self._problem(ConnectionLost(self._socket_error))
         elif self._refusal is not None:
-            self._problem(self._refusal, {"MQTT_RC": self._refusal.rpartition(": ")[2]})
+            self._problem(self._refusal)
         else:
-            self._problem(self._closed_before_connack(), {"TLS_ERROR": self._socket_error or "closed"})
+            self._problem(self._closed_before_connack())
         with self._io_lock:
             self._client.disconnect()
         return was_connected
@@ -607,15 +602,17 @@ class Session:
         self._socket_error = None
         self._refusal = None
 
-    def _closed_before_connack(self) -> str:
-        alert = describe_alert(self._socket_error or "")
+    def _closed_before_connack(self) -> SessionProblem:
+        raw = self._socket_error
+        alert = alert_of(raw or "")
         if alert is not None:
-            return alert
+            return TLSAlert(alert, raw or "")
         if self._speaks_311_only():
-            return broker_probe.SPEAKS_311_ONLY
+            return ClosedBeforeConnack(broker_probe.SPEAKS_311_ONLY, raw)
         if self._config.tls is not None:
-            return REJECTED_AFTER_HANDSHAKE
-        return "broker closed the connection before accepting it (%s)" % (self._socket_error or "no reason given")
+            return RejectedAfterHandshake(raw)
+        return ClosedBeforeConnack("broker closed the connection before accepting it (%s)"
+                                   % (raw or "no reason given"), raw)
 
     def _speaks_311_only(self) -> bool:
         """Whether a broker that closed on our MQTT 5 CONNECT answers an MQTT 3.1.1 one (RabbitMQ
@@ -651,24 +648,22 @@ class Session:
     @property
     def problem(self) -> Optional[str]:
         """Why the session is not connected, in plain words; None when all is well."""
-        return self._last_problem
+        problem = self._last_problem
+        return str(problem) if problem is not None else None
 
-    def _problem(self, message: str, fields: Optional[Dict[str, str]] = None) -> None:
-        # Once per state change: a broker down for an hour must not fill the journal. A bare
-        # close after the handshake is the same refusal as the alert that sometimes precedes
-        # it (whether the alert is read first is a race): not a new state.
-        same = message == self._last_problem or (
-            message == REJECTED_AFTER_HANDSHAKE and self._last_problem in CLIENT_CERT_REFUSALS)
-        if not same:
+    def _problem(self, problem: SessionProblem) -> None:
+        # Once per state change (problems.SessionProblem.same_state): a broker down for an hour
+        # must not fill the journal.
+        if not problem.same_state(self._last_problem):
             # Before the log line: a health document built meanwhile must not show the logged
             # error as the last one while the session still says nothing is wrong.
-            self._last_problem = message
+            self._last_problem = problem
             # The journal gets the raw TLS error or MQTT reason code as fields beside the plain words.
             log.error("%s:%d: %s; retrying with backoff (%g-%g s)", *self._where,
-                      message, self._config.reconnect.min_delay, self._config.reconnect.max_delay,
-                      extra=dict(self._log.extra or {}, **(fields or {})))
+                      problem, self._config.reconnect.min_delay, self._config.reconnect.max_delay,
+                      extra=dict(self._log.extra or {}, **problem.fields))
         else:
-            self._log.debug("%s:%d: still failing: %s", *self._where, message)
+            self._log.debug("%s:%d: still failing: %s", *self._where, problem)
 
     def _publish_offline(self) -> bool:
         """Once per session, from whichever thread gets here first while connected."""
@@ -745,15 +740,6 @@ class Session:
         back = self._brokers.preferred_answers(self._ssl_context)
         self._working()
         return back
-
-
-# paho 2 hands an MQTT 3.1.1 CONNACK's return code over as the MQTT 5 reason code it maps it to.
-_CONNACK_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
-
-
-def _reason_string(properties: Any) -> Optional[str]:
-    text = getattr(properties, "ReasonString", None)
-    return str(text) if text else None
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
