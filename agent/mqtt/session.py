@@ -71,14 +71,14 @@ class Session:
         The broker-side session is handed on when it is the same client at the same broker: a
         reload is not a new process, and must not start clean. What the old connection had in
         flight is not sent by the new one: the caller puts it back in the spool."""
+        old = self._connection
+        old.stop(timeout)
+        was = old.config
+        same = (config.host, config.port, config.client_id) == (was.host, was.port, was.client_id)
+        # Built under the lock subscribe() takes: every filter is routed on the new client.
         with self._lock:
-            old = self._connection
-            was = old.config
-            same = (config.host, config.port, config.client_id) == (was.host, was.port, was.client_id)
             new = Connection(config, ssl_context, self._listener, self._subscriptions, online,
                              same and old.state.had_connack, self._rng)
-        old.stop(timeout)
-        with self._lock:
             self._connection = new
         new.start()
 
