@@ -49,6 +49,8 @@ def test_the_same_connect_failure_twice_is_one_state_and_another_kind_is_a_new_o
     assert refused.same_state(problems.ConnectFailed(ConnectionRefusedError(111, "Connection refused"), "gw"))
     assert not refused.same_state(problems.ConnectFailed(TimeoutError("timed out"), "gw"))
     assert not refused.same_state(None)
+    # With mqtt.hosts, the same failure at the next broker is a new line.
+    assert not refused.same_state(problems.ConnectFailed(ConnectionRefusedError(111, "Connection refused"), "gw2"))
     verify = problems.ConnectFailed(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] verify failed"), "gw")
     assert "CERTIFICATE_VERIFY_FAILED" in verify.fields["TLS_ERROR"]
     assert str(refused).startswith("connection refused by gw")

@@ -157,7 +157,8 @@ class Connection:
         def publish(on_ack: Any) -> None:
             info = self._client.publish(self._config.status_topic, OFFLINE, qos=1, retain=True,
                                         properties=self.properties.status(TEXT))
-            self.outstanding.sent(info.mid, self._config.status_topic, on_ack)
+            if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self.outstanding.sent(info.mid, self._config.status_topic, on_ack)
 
         return self._life.publish_offline_once(self.state.connected, publish)
 

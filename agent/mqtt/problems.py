@@ -218,7 +218,8 @@ class ConnectFailed(SessionProblem):
     def __init__(self, exc: BaseException, host: str) -> None:
         fields = {"TLS_ERROR": str(exc)} if isinstance(exc, ssl.SSLError) else {}
         super().__init__(describe_failure(exc, host), fields)
-        self._state = (type(exc).__name__, getattr(exc, "errno", None), alert_of(str(exc)))
+        # The host too: with mqtt.hosts, the same failure at the next broker is news.
+        self._state = (host, type(exc).__name__, getattr(exc, "errno", None), alert_of(str(exc)))
 
     @property
     def state(self) -> Any:
