@@ -96,11 +96,6 @@ class Session:
         return self._connection.info()
 
     @property
-    def had_connack(self) -> bool:
-        """Whether the broker has accepted this session at least once (MQTT 5: resume, not start clean)."""
-        return self._connection.state.had_connack
-
-    @property
     def problem(self) -> Optional[str]:
         """Why the session is not connected, in plain words; None when all is well."""
         return self._connection.state.problem
