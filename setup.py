@@ -17,7 +17,8 @@ setup(
     package_data={"agent": ["data/*"]},
     python_requires=">=3.9",
     install_requires=[
-        "paho-mqtt>=2,<3",
+        # Only the release tested: agent/mqtt/paho_shim.py reads paho internals (tests/test_paho_shim.py).
+        "paho-mqtt>=2.2,<2.3",
         "PyYAML>=5.1",
     ],
     extras_require={

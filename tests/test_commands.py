@@ -402,7 +402,7 @@ def test_the_agent_listens_for_commands_only_when_enabled(tmp_path, enabled):
     try:
         assert (agent.commands is not None) == enabled
         # The overlay is laid over the config whether commands are on or not.
-        assert [s.interval for s in agent._sensors] == [30.0]
+        assert [s.interval for s in agent.sensors] == [30.0]
         agent.set_interval("t", 5.0, persist=False)
         assert overlay.load(overlay.path_in(tmp_path)) == {"t": 30.0}
         agent.set_interval("t", 7.0, persist=True)

@@ -279,6 +279,19 @@ class _Highest(random.Random):
         return b
 
 
+class _Pump:
+    """The session's listener, as the daemon's reporter: the uplink may take more after every event."""
+
+    def __init__(self, uplink: Uplink) -> None:
+        self._uplink = uplink
+
+    def connected(self, info: object) -> None:
+        pass
+
+    def writable(self) -> None:
+        self._uplink.pump()
+
+
 def _pipeline(certs: Certs, broker: Broker, tmp_path: Path, *, protocol: str = "3.1.1",
               topic: Optional[str] = None) -> Tuple[Session, Spool, Uplink]:
     """A session, an in-memory spool and an uplink, wired as the daemon wires them."""
@@ -287,11 +300,9 @@ def _pipeline(certs: Certs, broker: Broker, tmp_path: Path, *, protocol: str = "
     cfg = config.load(path)
     assert cfg.mqtt.tls is not None
     spool = Spool()
-    pumps: List[Uplink] = []
-    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=lambda: [u.pump() for u in pumps],
-                      rng=_Highest())
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), rng=_Highest())
     uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1)
-    pumps.append(uplink)
+    session.listen(_Pump(uplink))
     return session, spool, uplink
 
 

@@ -198,8 +198,8 @@ def test_the_daemon_logs_days_left_at_start_and_warns_under_30(certs: Certs, tmp
         shutil.copy(certs.dir / name, d / name)
     soon = pki.issue_device(d, "soon", days=10)
     with caplog.at_level("INFO", logger="agent.service.daemon"):
-        daemon._warn_about_dates(certs.device_cert)
-        daemon._warn_about_dates(soon.cert_file)
+        daemon.warn_about_dates(certs.device_cert)
+        daemon.warn_about_dates(soon.cert_file)
     info, warning = caplog.records[-2:]
     assert info.levelname == "INFO" and "expires in 729 days" in info.getMessage()
     assert warning.levelname == "WARNING" and "soon.crt expires in 9 days" in warning.getMessage()

@@ -218,9 +218,10 @@ def test_a_document_gathered_before_any_connect_says_disconnected_and_round_trip
     cfg = _config(tmp_path, certs)
     session, spool = Session(cfg.mqtt, None), Spool()
     now = time.time()
-    report = health_report.gather(cfg, session, spool, sampled=7, delivered=3, started=time.monotonic() - 5,
-                                  config_digest="abc", resumed=None, last_error=None,
-                                  cert_not_after=health_report.certificate_expiry(cfg), now=now)
+    facts = health_report.Facts(cfg, started=time.monotonic() - 5, config_digest="abc",
+                                cert_not_after=health_report.certificate_expiry(cfg))
+    progress = health_report.Progress(sampled=7, delivered=3, resumed=None, last_error=None)
+    report = health_report.gather(facts, session, spool, progress, now=now)
     assert report.connection.state == "disconnected" and report.connection.tls_version is None
     assert report.readings.sampled == 7 and report.readings.delivered == 3 and report.readings.dropped == 0
     assert report.spool == SpoolState(depth=0, in_flight=0, bytes=0, file_bytes=0, durable=False)

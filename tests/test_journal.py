@@ -130,7 +130,7 @@ def test_levels_map_to_syslog_priorities(level, priority, journal_log):
 
 def test_the_stream_format_carries_the_priority_prefix():
     record = logging.LogRecord("agent.sampling.sampler", logging.WARNING, __file__, 1, "sensor %s stale", ("t",), None)
-    handler = logging_setup._stream_handler(logging_setup.FORMAT_JOURNAL_STREAM, syslog_prefix=True)
+    handler = logging_setup.stream_handler(logging_setup.FORMAT_JOURNAL_STREAM, syslog_prefix=True)
     assert handler.filter(record)
     assert handler.format(record) == "<4>agent.sampling.sampler: sensor t stale"
 
@@ -141,7 +141,7 @@ def test_every_line_of_a_traceback_keeps_the_priority_on_stderr():
     except ValueError:
         record = logging.LogRecord("agent.sampling.sampler", logging.ERROR, __file__, 1, "sensor failed", (),
                                    sys.exc_info())
-    handler = logging_setup._stream_handler(logging_setup.FORMAT_JOURNAL_STREAM, syslog_prefix=True)
+    handler = logging_setup.stream_handler(logging_setup.FORMAT_JOURNAL_STREAM, syslog_prefix=True)
     handler.filter(record)
     lines = handler.format(record).splitlines()
     assert lines[0] == "<3>agent.sampling.sampler: sensor failed"

@@ -12,8 +12,7 @@ from typing import Callable, List
 import pytest
 
 from agent.config import schema as config
-from agent.mqtt.reconnect_schedule import AfterLoss
-from agent.mqtt.session import backoff_delay
+from agent.mqtt.reconnect_schedule import AfterLoss, backoff_delay
 from conftest import ROOT, Broker, Subscriber, agent_config
 
 

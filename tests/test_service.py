@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
 import shutil
 import signal
 import socket
@@ -333,6 +335,34 @@ def test_certificate_rotation_by_reload_reconnects_without_losing_a_reading(cert
         assert broker.log.read_text().count("as thunder10 (") == 2
     finally:
         watcher.close()
+
+
+def test_a_reload_that_moves_the_telemetry_keeps_one_count_of_what_was_delivered(certs, broker, subscriber,
+                                                                                run_agent):
+    # The broker section changes (a new telemetry topic): a new connection, the same session and
+    # uplink, so the count at stop is every reading the broker got, on either topic.
+    cfg = agent_config(certs, broker.port)
+    agent = run_agent(cfg)
+    path = Path(agent.proc.args[-1])
+    before = subscriber.telemetry()["readings"]
+    cfg["mqtt"]["topic"] = "edison/thunder10/moved"
+    path.write_text(yaml.safe_dump(cfg))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for(r"reloaded .*broker session \(reconnected\)")
+    after = subscriber.telemetry("edison/thunder10/moved")["readings"]
+    assert agent.stop() == 0
+    delivered = int(agent.wait_for(r"stopped: \d+ readings delivered").split("stopped: ")[1].split()[0])
+    seqs = {r["seq"] for r in before + after}
+    deadline = time.monotonic() + 10
+    while len(seqs) < delivered and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            topic, payload = subscriber.messages.get(timeout=1)
+            if topic in ("edison/thunder10/telemetry", "edison/thunder10/moved"):
+                seqs.update(r["seq"] for r in json.loads(payload)["readings"])
+    # A message in flight at the reload may reach the broker twice (QoS 1), counted once.
+    first = min(seqs)
+    assert seqs == set(range(first, first + delivered))
+    assert "not yet acknowledged" not in agent.output
 
 
 def test_run_loads_only_what_the_daemon_needs():

@@ -6,25 +6,50 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 import pytest
 import yaml
 
 from agent.config import schema as config
 from agent.mqtt import tls
-from agent.mqtt.session import _QUIET, Session
+from agent.mqtt.session import ConnectionInfo, Session
+from agent.mqtt.socket_io import QUIET
 from agent.service.health import STALL_AFTER, Health
 from conftest import Broker, Certs, agent_config
 
 
+class _Listener:
+    """The session's listener; `writable` runs after every network event on its thread."""
+
+    def __init__(self, writable: Callable[[], None]) -> None:
+        self._writable = writable
+
+    def connected(self, info: ConnectionInfo) -> None:
+        pass
+
+    def writable(self) -> None:
+        self._writable()
+
+
 def _session(certs: Certs, broker: Broker, tmp_path: Path, keepalive: int,
-             on_io: Callable[[], None] = lambda: None) -> Session:
+             writable: Callable[[], None] = lambda: None) -> Session:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(agent_config(certs, broker.port, mqtt={"keepalive": keepalive})))
     cfg = config.load(path)
     assert cfg.mqtt.tls is not None
-    return Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=on_io)
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls))
+    session.listen(_Listener(writable))
+    return session
+
+
+def _network_threads() -> Set[threading.Thread]:
+    # The session names its network thread (as bench/session_wakeups.py finds it).
+    return {t for t in threading.enumerate() if t.name == "mqtt-session"}
+
+
+# Each started session's network thread.
+_THREADS: Dict[int, threading.Thread] = {}
 
 
 @pytest.fixture
@@ -37,7 +62,7 @@ def sessions() -> Iterator[List[Session]]:
 
 def _wakeups(session: Session) -> int:
     """How often the network thread has blocked: the kernel's count, not ours."""
-    native_id = session._thread.native_id
+    native_id = _THREADS[id(session)].native_id
     assert native_id is not None
     with open("/proc/self/task/%d/status" % native_id) as f:
         for line in f:
@@ -47,7 +72,9 @@ def _wakeups(session: Session) -> int:
 
 
 def _connected_and_settled(session: Session, sessions: List[Session]) -> None:
+    before = _network_threads()
     session.start()
+    (_THREADS[id(session)],) = _network_threads() - before
     sessions.append(session)
     assert session.wait_connected(15)
     time.sleep(0.5)  # the online status is out and acknowledged; the thread is in select()
@@ -75,11 +102,11 @@ def test_a_publish_from_another_thread_is_written_there_without_waking_the_netwo
     _connected_and_settled(session, sessions)
     before = _wakeups(session)
     for i in range(4):
-        # From this thread, at an idle sensor's pace (over _QUIET apart); QoS 0 has no PUBACK
+        # From this thread, at an idle sensor's pace (over QUIET apart); QoS 0 has no PUBACK
         # to wake anyone.
         assert session.publish("edison/thunder10/test", b"%d" % i, qos=0)
         subscriber.next("edison/thunder10/test", payload=str(i))
-        time.sleep(_QUIET)
+        time.sleep(QUIET)
     assert _wakeups(session) == before
 
 
@@ -90,11 +117,14 @@ def test_a_deferring_thread_s_publishes_are_written_by_its_flush(certs, broker, 
     session.defer_writes(True)
     try:
         assert session.publish("edison/thunder10/test", b"deferred", qos=0)
-        assert session._client.want_write()  # queued, not written, and nobody woken
+        # Queued, not written, and nobody woken: the broker has not seen it.
+        time.sleep(0.3)
+        assert "'edison/thunder10/test'" not in broker.log.read_text(errors="replace")
         assert _wakeups(session) == before
         session.flush()  # as the sampler does right before it sleeps
-        assert not session._client.want_write()
         subscriber.next("edison/thunder10/test", payload="deferred")
+        # The broker's log does name it once written (so its absence above meant something).
+        assert "'edison/thunder10/test'" in broker.log.read_text(errors="replace")
     finally:
         session.defer_writes(False)
     assert _wakeups(session) == before
@@ -134,7 +164,7 @@ def test_stop_wakes_an_idle_session_at_once_and_goes_offline(certs, broker, tmp_
     started = time.monotonic()
     session.stop(5)
     assert time.monotonic() - started < 2
-    assert not session._thread.is_alive()
+    assert not _THREADS[id(session)].is_alive()
     assert not session.connected
 
 
@@ -164,11 +194,11 @@ class _Spool:
 def test_a_sleeping_session_is_alive_and_a_stuck_one_is_not(certs, broker, tmp_path, sessions):
     stuck, release = threading.Event(), threading.Event()
 
-    def on_io() -> None:
+    def writable() -> None:
         if stuck.is_set():
-            release.wait(30)  # a callback that hangs: the network thread is stuck in it
+            release.wait(30)  # a listener that hangs: the network thread is stuck in it
 
-    session = _session(certs, broker, tmp_path, keepalive=60, on_io=on_io)
+    session = _session(certs, broker, tmp_path, keepalive=60, writable=writable)
     _connected_and_settled(session, sessions)
     # Asleep in select() with a deadline ahead: alive now, though it has not woken for a while.
     assert time.monotonic() - session.last_alive < 0.1
@@ -179,7 +209,7 @@ def test_a_sleeping_session_is_alive_and_a_stuck_one_is_not(certs, broker, tmp_p
     assert health.stalled() == []
 
     stuck.set()
-    session.publish("edison/thunder10/test", b"x", qos=1)  # its PUBACK runs on_io, which hangs
+    session.publish("edison/thunder10/test", b"x", qos=1)  # its PUBACK wakes the listener, which hangs
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() - session.last_alive < 0.5:

@@ -83,6 +83,13 @@ class Uplink:
             self._cancel_timer()
         self.pump()
 
+    def retarget(self, topic: str, qos: int, window: int) -> None:
+        """A reload changed mqtt.topic, mqtt.qos or mqtt.inflight: the same uplink goes on with
+        them (the session it hands to outlives reloads), so every acknowledgement counts here."""
+        with self._lock:
+            self._topic, self._qos, self._window = topic, qos, window
+            self._window_readings = window * self._batch.max_readings
+
     def retire(self) -> None:
         """Hand nothing more to this session (it is being replaced). Not a lock held across the
         session's stop: its network thread calls pump() and must not block on us while stopping."""

@@ -38,10 +38,16 @@ class BrokerList:
         self._clock = clock
         self._index = 0
         self._next_check: Optional[float] = None
+        # Failback checks put off because messages awaited their PUBACK.
+        self._waits = 0
 
     @property
     def current(self) -> Address:
         return self._hosts[self._index]
+
+    @property
+    def preferred(self) -> Address:
+        return self._hosts[0]
 
     @property
     def several(self) -> bool:
@@ -66,6 +72,22 @@ class BrokerList:
         """Check a little later (messages are awaiting their PUBACK right now)."""
         if self._next_check is not None:
             self._next_check = self._clock() + seconds
+
+    def check_due(self, awaiting: bool) -> bool:
+        """On another broker, failback due, and no message awaiting its PUBACK (a move then costs
+        no duplicate): time to check the preferred one."""
+        due = self._next_check
+        if due is None or self._clock() < due:
+            return False
+        if awaiting:
+            # A PUBACK is usually milliseconds away; a board that is never idle moves anyway, by
+            # QoS 1's rule (the unacknowledged are sent again to the preferred broker).
+            self.postpone(0.2)
+            self._waits += 1
+            if self._waits < 25:
+                return False
+        self._waits = 0
+        return True
 
     def preferred_answers(self, ctx: Optional[ssl.SSLContext]) -> bool:
         """Check the preferred broker now (TCP, then the TLS handshake with its own name checked);

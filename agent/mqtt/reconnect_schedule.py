@@ -15,6 +15,7 @@ uncapped: consecutive attempts are at least `spread` apart."""
 from __future__ import annotations
 
 import random
+from typing import Optional
 
 
 class AfterLoss:
@@ -34,3 +35,19 @@ class AfterLoss:
         self._window = min(self._max_delay, self._window * 2)
         # An attempt that itself took long (a connect timeout) must not be followed at once.
         return max(self._min_delay if due < now else 0.0, due - now)
+
+
+def backoff_delay(attempt: int, min_delay: float, max_delay: float, rng: random.Random,
+                  spread: Optional[float] = None) -> float:
+    """Full jitter between min_delay and an exponential cap, so a fleet does not reconnect in step.
+
+    `spread` is for the first attempt after an established connection was lost. A broker restart
+    drops every board in the same instant, and a cap of 2 x min_delay would bring them all back
+    within one second; that attempt is drawn from a window `spread` seconds wide instead (never
+    beyond max_delay).
+    """
+    if spread is not None:
+        cap = min(max_delay, min_delay + spread)
+    else:
+        cap = min(max_delay, min_delay * (2 ** min(attempt, 30)))
+    return rng.uniform(min_delay, max(min_delay, cap))

@@ -1,26 +1,28 @@
-"""The SSLContext for the broker session, and TLS failures in plain words."""
+"""The SSLContext for the broker session, and a certificate's dates."""
 
 from __future__ import annotations
 
 import datetime
 import logging
 import re
-import socket
 import ssl
 from typing import Any, Callable, Optional, Tuple
 
 from agent.config.schema import KEY_PASSWORD_ENV, TLSConfig
+from agent.mqtt import paho_shim
+
+# The words and types of what goes wrong live in agent/mqtt/problems.py; these names stay
+# importable from here for the tools (doctor, watch, the CLI).
+from agent.mqtt.problems import CLIENT_CERT_REFUSALS as CLIENT_CERT_REFUSALS
+from agent.mqtt.problems import REJECTED_AFTER_HANDSHAKE as REJECTED_AFTER_HANDSHAKE
+from agent.mqtt.problems import TLSSetupError as TLSSetupError
+from agent.mqtt.problems import describe_alert as describe_alert
+from agent.mqtt.problems import describe_connack as describe_connack
+from agent.mqtt.problems import describe_failure as describe_failure
+from agent.mqtt.problems import describe_reason_code as describe_reason_code
+from agent.mqtt.problems import openssl_reason as openssl_reason
 
 log = logging.getLogger(__name__)
-
-
-class TLSSetupError(Exception):
-    """A local TLS problem that waiting cannot heal: names the config key it came from."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__("%s: %s" % (key, message))
-        self.key = key
-        self.message = message
 
 
 class ClientContext(ssl.SSLContext):
@@ -83,7 +85,7 @@ def build_context(cfg: TLSConfig) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=str(cfg.ca_file))
     except (ssl.SSLError, OSError) as exc:
         raise TLSSetupError("mqtt.tls.ca_file", "%s holds no usable PEM CA certificate (%s)"
-                            % (cfg.ca_file, _reason(exc))) from None
+                            % (cfg.ca_file, openssl_reason(exc))) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     if not cfg.verify_hostname:
         ctx.check_hostname = False
@@ -116,7 +118,7 @@ def _load_client_certificate(ctx: ssl.SSLContext, cfg: TLSConfig) -> None:
                                 % (cfg.key_file, cfg.key_password_source)) from None
         # The certificate loaded on its own (above): what failed is the key.
         raise TLSSetupError("mqtt.tls.key_file", "%s holds no usable private key (damaged, or not PEM?): %s"
-                            % (cfg.key_file, _reason(exc))) from None
+                            % (cfg.key_file, openssl_reason(exc))) from None
     except OSError as exc:
         raise TLSSetupError("mqtt.tls.key_file", "cannot load %s: %s" % (cfg.key_file, exc)) from None
 
@@ -134,7 +136,7 @@ def _check_certificate_file(path: str) -> None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
     except (ssl.SSLError, OSError) as exc:
         raise TLSSetupError("mqtt.tls.cert_file", "%s holds no usable certificate (damaged or truncated: %s); "
-                            "copy the file again" % (path, _reason(exc))) from None
+                            "copy the file again" % (path, openssl_reason(exc))) from None
 
 
 def _check_key_file(path: str) -> bool:
@@ -159,18 +161,14 @@ def _head(path: str, key: str) -> bytes:
         raise TLSSetupError(key, "cannot read %s: %s" % (path, exc.strerror or exc)) from None
 
 
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    return str(reason).replace("_", " ").lower() if reason else str(exc)
-
-
 def certificate_dates(path: str) -> Optional[Tuple[datetime.datetime, datetime.datetime]]:
     """notBefore/notAfter of a PEM certificate, without needing `cryptography` on the board."""
+    decoded = paho_shim.decode_certificate(path)
+    if decoded is None:
+        return None
     try:
-        # The ssl module's own decoder; private, but present since Python 2.7.
-        decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
         return parse_cert_time(decoded["notBefore"]), parse_cert_time(decoded["notAfter"])
-    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+    except (KeyError, ValueError, TypeError):
         return None
 
 
@@ -205,158 +203,4 @@ def check_validity(not_before: datetime.datetime, not_after: datetime.datetime,
         return "not valid until %s UTC%s" % (not_before.strftime("%Y-%m-%d %H:%M"), hint)
     if now > not_after:
         return "expired on %s UTC" % not_after.strftime("%Y-%m-%d %H:%M")
-    return None
-
-
-_ALERTS = {
-    "certificate required": "the broker requires a client certificate and none was sent: "
-                            "set mqtt.tls.cert_file and mqtt.tls.key_file",
-    "unknown ca": "the broker does not trust our client certificate: it was signed by a CA "
-                  "the broker's cafile does not hold",
-    # A broker whose crlfile is past its nextUpdate sends this alert for every device.
-    "certificate expired": "the broker rejected our client certificate as expired (or the clock is wrong, or "
-                           "the broker's CRL is past its nextUpdate: 'edison-agent pki crl DIR')",
-    # OpenSSL's alert 44, sent by a broker with a crlfile that lists our serial.
-    "certificate revoked": "the broker says this device's certificate is revoked (it is on the CA's revocation "
-                           "list): issue a new one ('edison-agent pki issue-device --force DIR NAME') and install it",
-    "bad certificate": "the broker rejected our client certificate",
-    "certificate unknown": "the broker rejected our client certificate",
-    "handshake failure": "the broker refused the TLS handshake (no common TLS version or cipher, or "
-                         "it wanted a client certificate)",
-    "protocol version": "the broker and this client share no TLS version (this client speaks TLS 1.2 or "
-                        "newer, as far as its OpenSSL allows): set tls_version tlsv1.2 on the broker, or give "
-                        "the board an OpenSSL with TLS 1.3 if the broker requires it",
-    "unsupported certificate": "the broker rejected our client certificate as not meant for this use: "
-                               "it lacks extendedKeyUsage clientAuth; issue it with 'edison-agent pki "
-                               "issue-device'",
-    "wrong version number": "the port answered but not with TLS: is it the plain MQTT port (1883), or another "
-                            "service? mqtt.port should be the broker's TLS listener (8883)",
-}
-
-
-# What the broker's alerts say about our own certificate (as opposed to the TLS setup).
-CLIENT_CERT_REFUSALS = frozenset(_ALERTS[a] for a in ("certificate required", "unknown ca", "certificate expired",
-                                                       "certificate revoked", "bad certificate",
-                                                       "certificate unknown"))
-
-
-# What the broker's side says when it closes the connection right after the handshake: with TLS 1.3
-# a refused client certificate shows up only as this close (session.py has the same words).
-REJECTED_AFTER_HANDSHAKE = ("broker closed the connection after the TLS handshake: it probably rejected the "
-                            "client certificate (unknown CA, revoked, or none sent)")
-
-# What CONNACK 4/5 (MQTT 5: 0x86/0x87) mean on the brokers the agent meets, not only Mosquitto's words.
-NO_SUCH_USER = ("with a client certificate the user name is usually the certificate's CN: create that user on the "
-                "broker (Mosquitto: use_identity_as_username true on the listener; RabbitMQ: mqtt.ssl_cert_login = "
-                "true and ssl_cert_login_from = common_name, then 'rabbitmqctl add_user CN' and 'set_permissions'; "
-                "EMQX: mqtt.peer_cert_as_username = cn and a user for it; AWS IoT: no user name, the certificate "
-                "must be ACTIVE), or mqtt.username / mqtt.password_file are not what the broker has")
-NOT_AUTHORIZED = ("the broker's ACL or policy does not allow this identity (Mosquitto: acl_file, whose user is the "
-                  "certificate's CN with use_identity_as_username; RabbitMQ: the CN user's permissions on the vhost, "
-                  "'rabbitmqctl set_permissions'; EMQX: authorization rules for the CN; AWS IoT: the policy attached "
-                  "to the certificate must allow iot:Connect for this client id)")
-
-# MQTT 3.1.1 CONNACK return codes (section 3.2.2.3).
-_CONNACK = {
-    1: "unacceptable protocol version: the broker does not speak MQTT 3.1.1",
-    2: "identifier rejected: the broker does not accept mqtt.client_id (too long, bad characters, "
-       "or not allowed for this certificate)",
-    3: "server unavailable: the broker is up but not accepting connections",
-    4: "bad user name or password: " + NO_SUCH_USER,
-    5: "not authorized: " + NOT_AUTHORIZED,
-}
-
-
-def describe_connack(return_code: int) -> str:
-    """A refused CONNACK in plain words."""
-    return "broker refused the connection (CONNACK %d): %s" % (
-        return_code, _CONNACK.get(return_code, "reserved return code"))
-
-
-# MQTT 5 reason codes a broker gives in CONNACK or DISCONNECT (section 2.4), in plain words.
-_REASON_CODES = {
-    0x00: "success",
-    0x04: "the broker asked us to send our Last Will",
-    0x80: "unspecified error",
-    0x81: "malformed packet: the broker could not parse what we sent",
-    0x82: "protocol error",
-    0x83: "implementation-specific error: see the broker's log",
-    0x84: "unsupported protocol version: the broker does not speak MQTT 5; set mqtt.protocol: \"3.1.1\"",
-    0x85: "client identifier not valid: the broker does not accept mqtt.client_id",
-    0x86: "bad user name or password: " + NO_SUCH_USER,
-    0x87: "not authorized: " + NOT_AUTHORIZED,
-    0x88: "server unavailable",
-    0x89: "server busy: try again later",
-    0x8A: "banned: this client is banned by the broker's administrator",
-    0x8B: "the server is shutting down",
-    0x8C: "bad authentication method",
-    0x8D: "keep alive timeout: the broker heard nothing for 1.5 x mqtt.keepalive",
-    0x8E: "session taken over: another client connected with the same client id",
-    0x90: "topic name invalid: the broker does not accept mqtt.topic or mqtt.status_topic",
-    0x93: "receive maximum exceeded: lower mqtt.inflight",
-    0x95: "packet too large: lower batch.max_readings",
-    0x96: "message rate too high",
-    0x97: "quota exceeded",
-    0x98: "administrative action: an administrator disconnected this client",
-    0x99: "payload format invalid",
-    0x9A: "retain not supported by this broker",
-    0x9B: "QoS not supported by this broker: lower mqtt.qos",
-    0x9C: "use another server",
-    0x9D: "server moved",
-    0x9F: "connection rate exceeded: too many connects; the backoff will slow them",
-}
-
-
-def describe_reason_code(code: int, reason_string: Optional[str] = None) -> str:
-    """An MQTT 5 reason code as `reason code 135 (0x87), <meaning>[, broker says '...']`."""
-    text = "reason code %d (0x%02X), %s" % (code, code, _REASON_CODES.get(code, "see the MQTT 5 specification"))
-    if reason_string:
-        text += ", broker says %r" % reason_string
-    return text
-
-
-def describe_failure(exc: BaseException, host: str, port: Optional[int] = None) -> str:
-    """Turns a connect() failure into one line a person can act on.
-
-    Shared by the daemon's connect-failure log lines and `edison-agent doctor`."""
-    where = "%s:%d" % (host, port) if port is not None else host
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        message = exc.verify_message or _reason(exc)
-        if "Hostname mismatch" in message or "IP address mismatch" in message:
-            return ("the broker's certificate is not valid for %r (%s): connect by a name in its "
-                    "subjectAltName, or issue it for this name" % (host, message))
-        if "unable to get local issuer" in message or "self-signed" in message or "self signed" in message:
-            return "the broker's certificate was not signed by the CA in mqtt.tls.ca_file (%s)" % message
-        if "expired" in message or "not yet valid" in message:
-            return "the broker's certificate is %s (check the clock)" % message
-        if "unsupported certificate purpose" in message:
-            return ("the broker's certificate is not a server certificate (%s): it lacks extendedKeyUsage "
-                    "serverAuth; issue it with 'edison-agent pki issue-broker'" % message)
-        return "the broker's certificate failed verification: %s" % message
-    if isinstance(exc, (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-        # A port that speaks plain MQTT reads the ClientHello as a malformed packet and drops the
-        # connection: OpenSSL sees a reset (or an EOF) in the middle of its handshake.
-        return ("%s answered but not with TLS: is it the plain MQTT port (1883)? The connection was %s during "
-                "the TLS handshake; mqtt.port should be the broker's TLS listener (8883)"
-                % (where, "reset" if isinstance(exc, ConnectionResetError) else "closed"))
-    if isinstance(exc, ssl.SSLError):
-        return describe_alert(str(exc)) or "TLS handshake failed: %s" % _reason(exc)
-    if isinstance(exc, socket.gaierror):
-        return ("DNS failure: cannot resolve %r (%s): check mqtt.host and the board's DNS (/etc/resolv.conf)"
-                % (host, exc.strerror or exc))
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused by %s: is the broker running and listening on this port?" % where
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return ("timed out connecting to %s: the broker or the network does not answer (firewall, wrong "
-                "address, or no route)" % where)
-    if isinstance(exc, OSError) and exc.strerror:
-        return "%s (connecting to %s)" % (exc.strerror, where)
-    return str(exc) or type(exc).__name__
-
-
-def describe_alert(text: str) -> Optional[str]:
-    lowered = re.sub(r"[_\s]+", " ", text.lower())
-    for alert, meaning in _ALERTS.items():
-        if alert in lowered:
-            return meaning
     return None

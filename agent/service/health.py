@@ -33,16 +33,16 @@ STALL_AFTER = 30.0
 class Health:
     def __init__(self, session: Session, spool: Spool, uplink: Uplink, notifier: NotifierLike,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.session = session
+        self._session = session
         self._spool = spool
-        self.uplink = uplink
+        self._uplink = uplink
         self._notifier = notifier
         self._monotonic = monotonic
         self._withheld: Optional[str] = None
 
     def stalled(self) -> List[str]:
         problems = []
-        age = self._monotonic() - self.session.last_alive
+        age = self._monotonic() - self._session.last_alive
         if age > STALL_AFTER:
             problems.append("the MQTT session thread has not come round for %.0f s" % age)
         late = self._spool.commit_overdue()
@@ -63,7 +63,7 @@ class Health:
             self._notifier.watchdog(self.status_line())
 
     def status_line(self) -> str:
-        s = self.session
+        s = self._session
         if s.connected and s.connected_since is not None:
             link = "connected since %s" % _clock(s.connected_since)
         else:
@@ -71,7 +71,7 @@ class Health:
             link = "not connected%s%s" % (since, ": %s" % s.problem if s.problem else "")
         dropped = self._spool.dropped
         backlog = "spool %d" % self._spool.depth + (" (%d dropped)" % dropped if dropped else "")
-        return "%s; %d sent; %s" % (link, self.uplink.delivered, backlog)
+        return "%s; %d sent; %s" % (link, self._uplink.delivered, backlog)
 
 
 def _clock(ts: float) -> str:

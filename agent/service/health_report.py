@@ -217,12 +217,37 @@ def online_status(seq_start: int, simulated: bool = False) -> bytes:
     return json.dumps(status, separators=(",", ":")).encode("utf-8")
 
 
-def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int, delivered: int,
-           started: float, config_digest: str, resumed: Optional[bool], last_error: Optional[LastError],
-           cert_not_after: Optional[datetime.datetime], stopped: bool = False,
-           now: Optional[float] = None, simulated: bool = False,
-           seq_start: Optional[int] = None) -> HealthReport:
-    """The document as of now; `started` is time.monotonic() at the agent's start."""
+@dataclass(frozen=True)
+class Facts:
+    """What a document says that changes only at a start or a reload."""
+
+    config: AgentConfig
+    # time.monotonic() at the agent's start.
+    started: float
+    config_digest: str
+    cert_not_after: Optional[datetime.datetime]
+    seq_start: Optional[int] = None
+    simulated: bool = False
+
+    @classmethod
+    def of(cls, config: AgentConfig, started: float, seq_start: Optional[int], simulated: bool) -> "Facts":
+        return cls(config, started, config_hash(config.path), certificate_expiry(config), seq_start, simulated)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the agent has done so far (besides what the session and the spool say)."""
+
+    sampled: int
+    delivered: int
+    # Whether the last connect resumed a TLS session (None before one, or over plain MQTT).
+    resumed: Optional[bool]
+    last_error: Optional[LastError]
+
+
+def gather(facts: Facts, session: Session, spool: Spool, progress: Progress, *, stopped: bool = False,
+           now: Optional[float] = None) -> HealthReport:
+    """The document as of now."""
     now = time.time() if now is None else now
     info = session.connection_info()
     since: Optional[float]
@@ -233,21 +258,23 @@ def gather(config: AgentConfig, session: Session, spool: Spool, *, sampled: int,
     else:
         state, since = DISCONNECTED, session.disconnected_since
     stats = spool.stats()
+    config = facts.config
     return HealthReport(
         device=config.device_id, version=__version__, time=round(now, 3),
-        uptime=round(time.monotonic() - started, 3), interval=config.health.interval, config_hash=config_digest,
+        uptime=round(time.monotonic() - facts.started, 3), interval=config.health.interval,
+        config_hash=facts.config_digest,
         connection=Connection(state=state, since=round(since, 3) if since is not None else None,
                               problem=session.problem if state == DISCONNECTED else None,
                               reconnects=session.reconnects,
                               tls_version=info.tls_version if info else None, cipher=info.cipher if info else None,
-                              resumed=resumed, broker=session.broker),
-        readings=Readings(sampled=sampled, delivered=delivered, dropped_full=stats.dropped_full,
+                              resumed=progress.resumed, broker=session.broker),
+        readings=Readings(sampled=progress.sampled, delivered=progress.delivered, dropped_full=stats.dropped_full,
                           dropped_age=stats.dropped_age, dropped_corrupt=stats.dropped_corrupt,
-                          seq_start=seq_start),
+                          seq_start=facts.seq_start),
         spool=SpoolState(depth=stats.depth, in_flight=stats.in_flight, bytes=stats.bytes,
                          file_bytes=stats.file_bytes, durable=stats.durable),
-        certificate=certificate(cert_not_after, now),
-        last_error=last_error, board=board_facts(simulated))
+        certificate=certificate(facts.cert_not_after, now),
+        last_error=progress.last_error, board=board_facts(facts.simulated))
 
 
 class HealthFile:

@@ -140,9 +140,9 @@ def configure(level: str) -> None:
     if where == "journal":
         handler = journal_handler()
     elif where == "journal-stream":
-        handler = _stream_handler(FORMAT_JOURNAL_STREAM, syslog_prefix=True)
+        handler = stream_handler(FORMAT_JOURNAL_STREAM, syslog_prefix=True)
     else:
-        handler = _stream_handler(FORMAT_TERMINAL, syslog_prefix=False)
+        handler = stream_handler(FORMAT_TERMINAL, syslog_prefix=False)
     root.addHandler(handler)
     # paho logs through its own on_log hook into ours; its logger stays quiet.
     logging.getLogger("paho").setLevel(logging.WARNING)
@@ -165,7 +165,7 @@ class _EveryLinePrefixed(logging.Formatter):
         return "\n".join([first] + [prefix + line for line in rest])
 
 
-def _stream_handler(fmt: str, syslog_prefix: bool) -> logging.Handler:
+def stream_handler(fmt: str, syslog_prefix: bool) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     if syslog_prefix:
         handler.setFormatter(_EveryLinePrefixed(fmt))
