@@ -74,13 +74,16 @@ class MQTTConfig:
     # Sections of their own: mqtt.reconnect, mqtt.tls (none: plain MQTT).
     reconnect: ReconnectConfig
     tls: Optional[TLSConfig]
+    # Retained health document (agent/service/health_report.py). No dataclass default for it or
+    # hosts: the loader always gives both, so no config is built without them.
+    health_topic: str = dataclasses.field(metadata=declared("edison/{device_id}/health"))
+    # Every broker, the preferred first.
+    hosts: Tuple[Tuple[str, int], ...] = dataclasses.field(metadata=declared(None))
     # False asks the broker to keep the session (and queued QoS 1 messages) across reconnects;
     # correctness never depends on it: the spool is the source of truth.
     clean_session: bool = setting(True)
     # Messages published but not yet acknowledged, at most: bounds a backlog's burst.
     inflight: int = setting(20, minimum=1, maximum=65535)
-    # Retained health document (agent/service/health_report.py).
-    health_topic: str = setting("edison/{device_id}/health", init="")
     protocol: str = setting("3.1.1", choices=("3.1.1", "5"))
     # MQTT 5: seconds the broker keeps the session after the connection ends (0: it ends with it).
     session_expiry: int = setting(0, minimum=0, maximum=MAX_EXPIRY)
@@ -89,8 +92,6 @@ class MQTTConfig:
     # Sent without a password (the client certificate authenticates); Azure IoT Hub requires one.
     username: Optional[str] = setting(None)
     target: str = setting("generic", choices=("generic", "aws-iot", "azure-iot-hub"))
-    # Every broker, the preferred first.
-    hosts: Tuple[Tuple[str, int], ...] = setting(None, init=())
     # Seconds between looks at the preferred broker while on another; 0: never move back. Five
     # minutes: a gateway back from a reboot is used again soon, and a flapping one costs at most one
     # move in five minutes (the AWS IoT Device SDK and Telegraf have no failback at all; docs/fleet.md).
