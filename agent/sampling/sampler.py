@@ -120,14 +120,12 @@ class _Request:
 
 class Sampler:
     def __init__(self, sensors: List[Tuple[SensorConfig, Sensor]], sink: Sink,
-                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 threaded: bool = True) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._slots = [_Slot(cfg, driver, {c.key: Pipeline(c.processing) for c in cfg.channels})
                        for cfg, driver in sensors]
         self._sink = sink
         self._monotonic = monotonic
         self._wall = wall
-        self._threaded = threaded
         # Requests from other threads (commands); only the schedule's thread touches its heap.
         self._requests: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
         self._alarm: Optional[Alarm] = None
@@ -253,7 +251,7 @@ class Sampler:
         if hung_for is not None:
             self._failed(slot, "read has not returned after %.1f s (hung bus or driver?)" % hung_for, now,
                          hung=True)
-        elif self._threaded and slot.driver.blocking:
+        elif slot.driver.blocking:
             if slot.worker is None:
                 slot.worker = _Worker(slot.config.name)
                 slot.worker.start()
