@@ -287,6 +287,24 @@ class Store:
                 pass
 
 
+def salvage(path: Path) -> int:
+    """What a corrupt file still tells of the seqs it used (its reservation, its highest row + 1); 0 if nothing."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return 0
+    best = 0
+    for query in ("SELECT value FROM meta WHERE key = 'seq_limit'", "SELECT max(seq) + 1 FROM readings"):
+        try:
+            row = conn.execute(query).fetchone()
+            if row and row[0] is not None:
+                best = max(best, int(row[0]))
+        except (sqlite3.Error, ValueError, TypeError):
+            pass
+    conn.close()
+    return best
+
+
 def move_aside(path: Path, now: float) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     target = path.with_name("%s.corrupt-%s" % (path.name, stamp))

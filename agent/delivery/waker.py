@@ -76,7 +76,7 @@ def _timerfd_ctypes() -> _TimerFD:
     return create, settime
 
 
-class DeadlineTimer:
+class Waker:
     """`wait()` returns when the deadline set by `set()` arrives, or at `ring()`; call `set` from any thread."""
 
     def __init__(self) -> None:
