@@ -1,32 +1,26 @@
-"""The spool's readings in memory: seq numbers, the order they leave in, what is in flight.
+"""The spool's readings in memory: the order they leave in, what is in flight, what is dropped.
 
-One lock, held briefly by every thread that calls in (sensor workers append, the uplink takes
-and releases, the network thread acknowledges) and never across a wait for the disk. Under it
-the queue calls only downward: into its parts (Seqs, Drops, Changes: plain objects of its
-own), into the store to read back a stored backlog (the store's own lock, a leaf) and into
-the committer's alarm (a leaf). The committer (agent/delivery/spool.py) calls the queue and
-never the other way round, so the lock order (commit, then queue, then store) is the call
-direction and needs no comment to keep.
-
-What the queue holds: readings in flight (handed to the session, awaiting PUBACK), released
-ones (`front`, unsent again before the rest), a small read-ahead of the stored backlog, and
-what was appended since the last commit (in `Changes`). Memory does not grow with the backlog.
+One lock, held briefly by every thread that calls in (sensor workers append, the uplink takes,
+the network thread acknowledges), never across a wait for the disk. Under it the queue calls
+only down: into its own parts (Seqs, Drops, Changes, ReadBack), the store (a leaf lock) and
+the committer's alarm (a leaf). The committer (spool.py) calls the queue, never the other way
+round: the lock order (commit, queue, store) is the call direction. Memory does not grow with
+the backlog: a stored one is read back a few hundred rows at a time (readback.py).
 """
-
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import sqlite3
 import threading
 import time
-from typing import Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from agent.delivery.changes import Changes, Commit, Counts, Entry
 from agent.delivery.drops import AGE, CORRUPT, FULL, MEMORY, REFUSED, Drops, LogLine
+from agent.delivery.readback import ReadBack
 from agent.delivery.seqs import Seqs
-from agent.delivery.store import ROW_OVERHEAD, Store, decode, encode, is_corrupt
+from agent.delivery.store import ROW_OVERHEAD, Store, encode, is_corrupt
 from agent.sampling.reading import Reading, Sample
 
 # The spool's one logger, whichever of its parts has something to say (operators filter by it).
@@ -34,7 +28,6 @@ log = logging.getLogger("agent.delivery.spool")
 
 # In memory a reading costs several times its stored size: the bound without a file (~140,000 readings).
 MEMORY_MAX_BYTES = 8 * 1024 * 1024
-_READAHEAD = 256
 # Before this (2017-07-14) a timestamp comes from a clock NTP has not set yet (the Edison has no
 # battery-backed clock by default): its age is unknown, so it is never dropped for age.
 _SANE_TS = 1_500_000_000.0
@@ -50,8 +43,7 @@ class Queue:
         self._seqs = seqs
         self._drops = drops
         self._changes = changes
-        self._store = store  # read back through it; None: memory only
-        self._broken = False  # a read met corruption: the committer moves the file aside
+        self._stored = ReadBack(store)  # the backlog in the file; without a store, memory only
         self._failing = False  # the last commit failed
         self._paused = False  # said once: publishing waits for the reservation
         self._closed = False
@@ -60,8 +52,6 @@ class Queue:
         self._cursor = 0
         self._in_flight: Dict[int, Entry] = {}
         self._front: Dict[int, Entry] = {}  # released: unsent again, before the stream
-        self._ra: Deque[Entry] = collections.deque()
-        self._ra_hi = 0  # stored rows up to here were loaded (or skipped)
         self._depth, self._bytes = stored[0], stored[1]
 
     # -- the program's side ------------------------------------------------------------------------
@@ -72,7 +62,7 @@ class Queue:
             if self._closed:
                 raise RuntimeError("the spool is closed")
             reading = Reading.numbered(self._seqs.take(), sample)
-            entry = Entry(reading, blob if self._store is not None else None, len(blob) + ROW_OVERHEAD,
+            entry = Entry(reading, blob if self._stored.durable() else None, len(blob) + ROW_OVERHEAD,
                           time.monotonic())
             self._changes.add(entry)
             self._depth += 1
@@ -102,8 +92,7 @@ class Queue:
                             self._drops.say(logging.ERROR, "spool cannot commit: publishing paused at seq %d "
                                             "until it can (a seq must never be used twice)", head.seq)
                         break
-                    if self._ra and self._ra[0] is head:
-                        self._ra.popleft()
+                    self._stored.pop(head)
                     self._cursor = head.seq
                     entry = head
                 self._in_flight[entry.seq] = entry
@@ -140,7 +129,7 @@ class Queue:
                     self._ack_unsent(seq)
                 if cause is not None:
                     self._drops.count(cause, depth - self._depth)
-            if self._store is not None:
+            if self._stored.durable():
                 self._changes.disarm_if_idle(self._seqs.low())
             self._changed.notify_all()
             lines = self._drops.lines()
@@ -175,7 +164,7 @@ class Queue:
     def counts(self) -> Counts:
         with self._lock:
             d, c = self._drops, self._changes
-            return Counts(self._store is not None, self._depth, len(self._in_flight), self._bytes, d.max_bytes,
+            return Counts(self._stored.durable(), self._depth, len(self._in_flight), self._bytes, d.max_bytes,
                           d.dropped(FULL), d.dropped(AGE), d.dropped(CORRUPT), d.dropped(REFUSED), c.commits,
                           c.last_commit)
 
@@ -194,22 +183,19 @@ class Queue:
 
     # -- the committer's side -----------------------------------------------------------------------
 
-    def commit_interval(self) -> float:
-        return self._changes.interval
-
     def commit_due(self) -> Optional[float]:
         """When the oldest change not yet committed must be (time.monotonic()); None if none or no file."""
         with self._lock:
-            return self._changes.due(self._seqs.low()) if self._store is not None else None
+            return self._changes.due(self._seqs.low()) if self._stored.durable() else None
 
     def wake(self) -> Optional[bool]:
         """The committer woke: None when closed, else whether to commit now (if not, the alarm is set again)."""
         with self._lock:
             if self._closed:
                 return None
-            if self._store is None:
+            if not self._stored.durable():
                 return False
-            return self._changes.rearm(self._seqs.low()) or self._broken
+            return self._changes.rearm(self._seqs.low()) or self._stored.broken()
 
     def reschedule(self, attempted: bool = False) -> None:
         """After a commit (what came in during it, or a failed one's retry)."""
@@ -220,12 +206,12 @@ class Queue:
 
     def broken(self) -> bool:
         with self._lock:
-            return self._broken
+            return self._stored.broken()
 
     def begin_commit(self, final: bool) -> Optional[Commit]:
         """What to write now; None if nothing (or no file)."""
         with self._lock:
-            if self._store is None:
+            if not self._stored.durable():
                 return None
             limit = self._seqs.wanted(final)
             rows, deletes = self._changes.begin()
@@ -252,29 +238,25 @@ class Queue:
     def swap_store(self, store: Optional[Store]) -> Optional[Store]:
         """Read through `store` from now on (None: read nothing stored); returns the one before."""
         with self._lock:
-            old, self._store = self._store, store
-            return old
+            return self._stored.swap(store)
 
     def recover(self, store: Optional[Store]) -> Tuple[int, int]:
         """The file went bad and `store` is a new, empty one (None: none could be made): what memory
         holds goes into it; rows only the old file held are lost. Returns (lost, kept)."""
         with self._lock:
-            self._broken = False
-            self._store = store
+            read_ahead = self._stored.restart(store)
             if store is None:
                 self._seqs.unreserved()
                 self._drops.cap(MEMORY_MAX_BYTES)
-            held = list(self._in_flight.values()) + list(self._front.values()) + list(self._ra)
-            for entry in self._ra:
+            held = list(self._in_flight.values()) + list(self._front.values()) + read_ahead
+            for entry in read_ahead:
                 self._front[entry.seq] = entry
-            self._ra.clear()
             self._cursor = max(self._cursor, self._changes.stored_hi)
             kept = {e.seq: e for e in held}
             kept.update((e.seq, e) for e in self._changes.unstored_entries())
             lost = self._depth - len(kept)
             lost_bytes = self._bytes - sum(e.size for e in kept.values())
             self._changes.restart(kept, durable=store is not None)
-            self._ra_hi = 0
             self._depth -= lost
             self._bytes -= lost_bytes
             self._drops.count(CORRUPT, lost)
@@ -284,7 +266,7 @@ class Queue:
     # -- under _lock -----------------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._store is not None:
+        if self._stored.durable():
             self._changes.schedule(self._seqs.low())
 
     def _forget(self, seq: int, size: int) -> None:
@@ -295,51 +277,39 @@ class Queue:
 
     def _ack_unsent(self, seq: int) -> None:
         """An ack for a reading never handed out (seq > cursor): unusual, but it leaves the spool all the same."""
-        for entry in self._ra:
-            if entry.seq == seq:
-                self._ra.remove(entry)
-                self._forget(seq, entry.size)
-                return
-        unstored = self._changes.unstored(seq)
-        if unstored is not None:
-            self._forget(seq, unstored.size)
+        entry = self._stored.remove(seq) or self._changes.unstored(seq)
+        if entry is not None:
+            self._forget(seq, entry.size)
             return
-        if (self._store is not None and max(self._cursor, self._ra_hi) < seq <= self._changes.stored_hi
-                and not self._changes.leaving(seq)):
+        if (self._stored.durable() and self._stored.behind(self._cursor, seq)
+                and seq <= self._changes.stored_hi and not self._changes.leaving(seq)):
             try:
-                size = self._store.size_of(seq)
+                size = self._stored.size_of(seq)
             except sqlite3.Error as exc:
                 self._read_failed(exc)
                 return
             if size is not None:
-                self._forget(seq, size + ROW_OVERHEAD)
+                self._forget(seq, size)
 
     def _stream_head(self) -> Optional[Entry]:
         """The oldest unsent reading after the cursor, loading stored ones as needed; None if none (or unreadable)."""
-        if self._ra:
-            return self._ra[0]
+        head = self._stored.head()
+        if head is not None:
+            return head
         stored_hi = self._changes.stored_hi
-        while max(self._cursor, self._ra_hi) < stored_hi:
-            store = self._store
-            if store is None or self._broken:
+        while self._stored.behind(self._cursor, stored_hi):
+            if not self._stored.readable():
                 return None
             try:
-                rows = store.load(max(self._cursor, self._ra_hi), stored_hi, _READAHEAD)
+                bad = self._stored.load(self._cursor, stored_hi, self._changes.leaving)
             except sqlite3.Error as exc:
                 self._read_failed(exc)
                 return None
-            self._ra_hi = rows[-1][0] if len(rows) == _READAHEAD else stored_hi
-            for seq, blob in rows:
-                if self._changes.leaving(seq):
-                    continue
-                try:
-                    reading = decode(seq, blob)
-                except (ValueError, TypeError) as exc:
-                    self._drop_corrupt_row(seq, len(blob), exc)
-                    continue
-                self._ra.append(Entry(reading, blob, len(blob) + ROW_OVERHEAD))
-            if self._ra:
-                return self._ra[0]
+            for seq, length, why in bad:
+                self._drop_corrupt_row(seq, length, why)
+            head = self._stored.head()
+            if head is not None:
+                return head
         # Readings appended in this run start at first_new: the jump to it (the clock's floor, a
         # reservation) is not walked one seq at a time.
         seq = max(self._cursor, stored_hi, self._seqs.first_new() - 1) + 1
@@ -353,11 +323,9 @@ class Queue:
         return None
 
     def _read_failed(self, exc: sqlite3.Error) -> None:
-        if is_corrupt(exc):
-            if not self._broken:
-                self._broken = True
-                self._changes.ring()
-        elif not self._failing:
+        if self._stored.failed(exc):
+            self._changes.ring()  # the committer moves the file aside
+        elif not self._failing and not is_corrupt(exc):
             self._drops.say(logging.WARNING, "spool read failed (%s): retrying", exc)
 
     def _drop_corrupt_row(self, seq: int, length: int, exc: Exception) -> None:
@@ -375,8 +343,7 @@ class Queue:
 
     def _drop(self, entry: Entry, cause: str) -> None:
         if self._front.pop(entry.seq, None) is None:
-            if self._ra and self._ra[0] is entry:
-                self._ra.popleft()
+            self._stored.pop(entry)
             self._cursor = entry.seq
         self._forget(entry.seq, entry.size)
         self._changed.notify_all()
@@ -399,7 +366,7 @@ class Queue:
             if oldest is None:
                 break  # all in flight: they are the broker's in a moment
             self._drop(oldest, FULL)
-        if self._failing and self._store is not None and self._changes.unstored_bytes() > MEMORY_MAX_BYTES:
+        if self._failing and self._stored.durable() and self._changes.unstored_bytes() > MEMORY_MAX_BYTES:
             self._shed()
         if not self._failing or self._changes.unstored_bytes() <= 0.9 * MEMORY_MAX_BYTES:
             drops.end_memory_episode()

@@ -43,11 +43,9 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional
 
@@ -56,6 +54,7 @@ from agent.delivery.changes import Changes
 from agent.delivery.drops import AGE, CORRUPT, FULL, REFUSED, Drops
 from agent.delivery.queue import MEMORY_MAX_BYTES, Queue
 from agent.delivery.seqs import DEFAULT_SEQ_BLOCK, Seqs, clock_floor
+from agent.delivery.stats import SpoolStats, file_bytes
 from agent.delivery.store import (
     PAGE,
     ROW_OVERHEAD,
@@ -74,39 +73,6 @@ from agent.sampling.reading import Reading, Sample
 log = logging.getLogger(__name__)
 
 __all__ = ["AGE", "CORRUPT", "FULL", "REFUSED", "Spool", "SpoolBusy", "SpoolStats", "clock_floor"]
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """The spool at a glance, for the agent's status."""
-
-    durable: bool
-    depth: int
-    in_flight: int
-    bytes: int
-    max_bytes: int
-    dropped_full: int
-    dropped_age: int
-    dropped_corrupt: int
-    commits: int
-    # Seconds since the last durable commit; None before the first (or when not durable).
-    last_commit_age: Optional[float]
-    # The spool file and its WAL on disk.
-    file_bytes: int
-    # Readings in messages the broker refused (agent.mqtt.refusals): never sent again.
-    dropped_refused: int = 0
-
-    @property
-    def dropped(self) -> int:
-        return self.dropped_full + self.dropped_age + self.dropped_corrupt + self.dropped_refused
-
-    def describe(self) -> str:
-        committed = ("last commit %.1f s ago" % self.last_commit_age if self.last_commit_age is not None
-                     else "no commit yet" if self.durable else "in memory only")
-        return ("spool: %d readings (%d in flight), %d of %d bytes, dropped %d (full %d, age %d, corrupt %d, "
-                "refused %d), %s" % (self.depth, self.in_flight, self.bytes, self.max_bytes, self.dropped,
-                                     self.dropped_full, self.dropped_age, self.dropped_corrupt, self.dropped_refused,
-                                     committed))
-
 
 class Spool:
     """A durable, bounded queue of readings between sampling and PUBACK: the outbox.
@@ -135,6 +101,7 @@ class Spool:
         self.path = Path(path) if path is not None else None
         self._clock = clock
         self._wal_pages = max(16, min(1024, max_bytes // 4 // PAGE))
+        self._interval = commit_interval
         # One commit at a time. Taken only here, before the queue's lock (by calling the queue), never inside it.
         self._commit_lock = threading.Lock()
         self._failures = 0  # commits failed in a row (under _commit_lock)
@@ -211,7 +178,7 @@ class Spool:
             dropped_full=c.dropped_full, dropped_age=c.dropped_age, dropped_corrupt=c.dropped_corrupt,
             dropped_refused=c.dropped_refused, commits=c.commits,
             last_commit_age=time.monotonic() - c.last_commit if c.last_commit is not None else None,
-            file_bytes=_file_bytes(self.path) if c.durable and self.path is not None else 0)
+            file_bytes=file_bytes(self.path) if c.durable and self.path is not None else 0)
 
     # -- durability ---------------------------------------------------------------------------
 
@@ -362,7 +329,7 @@ class Spool:
             return self._commit(final, recovered=True) if self._store is not None else False
         if self._failures == 1:
             log.warning("spool commit failed (%s): readings stay in memory; retrying every %.1f s",
-                        error, self._queue.commit_interval())
+                        error, self._interval)
         return False
 
     def _check_files(self) -> None:
@@ -429,13 +396,3 @@ class Spool:
             log.error("spool file %s went bad (%s): moved aside to %s; %d readings only it held are lost, "
                       "%d kept in a new file", self.path, reason, target.name, lost, kept)
 
-
-def _file_bytes(path: Path) -> int:
-    """The spool file and its WAL on disk."""
-    total = 0
-    for suffix in ("", "-wal"):
-        try:
-            total += os.stat(str(path) + suffix).st_size
-        except OSError:
-            pass
-    return total
