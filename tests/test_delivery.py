@@ -290,7 +290,8 @@ def _pipeline(certs: Certs, broker: Broker, tmp_path: Path, *, protocol: str = "
     pumps: List[Uplink] = []
     session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=lambda: [u.pump() for u in pumps],
                       rng=_Highest())
-    uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1)
+    uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1, window=cfg.mqtt.inflight,
+                    batch=cfg.batch)
     pumps.append(uplink)
     return session, spool, uplink
 

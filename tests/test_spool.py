@@ -835,7 +835,7 @@ def test_a_commit_is_still_due_when_only_some_readings_were_acknowledged(db: Pat
 
 @pytest.mark.parametrize("kernel_timer", [True, False], ids=["timerfd", "condition"])
 def test_an_alarm_goes_off_at_its_latest_deadline_and_not_when_cleared(monkeypatch, kernel_timer: bool) -> None:
-    from agent.delivery import waker as alarm_module
+    from agent import waker as alarm_module
 
     if not kernel_timer:
         monkeypatch.setattr(alarm_module, "_timerfd", lambda: None)

@@ -2,7 +2,7 @@
 
 Each change (append, ack, drop) is committed at most `commit_interval` after it happened, and
 attempts are at least `commit_interval` apart. A reading acknowledged before its deadline is
-never written. The committer sleeps on a `Waker` (agent/delivery/waker.py) that an append
+never written. The committer sleeps on a `Waker` (agent/waker.py) that an append
 arms and an ack that leaves nothing to write disarms, neither waking it.
 """
 
@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from agent.delivery.waker import Waker
 from agent.sampling.reading import Reading
+from agent.waker import Waker
 
 Row = Tuple[int, bytes]
 

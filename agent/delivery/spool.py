@@ -10,7 +10,7 @@ Each change (append, ack, drop) is committed at most `commit_interval` after it 
 commits are at least `commit_interval` apart, and a reading acknowledged before its
 deadline is never written at all: with the broker reachable, almost nothing reaches the
 flash. The committer sleeps until a commit is due: appends arm its alarm and an ack that
-leaves nothing to write disarms it, neither waking it (agent.delivery.waker), so a reading
+leaves nothing to write disarms it, neither waking it (agent/waker.py), so a reading
 acknowledged in time costs the committer no wake-up at all.
 
 The parts: `Spool` (here) is the outbox the program uses, and the committer: it opens the
@@ -67,8 +67,8 @@ from agent.delivery.store import (
     relocate,
     salvage,
 )
-from agent.delivery.waker import Waker
 from agent.sampling.reading import Reading, Sample
+from agent.waker import Waker
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from agent.hardware.board import BoardError
 from agent.hardware.sensors import Sensor, SensorError, Value
 from agent.sampling.processing import Pipeline
 from agent.sampling.reading import ERROR, Sample
+from agent.waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -78,37 +79,38 @@ class UnknownSensor(KeyError):
 
 class Alarm:
     """The schedule's stop flag, which can also be rung: ringing wakes the schedule early (to take
-    a request from another thread) without stopping it. threading.Event's interface otherwise."""
+    a request from another thread) without stopping it. threading.Event's interface otherwise.
+
+    The schedule sleeps on the agent's one wake-up mechanism (agent/waker.py) until its deadline."""
 
     def __init__(self) -> None:
         # Re-entrant: set() runs in a signal handler, on the very thread that may be holding it.
-        self._cond = threading.Condition(threading.RLock())
+        self._lock = threading.RLock()
         self._set = False
-        self._rung = False
+        self._waker = Waker()
 
     def is_set(self) -> bool:
-        return self._set
+        with self._lock:
+            return self._set
 
     def set(self) -> None:
-        with self._cond:
+        with self._lock:
             self._set = True
-            self._cond.notify_all()
+        self._waker.ring()
 
     def clear(self) -> None:
-        with self._cond:
+        with self._lock:
             self._set = False
 
     def ring(self) -> None:
-        with self._cond:
-            self._rung = True
-            self._cond.notify_all()
+        self._waker.ring()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        with self._cond:
-            if not self._set and not self._rung:
-                self._cond.wait(timeout)
-            self._rung = False
-            return self._set
+        """Until `timeout` passes, set() or ring() (a ring before the wait is not lost); whether set."""
+        if not self.is_set():
+            self._waker.set(None if timeout is None else time.monotonic() + max(timeout, 0.0))
+            self._waker.wait()
+        return self.is_set()
 
 
 @dataclass(frozen=True)
