@@ -11,7 +11,7 @@ from agent.config.sensor_config import ChannelConfig, SensorConfig
 from agent.hardware.sensors import Sensor, SensorError, Value
 from agent.sampling.processing import Processing
 from agent.sampling.reading import ERROR, Sample
-from agent.sampling.sampler import Sampler
+from agent.sampling.sampler import Alarm, Sampler
 
 EPOCH = 1_700_000_000.0
 
@@ -299,3 +299,15 @@ def test_closing_the_sampler_ends_its_worker_threads():
     time.sleep(0.2)
     # A reload builds a new sampler: the old one's threads must not pile up.
     assert not any(t.name == "sensor-closing" for t in threading.enumerate())
+
+
+def test_the_alarm_wakes_the_schedule_at_a_ring_without_stopping_it_and_at_set_to_stop():
+    alarm = Alarm()
+    alarm.ring()  # rung before the wait: not lost
+    assert alarm.wait(60) is False
+    threading.Timer(0.05, alarm.ring).start()
+    assert alarm.wait(60) is False and not alarm.is_set()
+    threading.Timer(0.05, alarm.set).start()
+    assert alarm.wait(60) is True and alarm.wait(60) is True  # set stays set
+    alarm.clear()
+    assert alarm.wait(0.01) is False  # the timeout alone
