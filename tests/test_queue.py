@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -122,7 +122,7 @@ def test_a_closed_queue_takes_no_more_readings() -> None:
 # -- with a store ----------------------------------------------------------------------------------
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "q.db", 16)
     yield s
     s.close()

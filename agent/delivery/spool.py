@@ -286,7 +286,7 @@ class Spool:
                     self._commit()
                 except Exception:
                     # A bug must not end durability quietly: say so, try again an interval later.
-                    log.exception("spool commit failed unexpectedly; retrying")
+                    log.exception("spool commit failed unexpectedly; retrying in %.1f s", self._interval)
                     failed = True
             self._queue.reschedule(attempted=failed)
 
