@@ -507,12 +507,13 @@ def test_at_most_one_commit_per_interval_under_a_burst(db: Path) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's count of a thread's wake-ups is Linux's")
 def test_idle_spool_neither_commits_nor_wakes(db: Path) -> None:
-    with Spool(db, commit_interval=0.05) as spool:
+    spool, committer = _open_watched(db, commit_interval=0.05)
+    with spool:
         spool.append(sample(0))
         assert _wait_for(lambda: spool.stats().commits == 2)  # the reservation at open, then the reading
-        stats, wakeups = spool.stats().commits, _settled_wakeups()  # the committer is back asleep
+        stats, wakeups = spool.stats().commits, _settled_wakeups(committer)  # the committer is back asleep
         time.sleep(0.5)
-        assert (spool.stats().commits, _committer_wakeups()) == (stats, wakeups)
+        assert (spool.stats().commits, _committer_wakeups(committer)) == (stats, wakeups)
 
 
 def test_readings_acknowledged_before_their_commit_are_never_written(db: Path) -> None:
@@ -752,23 +753,34 @@ def test_commit_overdue_grows_only_while_the_writer_is_stuck(tmp_path: Path, mon
 
 # -- the committer's wake-ups ------------------------------------------------------------------
 
-def _committer_wakeups() -> int:
+def _committers() -> Set[int]:
+    return {t.native_id for t in threading.enumerate() if t.name == "spool-commit" and t.native_id is not None}
+
+
+def _open_watched(db: Path, **options: Any) -> Tuple[Spool, int]:
+    """A spool and its committer thread's id (the thread named spool-commit that it started)."""
+    before = _committers()
+    spool = Spool(db, **options)
+    new = _committers() - before
+    assert len(new) == 1
+    return spool, new.pop()
+
+
+def _committer_wakeups(tid: int) -> int:
     """The committer thread's real wake-ups: the kernel's count of the times it blocked."""
-    committers = [t for t in threading.enumerate() if t.name == "spool-commit"]
-    assert len(committers) == 1 and committers[0].native_id is not None
-    with open("/proc/self/task/%d/status" % committers[0].native_id) as f:
+    with open("/proc/self/task/%d/status" % tid) as f:
         for line in f:
             if line.startswith("voluntary_ctxt_switches:"):
                 return int(line.split()[1])
     raise AssertionError("no voluntary_ctxt_switches in /proc")
 
 
-def _settled_wakeups() -> int:
+def _settled_wakeups(tid: int) -> int:
     """The committer's count once it stopped moving (the thread back asleep after what it was doing)."""
-    last = _committer_wakeups()
+    last = _committer_wakeups(tid)
     for _ in range(50):
         time.sleep(0.1)
-        now = _committer_wakeups()
+        now = _committer_wakeups(tid)
         if now == last:
             return now
         last = now
@@ -786,14 +798,15 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a kernel timer (timerfd) and /proc are Linux's")
 def test_a_reading_acknowledged_before_its_commit_costs_the_committer_no_wake_up(db: Path) -> None:
-    with Spool(db, commit_interval=0.2) as spool:
+    spool, committer = _open_watched(db, commit_interval=0.2)
+    with spool:
         time.sleep(0.2)  # the committer thread has started and is asleep
-        wakeups, commits = _committer_wakeups(), spool.stats().commits
+        wakeups, commits = _committer_wakeups(committer), spool.stats().commits
         for i in range(5):
             spool.append(sample(i))
             spool.ack(seqs(spool.take(1)))
             time.sleep(0.3)  # past each reading's commit deadline
-        assert (_committer_wakeups(), spool.stats().commits) == (wakeups, commits)
+        assert (_committer_wakeups(committer), spool.stats().commits) == (wakeups, commits)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's count of a thread's wake-ups is Linux's")
@@ -802,24 +815,25 @@ def test_the_committer_wakes_only_to_commit(db: Path) -> None:
     # count is read where no commit can be under way: before the first reading's deadline, and
     # once the commit is done. Between those, nothing but the commit may wake it.
     interval = 1.0
-    with Spool(db, commit_interval=interval) as spool:
+    spool, committer = _open_watched(db, commit_interval=interval)
+    with spool:
         assert _wait_for(lambda: spool.stats().commits == 1)  # the reservation at open
         time.sleep(0.2)  # the committer thread has started and is asleep
         for round_ in range(3):
-            wakeups, commits = _committer_wakeups(), spool.stats().commits
+            wakeups, commits = _committer_wakeups(committer), spool.stats().commits
             appended = time.monotonic()
             # Several appends within one interval: the first schedules the commit, the rest ride on it.
             for i in range(4):
                 spool.append(sample(10 * round_ + i))
                 time.sleep(0.05)
             time.sleep(max(0.0, appended + 0.7 * interval - time.monotonic()))
-            before_due = _committer_wakeups()
+            before_due = _committer_wakeups(committer)
             if time.monotonic() < appended + interval:  # read before the deadline (a loaded machine may not)
                 assert before_due == wakeups, "woken before the commit was due"
             assert _wait_for(lambda n=commits + 1: spool.stats().commits == n)
-            after = _settled_wakeups()  # the commit is over: the committer is asleep again
+            after = _settled_wakeups(committer)  # the commit is over: the committer is asleep again
             time.sleep(interval + 0.3)  # nothing more is due: no more wake-ups, no more commits
-            assert (_committer_wakeups(), spool.stats().commits) == (after, commits + 1)
+            assert (_committer_wakeups(committer), spool.stats().commits) == (after, commits + 1)
 
 
 def test_a_commit_is_still_due_when_only_some_readings_were_acknowledged(db: Path) -> None:
