@@ -132,8 +132,9 @@ class Waker:
     def wait(self) -> None:
         """Until the deadline or a ring (it may return early: the caller checks what is due)."""
         if self.kernel_timer:
-            select.select([self._fd, self._ring_r], [], [])
-            for fd in (self._fd, self._ring_r):
+            ready, _, _ = select.select([self._fd, self._ring_r], [], [])
+            # Only what is ready: a ring that comes after the select stays for the next wait.
+            for fd in ready:
                 try:
                     os.read(fd, 64)
                 except BlockingIOError:
