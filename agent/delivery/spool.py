@@ -13,11 +13,10 @@ flash. The committer sleeps until a commit is due: appends arm its alarm and an 
 leaves nothing to write disarms it, neither waking it (agent/waker.py), so a reading
 acknowledged in time costs the committer no wake-up at all.
 
-The parts: `Spool` (here) is the outbox the program uses, and the committer: it opens the
-files, writes, recovers. The readings in memory and their order are the `Queue`'s
-(agent/delivery/queue.py), what is not written yet and when it must be is `Changes`'
-(agent/delivery/changes.py), the file is the `Store` (agent/delivery/store.py). Calls go one
-way, spool -> queue -> store: the lock order is the call direction.
+The parts: `Spool` (here) is the outbox and the committer (opens, writes, recovers); the
+readings in memory are the `Queue`'s (queue.py), what the file lacks and by when is `Changes`'
+(changes.py), the file is the `Store` (store.py). Calls go one way, spool -> queue -> store:
+the lock order is the call direction.
 
 Memory does not grow with the backlog: the spool holds in memory only what was appended
 since the last commit, what is in flight, and a small read-ahead of the stored backlog.
@@ -56,7 +55,6 @@ from agent.delivery.queue import MEMORY_MAX_BYTES, Queue
 from agent.delivery.seqs import DEFAULT_SEQ_BLOCK, Seqs, clock_floor
 from agent.delivery.stats import SpoolStats, file_bytes
 from agent.delivery.store import (
-    PAGE,
     ROW_OVERHEAD,
     Corrupt,
     SeqFile,
@@ -66,6 +64,7 @@ from agent.delivery.store import (
     move_aside,
     relocate,
     salvage,
+    wal_pages,
 )
 from agent.sampling.reading import Reading, Sample
 from agent.waker import Waker
@@ -100,7 +99,7 @@ class Spool:
             raise ValueError("seq_block must be at least 2")
         self.path = Path(path) if path is not None else None
         self._clock = clock
-        self._wal_pages = max(16, min(1024, max_bytes // 4 // PAGE))
+        self._wal_pages = wal_pages(max_bytes)
         self._interval = commit_interval
         # One commit at a time. Taken only here, before the queue's lock (by calling the queue), never inside it.
         self._commit_lock = threading.Lock()
@@ -265,6 +264,10 @@ class Spool:
         self._queue.settle(self._clock())
         with self._commit_lock:
             self._commit()
+        # The reservation just written armed the alarm: cleared (no wake-up for nothing), set again if due.
+        self._alarm.set(None)
+        if self._queue.wake():
+            self._alarm.ring()
         self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
         self._thread.start()
 
@@ -359,21 +362,14 @@ class Spool:
             self._lost_file = None
         if seqfile is not None and seqfile.gone():
             try:
-                fresh = SeqFile(seqfile.path)
-                try:
-                    fresh.write(max(seqfile.read(), self._queue.reservation_floor()))
-                except OSError:
-                    fresh.close()
-                    raise
+                self._seqfile = seqfile.renew(self._queue.reservation_floor())
             except (OSError, SpoolBusy) as exc:
                 if self._lost_file != "seq":
                     self._lost_file = "seq"
                     log.error("spool seq file %s was removed while running and cannot be made again (%s); "
                               "retrying at every commit", seqfile.path, exc)
                 return
-            seqfile.close()
-            self._seqfile = fresh
-            log.error("spool seq file %s was removed while running: made again", fresh.path)
+            log.error("spool seq file %s was removed while running: made again", seqfile.path)
 
     def _recover(self, reason: str) -> None:
         """Under _commit_lock: the file went bad while running. Keep what memory holds, start a new file."""

@@ -128,6 +128,18 @@ class SeqFile:
         os.pwrite(self.fd, b"%s %08x\n" % (digits, zlib.crc32(digits)), 0)
         os.fdatasync(self.fd)
 
+    def renew(self, floor: int) -> "SeqFile":
+        """This file was removed or replaced: a new one at its path, holding the larger of what this
+        one holds and `floor`; this one is closed. Raises OSError or SpoolBusy (then it is not)."""
+        fresh = SeqFile(self.path)
+        try:
+            fresh.write(max(self.read(), floor))
+        except OSError:
+            fresh.close()
+            raise
+        self.close()
+        return fresh
+
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
 
@@ -285,6 +297,11 @@ class Store:
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+def wal_pages(max_bytes: int) -> int:
+    """When the WAL is checkpointed: at a quarter of max_bytes, at least 64 KiB, at most 4 MiB."""
+    return max(16, min(1024, max_bytes // 4 // PAGE))
 
 
 def salvage(path: Path) -> int:
