@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
 
+from agent.config import schema as config
+from agent.delivery.spool import Spool
+from agent.delivery.uplink import Uplink
+from agent.mqtt import tls
+from agent.mqtt.session import Session
+from agent.sampling.reading import Sample
 from conftest import agent_config
 
 
@@ -86,3 +93,33 @@ def test_a_reload_that_changes_only_batch_leaves_one_uplink_counting_every_deliv
             seqs += [r["seq"] for r in subscriber.telemetry(timeout=1)["readings"]]
     assert len(seqs) == delivered
     assert seqs == list(range(seqs[0], seqs[0] + delivered))
+
+
+def _uplink_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "uplink-batch"]
+
+
+def test_a_partial_batch_waits_on_one_thread_per_uplink_which_ends_when_the_uplink_retires(certs, broker, tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, broker.port, batch={"max_readings": 100, "max_delay": 60})))
+    cfg = config.load(path)
+    assert cfg.mqtt.tls is not None and not _uplink_threads()
+    spool = Spool()
+    pumps: List[Uplink] = []
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=lambda: [u.pump() for u in pumps])
+    session.start()
+    try:
+        assert session.wait_connected(15)
+        uplink = Uplink(spool, session, cfg.device_id, cfg.mqtt.topic, 1, window=cfg.mqtt.inflight, batch=cfg.batch)
+        pumps.append(uplink)
+        for i in range(5):  # partial batches, one after another: still the one thread
+            spool.append(Sample("t", i, "C", time.time()))
+            uplink.pump()
+        assert len(_uplink_threads()) == 1 and spool.in_flight == 0  # waiting for max_delay
+        uplink.retire()
+        deadline = time.monotonic() + 10
+        while _uplink_threads():
+            assert time.monotonic() < deadline, "the retired uplink's thread is still there"
+            time.sleep(0.01)
+    finally:
+        session.stop(5)

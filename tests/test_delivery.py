@@ -301,7 +301,8 @@ def _pipeline(certs: Certs, broker: Broker, tmp_path: Path, *, protocol: str = "
     assert cfg.mqtt.tls is not None
     spool = Spool()
     session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), rng=_Highest())
-    uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1)
+    uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1, window=cfg.mqtt.inflight,
+                    batch=cfg.batch)
     session.listen(_Pump(uplink))
     return session, spool, uplink
 

@@ -11,7 +11,7 @@ from agent.config.sensor_config import ChannelConfig, SensorConfig
 from agent.hardware.sensors import Sensor, SensorError, Value
 from agent.sampling.processing import Processing
 from agent.sampling.reading import ERROR, Sample
-from agent.sampling.sampler import Sampler
+from agent.sampling.sampler import Alarm, Sampler
 
 EPOCH = 1_700_000_000.0
 
@@ -41,6 +41,10 @@ class FakeTime:
 class Scripted(Sensor):
     """Reads that take time on the fake clock, or fail between two times, on cue."""
 
+    # Its reads only move the fake clock: they never block, so the schedule's thread makes them
+    # (in order, on the fake clock) as it does an analog pin's.
+    blocking = False
+
     def __init__(self, clock: FakeTime, cost: float = 0.0, failing: Tuple[float, float] = (0, 0),
                  channels: Tuple[str, ...] = ("",)) -> None:
         super().__init__("scripted", None, None)  # type: ignore[arg-type]
@@ -67,8 +71,7 @@ def config(name: str, interval: float, phase: float = 0.0, error_after: int = 3,
 
 def run(clock: FakeTime, sensors: List[Tuple[SensorConfig, Sensor]]) -> List[Sample]:
     samples: List[Sample] = []
-    Sampler(sensors, samples.append, monotonic=clock.monotonic, wall=clock.wall,
-            threaded=False).run(clock)  # type: ignore[arg-type]
+    Sampler(sensors, samples.append, monotonic=clock.monotonic, wall=clock.wall).run(clock)  # type: ignore[arg-type]
     return samples
 
 
@@ -235,7 +238,7 @@ def test_the_loop_ticks_for_the_watchdog_even_when_no_sensor_is_due():
     clock = FakeTime(until=20.0)
     ticks: List[float] = []
     sampler = Sampler([(config("slow", 600.0), Scripted(clock))], lambda s: None,
-                      monotonic=clock.monotonic, wall=clock.wall, threaded=False)
+                      monotonic=clock.monotonic, wall=clock.wall)
     sampler.run(clock, on_tick=lambda: ticks.append(clock.now), tick_interval=5.0)  # type: ignore[arg-type]
     assert ticks == [0.0, 5.0, 10.0, 15.0]
 
@@ -244,7 +247,7 @@ def test_what_a_wake_up_published_is_flushed_right_before_the_loop_sleeps():
     clock = FakeTime(until=30.0)
     events: List[Tuple[str, float]] = []
     sampler = Sampler([(config("t", 10.0), Scripted(clock))], lambda s: events.append(("sample", clock.now)),
-                      monotonic=clock.monotonic, wall=clock.wall, threaded=False)
+                      monotonic=clock.monotonic, wall=clock.wall)
     sampler.run(clock, on_tick=lambda: events.append(("tick", clock.now)), tick_interval=10.0,  # type: ignore
                 before_sleep=lambda: events.append(("flush", clock.now)))
     # One wake-up per reading: the health tick rides on it, the flush is the last thing before sleeping.
@@ -254,8 +257,8 @@ def test_what_a_wake_up_published_is_flushed_right_before_the_loop_sleeps():
 def test_without_sensors_the_loop_only_ticks():
     clock = FakeTime(until=10.0)
     ticks: List[float] = []
-    Sampler([], lambda s: None, monotonic=clock.monotonic, wall=clock.wall,
-            threaded=False).run(clock, on_tick=lambda: ticks.append(clock.now), tick_interval=3.0)  # type: ignore
+    sampler = Sampler([], lambda s: None, monotonic=clock.monotonic, wall=clock.wall)
+    sampler.run(clock, on_tick=lambda: ticks.append(clock.now), tick_interval=3.0)  # type: ignore[arg-type]
     assert ticks == [0.0, 3.0, 6.0, 9.0]
 
 
@@ -296,3 +299,15 @@ def test_closing_the_sampler_ends_its_worker_threads():
     time.sleep(0.2)
     # A reload builds a new sampler: the old one's threads must not pile up.
     assert not any(t.name == "sensor-closing" for t in threading.enumerate())
+
+
+def test_the_alarm_wakes_the_schedule_at_a_ring_without_stopping_it_and_at_set_to_stop():
+    alarm = Alarm()
+    alarm.ring()  # rung before the wait: not lost
+    assert alarm.wait(60) is False
+    threading.Timer(0.05, alarm.ring).start()
+    assert alarm.wait(60) is False and not alarm.is_set()
+    threading.Timer(0.05, alarm.set).start()
+    assert alarm.wait(60) is True and alarm.wait(60) is True  # set stays set
+    alarm.clear()
+    assert alarm.wait(0.01) is False  # the timeout alone

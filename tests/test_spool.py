@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.delivery import spool as spool_module
+from agent.delivery import seqs as seqs_module
 from agent.delivery.spool import AGE, FULL, Spool, SpoolBusy
 from agent.delivery.store import ROW_OVERHEAD, SeqFile, Store, encode
 from agent.sampling.reading import Reading, Sample
@@ -60,7 +60,7 @@ def file_bytes(path: Path) -> int:
 def seq_from_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tests here count seq from 1, as a spool does when the clock says 1970: the clock's floor
     (SEQ_PER_SECOND) has its own tests in test_state_files.py."""
-    monkeypatch.setattr(spool_module, "SEQ_PER_SECOND", 0)
+    monkeypatch.setattr(seqs_module, "SEQ_PER_SECOND", 0)
 
 
 @pytest.fixture
@@ -505,13 +505,15 @@ def test_at_most_one_commit_per_interval_under_a_burst(db: Path) -> None:
         assert 3 <= commits <= elapsed / 0.2 + 1
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's count of a thread's wake-ups is Linux's")
 def test_idle_spool_neither_commits_nor_wakes(db: Path) -> None:
-    with Spool(db, commit_interval=0.05) as spool:
+    spool, committer = _open_watched(db, commit_interval=0.05)
+    with spool:
         spool.append(sample(0))
-        time.sleep(0.3)  # the reading is committed
-        stats, wakeups = spool.stats().commits, spool._wakeups
+        assert _wait_for(lambda: spool.stats().commits == 2)  # the reservation at open, then the reading
+        stats, wakeups = spool.stats().commits, _settled_wakeups(committer)  # the committer is back asleep
         time.sleep(0.5)
-        assert (spool.stats().commits, spool._wakeups) == (stats, wakeups)
+        assert (spool.stats().commits, _committer_wakeups(committer)) == (stats, wakeups)
 
 
 def test_readings_acknowledged_before_their_commit_are_never_written(db: Path) -> None:
@@ -724,31 +726,65 @@ def test_many_threads_every_seq_acked_exactly_once(db: Path) -> None:
         assert again.depth == 0
 
 
-def test_commit_overdue_grows_only_while_the_writer_is_stuck(tmp_path):
+def test_commit_overdue_grows_only_while_the_writer_is_stuck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spool = Spool(tmp_path / "spool.db", commit_interval=0.05)
+    works = Store.write
+    stuck = threading.Event()
+    unstuck = threading.Event()
+
+    def hung_fsync(self: Store, *args: Any) -> None:
+        stuck.set()
+        unstuck.wait(30)
+        works(self, *args)
+
     try:
         spool.append(Sample("s", 1.0, None, time.time()))
         time.sleep(0.3)
         assert spool.commit_overdue() == 0.0  # the committer wrote it in time
-        with spool._commit_lock:  # the writer stuck (a hung fsync, say)
-            spool.append(Sample("s", 2.0, None, time.time()))
-            time.sleep(0.4)
-            assert spool.commit_overdue() > 0.2
+        monkeypatch.setattr(Store, "write", hung_fsync)  # the writer stuck (a hung fsync, say)
+        spool.append(Sample("s", 2.0, None, time.time()))
+        assert stuck.wait(10)
+        time.sleep(0.4)
+        assert spool.commit_overdue() > 0.2
     finally:
+        unstuck.set()
         spool.close()
 
 
 # -- the committer's wake-ups ------------------------------------------------------------------
 
-def _committer_wakeups(spool: Spool) -> int:
+def _committers() -> Set[int]:
+    return {t.native_id for t in threading.enumerate() if t.name == "spool-commit" and t.native_id is not None}
+
+
+def _open_watched(db: Path, **options: Any) -> Tuple[Spool, int]:
+    """A spool and its committer thread's id (the thread named spool-commit that it started)."""
+    before = _committers()
+    spool = Spool(db, **options)
+    new = _committers() - before
+    assert len(new) == 1
+    return spool, new.pop()
+
+
+def _committer_wakeups(tid: int) -> int:
     """The committer thread's real wake-ups: the kernel's count of the times it blocked."""
-    thread = spool._thread
-    assert thread is not None and thread.native_id is not None
-    with open("/proc/self/task/%d/status" % thread.native_id) as f:
+    with open("/proc/self/task/%d/status" % tid) as f:
         for line in f:
             if line.startswith("voluntary_ctxt_switches:"):
                 return int(line.split()[1])
     raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+def _settled_wakeups(tid: int) -> int:
+    """The committer's count once it stopped moving (the thread back asleep after what it was doing)."""
+    last = _committer_wakeups(tid)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = _committer_wakeups(tid)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the committer never went back to sleep")
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -762,29 +798,42 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a kernel timer (timerfd) and /proc are Linux's")
 def test_a_reading_acknowledged_before_its_commit_costs_the_committer_no_wake_up(db: Path) -> None:
-    with Spool(db, commit_interval=0.2) as spool:
+    spool, committer = _open_watched(db, commit_interval=0.2)
+    with spool:
         time.sleep(0.2)  # the committer thread has started and is asleep
-        wakeups, commits = _committer_wakeups(spool), spool.stats().commits
+        wakeups, commits = _committer_wakeups(committer), spool.stats().commits
         for i in range(5):
             spool.append(sample(i))
             spool.ack(seqs(spool.take(1)))
             time.sleep(0.3)  # past each reading's commit deadline
-        assert (_committer_wakeups(spool), spool.stats().commits) == (wakeups, commits)
+        assert (_committer_wakeups(committer), spool.stats().commits) == (wakeups, commits)
 
 
-def test_the_committer_wakes_once_per_commit(db: Path) -> None:
-    with Spool(db, commit_interval=0.2) as spool:
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's count of a thread's wake-ups is Linux's")
+def test_the_committer_wakes_only_to_commit(db: Path) -> None:
+    # The kernel counts every time the committer blocks, the commit's own fsync waits too; so the
+    # count is read where no commit can be under way: before the first reading's deadline, and
+    # once the commit is done. Between those, nothing but the commit may wake it.
+    interval = 1.0
+    spool, committer = _open_watched(db, commit_interval=interval)
+    with spool:
+        assert _wait_for(lambda: spool.stats().commits == 1)  # the reservation at open
         time.sleep(0.2)  # the committer thread has started and is asleep
         for round_ in range(3):
-            wakeups, commits = spool._wakeups, spool.stats().commits
+            wakeups, commits = _committer_wakeups(committer), spool.stats().commits
+            appended = time.monotonic()
             # Several appends within one interval: the first schedules the commit, the rest ride on it.
             for i in range(4):
                 spool.append(sample(10 * round_ + i))
+                time.sleep(0.05)
+            time.sleep(max(0.0, appended + 0.7 * interval - time.monotonic()))
+            before_due = _committer_wakeups(committer)
+            if time.monotonic() < appended + interval:  # read before the deadline (a loaded machine may not)
+                assert before_due == wakeups, "woken before the commit was due"
             assert _wait_for(lambda n=commits + 1: spool.stats().commits == n)
-            time.sleep(0.3)  # nothing more is due: no more wake-ups
-            assert spool.stats().commits == commits + 1
-            # Counted by the committer's loop: the kernel's count would include the fsync's waits.
-            assert spool._wakeups == wakeups + 1
+            after = _settled_wakeups(committer)  # the commit is over: the committer is asleep again
+            time.sleep(interval + 0.3)  # nothing more is due: no more wake-ups, no more commits
+            assert (_committer_wakeups(committer), spool.stats().commits) == (after, commits + 1)
 
 
 def test_a_commit_is_still_due_when_only_some_readings_were_acknowledged(db: Path) -> None:
@@ -801,13 +850,13 @@ def test_a_commit_is_still_due_when_only_some_readings_were_acknowledged(db: Pat
 
 @pytest.mark.parametrize("kernel_timer", [True, False], ids=["timerfd", "condition"])
 def test_an_alarm_goes_off_at_its_latest_deadline_and_not_when_cleared(monkeypatch, kernel_timer: bool) -> None:
-    from agent.delivery import deadline_timer as alarm_module
+    from agent import waker as alarm_module
 
     if not kernel_timer:
         monkeypatch.setattr(alarm_module, "_timerfd", lambda: None)
     elif not sys.platform.startswith("linux"):
         pytest.skip("a kernel timer (timerfd) is Linux's")
-    alarm = alarm_module.DeadlineTimer()
+    alarm = alarm_module.Waker()
     assert alarm.kernel_timer == kernel_timer
     woke: "queue.Queue[float]" = queue.Queue()
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from agent.atomic_file import replace_file
 from agent.config import overlay
-from agent.delivery import spool as spool_module
+from agent.delivery import queue as queue_module
 from agent.delivery.spool import Spool, clock_floor
 from agent.delivery.store import ROW_OVERHEAD, Store, encode
 from agent.sampling.reading import Reading, Sample
@@ -277,7 +277,7 @@ def test_while_the_disk_fails_readings_in_memory_stay_within_the_memory_bound(tm
     # records, several times that in Python objects): a disk that stays broken ate the board's RAM.
     db = tmp_path / "state" / "spool.db"
     one = len(encode(sample(0))) + ROW_OVERHEAD
-    monkeypatch.setattr(spool_module, "MEMORY_MAX_BYTES", 50 * one)
+    monkeypatch.setattr(queue_module, "MEMORY_MAX_BYTES", 50 * one)
     with Spool(db, commit_interval=3600) as spool:
         works = Store.write
 

@@ -128,6 +128,18 @@ class SeqFile:
         os.pwrite(self.fd, b"%s %08x\n" % (digits, zlib.crc32(digits)), 0)
         os.fdatasync(self.fd)
 
+    def renew(self, floor: int) -> "SeqFile":
+        """This file was removed or replaced: a new one at its path, holding the larger of what this
+        one holds and `floor`; this one is closed. Raises OSError or SpoolBusy (then it is not)."""
+        fresh = SeqFile(self.path)
+        try:
+            fresh.write(max(self.read(), floor))
+        except OSError:
+            fresh.close()
+            raise
+        self.close()
+        return fresh
+
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
 
@@ -285,6 +297,29 @@ class Store:
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+def wal_pages(max_bytes: int) -> int:
+    """When the WAL is checkpointed: at a quarter of max_bytes, at least 64 KiB, at most 4 MiB."""
+    return max(16, min(1024, max_bytes // 4 // PAGE))
+
+
+def salvage(path: Path) -> int:
+    """What a corrupt file still tells of the seqs it used (its reservation, its highest row + 1); 0 if nothing."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return 0
+    best = 0
+    for query in ("SELECT value FROM meta WHERE key = 'seq_limit'", "SELECT max(seq) + 1 FROM readings"):
+        try:
+            row = conn.execute(query).fetchone()
+            if row and row[0] is not None:
+                best = max(best, int(row[0]))
+        except (sqlite3.Error, ValueError, TypeError):
+            pass
+    conn.close()
+    return best
 
 
 def move_aside(path: Path, now: float) -> Path:

@@ -15,28 +15,28 @@ from agent.config.schema import BatchConfig
 from agent.delivery.spool import Spool
 from agent.mqtt.session import Session
 from agent.sampling.reading import Reading, encode_telemetry
+from agent.waker import Waker
 
 log = logging.getLogger(__name__)
 
 
 class Uplink:
-    def __init__(self, spool: Spool, session: Session, device_id: str, topic: str, qos: int,
-                 window: int = 20, batch: Optional[BatchConfig] = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, spool: Spool, session: Session, device_id: str, topic: str, qos: int, *,
+                 window: int, batch: BatchConfig) -> None:
         self._spool = spool
         self._session = session
         self._device_id = device_id
         self._topic = topic
         self._qos = qos
-        self._batch = batch = batch or BatchConfig()
+        self._batch = batch
         # The window counts messages; the spool counts readings.
         self._window = window
-        self._window_readings = window * batch.max_readings
-        self._monotonic = monotonic
-        # Held from take() to publish() so two threads cannot hand paho seq 6 before seq 5.
+        # Held from take() to publish() so two threads cannot hand paho seq 6 before seq 5; and
+        # over the flags below, which the sampler, the network thread and a stop all touch.
         self._lock = threading.Lock()
         self._partial_since: Optional[float] = None
-        self._timer: Optional[threading.Timer] = None
+        # batch.max_delay's deadline: a thread sleeps on it, started with the first partial batch.
+        self._timer: Optional[Waker] = None
         self._retired = False
         # Set by drain(): partial batches leave at once, without waiting for max_delay.
         self._flushing = False
@@ -47,18 +47,20 @@ class Uplink:
     def hold(self) -> None:
         """Readings appended from now until release() belong to one wake-up: no pump sends any of
         them before release(), so they leave in one message (up to batch.max_readings)."""
-        self._held = True
+        with self._lock:
+            self._held = True
 
     def release(self) -> None:
         """The wake-up is over: send what it appended (and anything else waiting)."""
-        self._held = False
+        with self._lock:
+            self._held = False
         self.pump()
 
     def pump(self) -> None:
         """Called after every new reading and after every network event; cheap when idle."""
         with self._lock:
             while (not self._held and not self._retired and self._session.connected
-                   and self._spool.in_flight < self._window_readings):
+                   and self._spool.in_flight < self._window * self._batch.max_readings):
                 if not self._batch_ready():
                     return
                 batch = self._spool.take(self._batch.max_readings)
@@ -78,9 +80,9 @@ class Uplink:
         with self._lock:
             self._device_id = device_id
             self._batch = batch
-            self._window_readings = self._window * batch.max_readings
             self._partial_since = None
-            self._cancel_timer()
+            if self._timer is not None:
+                self._timer.set(None)
         self.pump()
 
     def retarget(self, topic: str, qos: int, window: int) -> None:
@@ -95,12 +97,8 @@ class Uplink:
         session's stop: its network thread calls pump() and must not block on us while stopping."""
         with self._lock:
             self._retired = True
-            self._cancel_timer()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            if self._timer is not None:
+                self._timer.ring()  # its thread ends
 
     def _batch_ready(self) -> bool:
         """A full batch, or a partial one that has waited max_delay (then a timer comes back for it)."""
@@ -110,17 +108,29 @@ class Uplink:
             return False
         if size == 1 or delay <= 0 or unsent >= size or self._flushing:
             return True
-        now = self._monotonic()
+        now = time.monotonic()
         if self._partial_since is None:
             self._partial_since = now
-        waited = now - self._partial_since
-        if waited >= delay:
-            return True
-        if self._timer is None or not self._timer.is_alive():
-            self._timer = threading.Timer(delay - waited, self.pump)
-            self._timer.daemon = True
-            self._timer.start()
-        return False
+            self._arm(now + delay)
+        return now - self._partial_since >= delay
+
+    def _arm(self, deadline: float) -> None:
+        """Under _lock: pump again at `deadline`."""
+        if self._timer is None:
+            self._timer = Waker()
+            threading.Thread(target=self._wait_for_partial, args=(self._timer,), name="uplink-batch",
+                             daemon=True).start()
+        self._timer.set(deadline)
+
+    def _wait_for_partial(self, timer: Waker) -> None:
+        while True:
+            timer.wait()
+            with self._lock:
+                if self._retired:
+                    self._timer = None
+                    break
+            self.pump()
+        timer.close()
 
     def _acker(self, batch: List[Reading]) -> Callable[[], None]:
         seqs = [r.seq for r in batch]
@@ -144,6 +154,7 @@ class Uplink:
 
     def drain(self, timeout: float) -> bool:
         """Send partial batches now and wait until every reading is acknowledged; False on timeout."""
-        self._flushing = True
+        with self._lock:
+            self._flushing = True
         self.pump()
         return self._spool.wait_empty(timeout)

@@ -24,6 +24,7 @@ from agent.hardware.board import BoardError
 from agent.hardware.sensors import Sensor, SensorError, Value
 from agent.sampling.processing import Pipeline
 from agent.sampling.reading import ERROR, Sample
+from agent.waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -78,37 +79,38 @@ class UnknownSensor(KeyError):
 
 class Alarm:
     """The schedule's stop flag, which can also be rung: ringing wakes the schedule early (to take
-    a request from another thread) without stopping it. threading.Event's interface otherwise."""
+    a request from another thread) without stopping it. threading.Event's interface otherwise.
+
+    The schedule sleeps on the agent's one wake-up mechanism (agent/waker.py) until its deadline."""
 
     def __init__(self) -> None:
         # Re-entrant: set() runs in a signal handler, on the very thread that may be holding it.
-        self._cond = threading.Condition(threading.RLock())
+        self._lock = threading.RLock()
         self._set = False
-        self._rung = False
+        self._waker = Waker()
 
     def is_set(self) -> bool:
-        return self._set
+        with self._lock:
+            return self._set
 
     def set(self) -> None:
-        with self._cond:
+        with self._lock:
             self._set = True
-            self._cond.notify_all()
+        self._waker.ring()
 
     def clear(self) -> None:
-        with self._cond:
+        with self._lock:
             self._set = False
 
     def ring(self) -> None:
-        with self._cond:
-            self._rung = True
-            self._cond.notify_all()
+        self._waker.ring()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        with self._cond:
-            if not self._set and not self._rung:
-                self._cond.wait(timeout)
-            self._rung = False
-            return self._set
+        """Until `timeout` passes, set() or ring() (a ring before the wait is not lost); whether set."""
+        if not self.is_set():
+            self._waker.set(None if timeout is None else time.monotonic() + max(timeout, 0.0))
+            self._waker.wait()
+        return self.is_set()
 
 
 @dataclass(frozen=True)
@@ -120,16 +122,16 @@ class _Request:
 
 class Sampler:
     def __init__(self, sensors: List[Tuple[SensorConfig, Sensor]], sink: Sink,
-                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 threaded: bool = True) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._slots = [_Slot(cfg, driver, {c.key: Pipeline(c.processing) for c in cfg.channels})
                        for cfg, driver in sensors]
         self._sink = sink
         self._monotonic = monotonic
         self._wall = wall
-        self._threaded = threaded
         # Requests from other threads (commands); only the schedule's thread touches its heap.
         self._requests: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+        # The running schedule's alarm, which a request rings: set by run(), read by other threads.
+        self._alarm_lock = threading.Lock()
         self._alarm: Optional[Alarm] = None
 
     def request_read(self, name: Optional[str]) -> List[str]:
@@ -151,7 +153,8 @@ class Sampler:
 
     def _request(self, request: _Request) -> None:
         self._requests.put(request)
-        alarm = self._alarm
+        with self._alarm_lock:
+            alarm = self._alarm
         if alarm is not None:
             alarm.ring()
 
@@ -178,7 +181,8 @@ class Sampler:
         `before_sleep` each time it is about to wait.
 
         With an Alarm as `stop`, requests from other threads wake the schedule at once."""
-        self._alarm = stop if isinstance(stop, Alarm) else None
+        with self._alarm_lock:
+            self._alarm = stop if isinstance(stop, Alarm) else None
         start = self._monotonic()
         ticking = on_tick is not None and bool(tick_interval)
         next_tick = start if ticking else float("inf")
@@ -253,7 +257,7 @@ class Sampler:
         if hung_for is not None:
             self._failed(slot, "read has not returned after %.1f s (hung bus or driver?)" % hung_for, now,
                          hung=True)
-        elif self._threaded and slot.driver.blocking:
+        elif slot.driver.blocking:
             if slot.worker is None:
                 slot.worker = _Worker(slot.config.name)
                 slot.worker.start()
@@ -266,9 +270,12 @@ class Sampler:
         ts = self._wall()
         values: Optional[Dict[str, Value]] = None
         try:
-            if not slot.ready:
+            with slot.lock:
+                ready = slot.ready
+            if not ready:
                 slot.driver.setup()
-                slot.ready = True
+                with slot.lock:
+                    slot.ready = True
             values = self._measure(slot)
         except (BoardError, SensorError) as exc:
             problem = str(exc)
@@ -301,33 +308,40 @@ class Sampler:
 
     def _publish(self, slot: _Slot, values: Dict[str, Value], ts: float, now: float) -> None:
         cfg = slot.config
-        if slot.failing is not None:
-            slot.log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, slot.failures,
-                          slot.failing)
-        slot.failing, slot.failures, slot.error_published, slot.retry_at = None, 0, False, 0.0
-        for channel in cfg.channels:
-            result = slot.pipelines[channel.key].process(values[channel.key], now)
+        # Under the slot's lock: a hung read's failure is recorded by the schedule's thread, and the
+        # read may return on the worker at that very moment. The sink is called outside it.
+        with slot.lock:
+            failing, failures = slot.failing, slot.failures
+            slot.failing, slot.failures, slot.error_published, slot.retry_at = None, 0, False, 0.0
+            results = [(channel, slot.pipelines[channel.key].process(values[channel.key], now))
+                       for channel in cfg.channels]
+        if failing is not None:
+            slot.log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, failures, failing)
+        for channel, result in results:
             if result is not None:
                 self._sink(Sample(channel.name, result[0], channel.unit, ts, quality=result[1]))
 
     def _failed(self, slot: _Slot, message: str, now: float, hung: bool = False) -> None:
         cfg = slot.config
-        # A read hung past its timeout is no passing glitch: it is reported as an error at once,
-        # not after error_after more timeouts (which would take error_after times as long).
-        slot.failures = max(slot.failures + 1, cfg.error_after if hung else 0)
-        # Doubling from the interval, capped: a sensor unplugged for a day costs little, and
-        # one plugged back in is noticed within a minute.
-        delay = min(cfg.interval * 2 ** (slot.failures - 1), max(cfg.interval, MAX_RETRY_DELAY))
-        slot.retry_at = now + delay - cfg.interval / 2
-        for pipeline in slot.pipelines.values():
-            pipeline.forget()
-        if message != slot.failing:
+        with slot.lock:  # see _publish
+            # A read hung past its timeout is no passing glitch: it is reported as an error at once,
+            # not after error_after more timeouts (which would take error_after times as long).
+            slot.failures = max(slot.failures + 1, cfg.error_after if hung else 0)
+            # Doubling from the interval, capped: a sensor unplugged for a day costs little, and
+            # one plugged back in is noticed within a minute.
+            delay = min(cfg.interval * 2 ** (slot.failures - 1), max(cfg.interval, MAX_RETRY_DELAY))
+            slot.retry_at = now + delay - cfg.interval / 2
+            for pipeline in slot.pipelines.values():
+                pipeline.forget()
+            news, slot.failing = message != slot.failing, message
+            report = slot.failures >= cfg.error_after and not slot.error_published
+            if report:
+                slot.error_published = True
+                # A device may come back reset (replugged): set it up again before the next read.
+                slot.ready = False
+        if news:
             slot.log.warning("sensor %s: %s (retrying)", cfg.name, message)
-            slot.failing = message
-        if slot.failures >= cfg.error_after and not slot.error_published:
-            slot.error_published = True
-            # A device may come back reset (replugged): set it up again before the next read.
-            slot.ready = False
+        if report:
             ts = self._wall()
             for channel in cfg.channels:
                 self._sink(Sample(channel.name, None, channel.unit, ts, quality=ERROR, error=message))

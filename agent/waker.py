@@ -1,15 +1,20 @@
-"""A deadline that other threads set, move and clear without waking the thread that waits for it.
+"""The agent's one way to wake a thread at a deadline: set, moved and cleared from any thread
+(or a signal handler) without waking the thread that waits.
 
-The spool's committer must write a change at most `commit_interval` after it happened, but
-with the broker up almost every change is acknowledged before then and needs no write at all.
-A timed wait would have to be woken to learn its new deadline (one wake-up at the append)
-and would wake again at the old one for nothing (one more); on an idle agent those were most
-of its wake-ups. On Linux a timerfd lets the appending thread arm the deadline and the
-acknowledging thread disarm it, each with one system call, while the waiter sleeps until the
-deadline really arrives. Elsewhere (or if the C library has no timerfd) a Condition does the
-same job with the old wake-ups.
+Three threads sleep on one: the sampler's schedule (until the next sensor is due, or a ring: a
+command, a signal), the spool's committer (until a commit is due) and the uplink's partial
+batch (until batch.max_delay). The committer shows why it is a kernel timer: it must write a
+change at most `commit_interval` after it happened, but with the broker up almost every change
+is acknowledged before then and needs no write at all. A timed wait would have to be woken to
+learn its new deadline (one wake-up at the append) and would wake again at the old one for
+nothing (one more); on an idle agent those were most of its wake-ups. On Linux a timerfd lets
+the appending thread arm the deadline and the acknowledging thread disarm it, each with one
+system call, while the waiter sleeps until the deadline really arrives. Elsewhere (or if the C
+library has no timerfd) a Condition does the same job with the old wake-ups.
+
+Signal-safe: `ring()` and `set()` are one system call each with the kernel timer, and take a
+re-entrant lock without it (a handler runs on the very thread that may hold that lock).
 """
-
 from __future__ import annotations
 
 import os
@@ -76,7 +81,7 @@ def _timerfd_ctypes() -> _TimerFD:
     return create, settime
 
 
-class DeadlineTimer:
+class Waker:
     """`wait()` returns when the deadline set by `set()` arrives, or at `ring()`; call `set` from any thread."""
 
     def __init__(self) -> None:
@@ -94,7 +99,8 @@ class DeadlineTimer:
         if self.kernel_timer:
             os.set_blocking(self._ring_r, False)
             os.set_blocking(self._ring_w, False)
-        self._cond = threading.Condition()
+        # Re-entrant: ring() may run in a signal handler on the thread that holds it.
+        self._cond = threading.Condition(threading.RLock())
         self._deadline: Optional[float] = None
         self._rung = False
 
@@ -126,8 +132,9 @@ class DeadlineTimer:
     def wait(self) -> None:
         """Until the deadline or a ring (it may return early: the caller checks what is due)."""
         if self.kernel_timer:
-            select.select([self._fd, self._ring_r], [], [])
-            for fd in (self._fd, self._ring_r):
+            ready, _, _ = select.select([self._fd, self._ring_r], [], [])
+            # Only what is ready: a ring that comes after the select stays for the next wait.
+            for fd in ready:
                 try:
                     os.read(fd, 64)
                 except BlockingIOError:
