@@ -167,11 +167,13 @@ class AgentConfig:
     mqtt: MQTTConfig
     board: str = dataclasses.field(metadata=declared("auto", choices=("auto", "mraa", "simulated")))
     sensors: Tuple[SensorConfig, ...]
+    # The loader always gives one: every run has its spool (an in-memory one only where a program
+    # builds Spool() itself).
+    spool: SpoolConfig
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
     shutdown_timeout: float = setting(5.0, minimum=0.0, maximum=300)
     state_dir: Path = setting(Path(DEFAULT_STATE_DIR))
     # Sections of their own.
-    spool: Optional[SpoolConfig] = None
     batch: BatchConfig = BatchConfig()
     health: HealthConfig = HealthConfig()
     commands: CommandsConfig = CommandsConfig()

@@ -62,7 +62,7 @@ class Agent:
         self._schedule_thread: Optional[int] = None
         self._tls_fingerprint = _fingerprint(config.mqtt)
         sc = config.spool
-        self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval) if sc else Spool()
+        self.spool = Spool(sc.path, sc.max_bytes, sc.max_age, sc.commit_interval)
         # A run's seqs start here; the status and the health document announce it (docs/delivery.md).
         seq_start = self.spool.next_seq
         self.session = Session(config.mqtt, ssl_context, online=self._online_status(seq_start))
@@ -161,6 +161,7 @@ class Agent:
         if self.commands is not None:
             self.commands.stop()
         self.session.stop(max(0.5, deadline - time.monotonic()))
+        self.uplink.retire()  # its partial-batch thread ends with it
         self.reporter.stopped()
         self.spool.close()
         log.info("stopped: %d readings delivered", self.uplink.delivered)
