@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
+from test_delivery import Pump
 
 from agent.config import schema as config
 from agent.delivery.spool import Spool
@@ -105,13 +106,12 @@ def test_a_partial_batch_waits_on_one_thread_per_uplink_which_ends_when_the_upli
     cfg = config.load(path)
     assert cfg.mqtt.tls is not None and not _uplink_threads()
     spool = Spool()
-    pumps: List[Uplink] = []
-    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=lambda: [u.pump() for u in pumps])
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls))
+    uplink = Uplink(spool, session, cfg.device_id, cfg.mqtt.topic, 1, window=cfg.mqtt.inflight, batch=cfg.batch)
+    session.listen(Pump(uplink))
     session.start()
     try:
         assert session.wait_connected(15)
-        uplink = Uplink(spool, session, cfg.device_id, cfg.mqtt.topic, 1, window=cfg.mqtt.inflight, batch=cfg.batch)
-        pumps.append(uplink)
         for i in range(5):  # partial batches, one after another: still the one thread
             spool.append(Sample("t", i, "C", time.time()))
             uplink.pump()

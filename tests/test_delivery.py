@@ -279,7 +279,7 @@ class _Highest(random.Random):
         return b
 
 
-class _Pump:
+class Pump:
     """The session's listener, as the daemon's reporter: the uplink may take more after every event."""
 
     def __init__(self, uplink: Uplink) -> None:
@@ -303,7 +303,7 @@ def _pipeline(certs: Certs, broker: Broker, tmp_path: Path, *, protocol: str = "
     session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), rng=_Highest())
     uplink = Uplink(spool, session, "thunder10", topic or cfg.mqtt.topic, 1, window=cfg.mqtt.inflight,
                     batch=cfg.batch)
-    session.listen(_Pump(uplink))
+    session.listen(Pump(uplink))
     return session, spool, uplink
 
 
