@@ -19,7 +19,8 @@ from agent.config import targets
 from agent.config.fields import choices_of
 from agent.delivery.spool import SpoolBusy
 from agent.hardware.board import BoardUnavailable
-from agent.mqtt.tls import TLSSetupError, build_context
+from agent.mqtt.problems import TLSSetupError
+from agent.mqtt.tls import build_context
 from agent.service import logging_setup
 
 DEFAULT_CONFIG = Path("/etc/edison-agent/config.yaml")

@@ -10,17 +10,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from agent.config.schema import KEY_PASSWORD_ENV, TLSConfig
 from agent.mqtt import paho_shim
-
-# The words and types of what goes wrong live in agent/mqtt/problems.py; these names stay
-# importable from here for the tools (doctor, watch, the CLI).
-from agent.mqtt.problems import CLIENT_CERT_REFUSALS as CLIENT_CERT_REFUSALS
-from agent.mqtt.problems import REJECTED_AFTER_HANDSHAKE as REJECTED_AFTER_HANDSHAKE
-from agent.mqtt.problems import TLSSetupError as TLSSetupError
-from agent.mqtt.problems import describe_alert as describe_alert
-from agent.mqtt.problems import describe_connack as describe_connack
-from agent.mqtt.problems import describe_failure as describe_failure
-from agent.mqtt.problems import describe_reason_code as describe_reason_code
-from agent.mqtt.problems import openssl_reason as openssl_reason
+from agent.mqtt.problems import TLSSetupError, openssl_reason
 
 log = logging.getLogger(__name__)
 

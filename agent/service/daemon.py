@@ -20,8 +20,9 @@ from agent.config.schema import AgentConfig, MQTTConfig
 from agent.config.sensor_config import SensorConfig
 from agent.delivery.spool import Spool
 from agent.delivery.uplink import Uplink
+from agent.errors import CertificateError, HardwareError
 from agent.hardware import sensor_process
-from agent.hardware.board import Board, BoardUnavailable
+from agent.hardware.board import Board
 from agent.hardware.choose import open_board
 from agent.hardware.sensors import Sensor
 from agent.mqtt import tls
@@ -202,7 +203,7 @@ class Agent:
             board = self.board if new.board == self.config.board else open_board(new.board)
         except config_module.ConfigError as exc:
             problems = exc.problems
-        except (tls.TLSSetupError, BoardUnavailable) as exc:
+        except (CertificateError, HardwareError) as exc:  # a key that does not load, no mraa
             problems = ["%s: %s" % (self.config.path, exc)]
         else:
             problems = []
@@ -284,7 +285,8 @@ def _drivers(configs: Tuple[SensorConfig, ...], board: Board) -> List[Tuple[Sens
 
 
 def run(config: AgentConfig) -> int:
-    """The daemon's life; raises tls.TLSSetupError, board.BoardUnavailable or spool.SpoolBusy for the CLI."""
+    """The daemon's life; raises a CertificateError (TLSSetupError), a HardwareError (BoardUnavailable) or
+    spool.SpoolBusy for the CLI."""
     cfg = config.mqtt
     ssl_context = None
     if cfg.tls is None:

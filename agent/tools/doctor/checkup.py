@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 from agent.config import schema
 from agent.config.problems import ConfigError
 from agent.config.sections import MQTTConfig, TLSConfig
-from agent.mqtt import tls
+from agent.mqtt import problems, tls
 from agent.mqtt.broker_probe import SPEAKS_311_ONLY, answers_mqtt311
 from agent.mqtt.wire import connect_packet, read_packet, reason_string
 from agent.tools.doctor.files import (  # noqa: F401 - Check, OK and the rest are doctor's vocabulary too
@@ -108,7 +108,7 @@ def _live_checks(t: Target, checks: List[Check]) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        checks.append(Check("dns", PROBLEM, tls.describe_failure(exc, host, port), "check mqtt.host"))
+        checks.append(Check("dns", PROBLEM, problems.describe_failure(exc, host, port), "check mqtt.host"))
         return
     address = str(infos[0][4][0])
     checks.append(Check("dns", OK, "%s is %s" % (host, address)))
@@ -116,7 +116,7 @@ def _live_checks(t: Target, checks: List[Check]) -> None:
         raw = socket.create_connection((address, port), timeout=TIMEOUT)
     except OSError as exc:
         checks.append(Check("tcp", PROBLEM, "%s (address tried: %s port %d)"
-                            % (tls.describe_failure(exc, host, port), address, port),
+                            % (problems.describe_failure(exc, host, port), address, port),
                             "start the broker, or correct mqtt.host/mqtt.port"))
         return
     checks.append(Check("tcp", OK, "connected to %s port %d" % (address, port)))
@@ -143,26 +143,26 @@ def _handshake(t: Target, raw: socket.socket, checks: List[Check]) -> Optional[s
     assert t.host is not None
     try:
         ctx = tls.build_context(_tls_config(t))
-    except tls.TLSSetupError as exc:
+    except problems.TLSSetupError as exc:
         checks.append(Check("tls handshake", SKIPPED, str(exc)))
         return None
     try:
         sock = ctx.wrap_socket(raw, server_hostname=t.host)
     except ssl.SSLCertVerificationError as exc:
-        detail = tls.describe_failure(exc, t.host, t.port)
+        detail = problems.describe_failure(exc, t.host, t.port)
         peek = peek_broker_certificate(t)
         checks.append(Check("tls handshake", PROBLEM, detail + ("; " + peek if peek else ""),
                             _verify_fix(exc)))
         return None
     except ssl.SSLError as exc:
-        detail = tls.describe_failure(exc, t.host, t.port)
+        detail = problems.describe_failure(exc, t.host, t.port)
         checks.append(Check("tls handshake", PROBLEM, detail,
                             _refusal_fix(t, Verdict(detail, revoked=_revoked(exc)))
                             or "see docs/troubleshooting.md (raw error: %s)" % exc))
         return None
     except ConnectionResetError as exc:
-        # What a plain MQTT port does with a ClientHello; the words are tls.describe_failure's, as in the log.
-        checks.append(Check("tls handshake", PROBLEM, tls.describe_failure(exc, t.host, t.port),
+        # What a plain MQTT port does with a ClientHello; the words are problems.describe_failure's, as in the log.
+        checks.append(Check("tls handshake", PROBLEM, problems.describe_failure(exc, t.host, t.port),
                             "set mqtt.port to the broker's TLS listener"))
         return None
     except OSError as exc:
@@ -232,7 +232,7 @@ def _refusal_under_tls12(t: Target) -> Optional[Verdict]:
     assert t.host is not None
     try:
         ctx = tls.build_context(_tls_config(t))
-    except tls.TLSSetupError:
+    except problems.TLSSetupError:
         return None
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -242,8 +242,8 @@ def _refusal_under_tls12(t: Target) -> Optional[Verdict]:
     except ssl.SSLError as exc:
         # Only a verdict on our certificate: a broker requiring TLS 1.3 answers this probe with
         # "protocol version", which says nothing about the close being explained.
-        words = tls.describe_alert(str(exc))
-        return Verdict(words, revoked=_revoked(exc)) if words and words in tls.CLIENT_CERT_REFUSALS else None
+        words = problems.describe_alert(str(exc))
+        return Verdict(words, revoked=_revoked(exc)) if words and words in problems.CLIENT_CERT_REFUSALS else None
     except OSError:
         return None
 
@@ -261,7 +261,7 @@ def _answers_mqtt311(t: Target) -> bool:
     assert t.host is not None
     try:
         ctx = tls.build_context(_tls_config(t)) if t.tls_on else None
-    except tls.TLSSetupError:
+    except problems.TLSSetupError:
         return False
     return answers_mqtt311(t.host, t.port, ctx, t.client_id, t.keepalive, t.username, t.mqtt_password)
 
@@ -273,7 +273,7 @@ def _closed_fix(t: Target, verdict: Verdict, fix: str) -> str:
 
 
 def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
-    closed = tls.REJECTED_AFTER_HANDSHAKE if t.tls_on else "broker closed the connection before CONNACK"
+    closed = problems.REJECTED_AFTER_HANDSHAKE if t.tls_on else "broker closed the connection before CONNACK"
     fix = "check the broker's log: does its cafile hold the CA that signed %s?" % t.cert_file
     v5 = t.protocol == "5"
     tls13 = isinstance(sock, ssl.SSLSocket) and sock.version() == "TLSv1.3"
@@ -286,7 +286,7 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
                             "is this port an MQTT listener? check the broker's log"))
         return
     except ssl.SSLError as exc:
-        alert = tls.describe_alert(str(exc))
+        alert = problems.describe_alert(str(exc))
         verdict = Verdict(alert, revoked=_revoked(exc)) if alert else _why_closed(t, tls13, closed)
         checks.append(Check("mqtt connect", PROBLEM, verdict.detail, _closed_fix(t, verdict, fix)))
         return
@@ -313,17 +313,17 @@ def _mqtt_connect(t: Target, sock: socket.socket, checks: List[Check]) -> None:
         reason = reason_string(rest[length_bytes:])
     if code != 0:
         if v5:
-            detail = "broker refused the connection (MQTT 5 CONNACK %s)" % tls.describe_reason_code(code, reason)
+            detail = "broker refused the connection (MQTT 5 CONNACK %s)" % problems.describe_reason_code(code, reason)
             if code == 0x84:
                 fix = "set mqtt.protocol: 4 (the broker speaks MQTT 3.1.1 only)"
             else:
                 fix = _identity_fix(t, {0x86: 4, 0x87: 5}.get(code, 0))
             checks.append(Check("mqtt connect", PROBLEM, detail, fix))
         else:
-            checks.append(Check("mqtt connect", PROBLEM, tls.describe_connack(code), _identity_fix(t, code)))
+            checks.append(Check("mqtt connect", PROBLEM, problems.describe_connack(code), _identity_fix(t, code)))
         return
     checks.append(Check("mqtt connect", OK, "CONNACK accepted client id %r%s" % (
-        t.client_id, " (MQTT 5, %s)" % tls.describe_reason_code(code, reason) if v5 else "")))
+        t.client_id, " (MQTT 5, %s)" % problems.describe_reason_code(code, reason) if v5 else "")))
     # CONNECT alone says nothing of the topics: RabbitMQ accepts the connection and ends it at the
     # first publish its topic permissions refuse.
     publish_checks(t, sock, tls.build_context(_tls_config(t)) if t.tls_on else None, checks)

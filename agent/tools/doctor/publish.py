@@ -13,7 +13,7 @@ import socket
 import ssl
 from typing import List, Optional, Tuple
 
-from agent.mqtt import broker_probe, tls
+from agent.mqtt import broker_probe, problems
 from agent.mqtt.wire import connack_code, connect_packet, puback_reason, publish_packet, read_packet
 from agent.tools.doctor.files import OK, PROBLEM, SKIPPED, Check, Target
 
@@ -78,9 +78,9 @@ def _publish_one(t: Target, sock: socket.socket, name: str, topic: str, packet_i
 def _verdict(t: Target, what: str, topic: str, code: int) -> Check:
     if code >= 0x80:
         return Check(what, PROBLEM, "the broker refused our publish to %s (MQTT 5 PUBACK %s)"
-                     % (topic, tls.describe_reason_code(code)), ALLOW_TOPIC % topic)
+                     % (topic, problems.describe_reason_code(code)), ALLOW_TOPIC % topic)
     if t.protocol == "5":
-        return Check(what, OK, "%s accepted (PUBACK %s)" % (topic, tls.describe_reason_code(code)))
+        return Check(what, OK, "%s accepted (PUBACK %s)" % (topic, problems.describe_reason_code(code)))
     # Mosquitto acknowledges a 3.1.1 publish its ACL drops; only MQTT 5's PUBACK carries the refusal.
     return Check(what, OK, "%s accepted (an MQTT 3.1.1 PUBACK: Mosquitto sends one even for a publish its "
                  "ACL drops, where MQTT 5's PUBACK would carry the refusal)" % topic)

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from agent.config import schema as config_module
-from agent.mqtt import tls
+from agent.mqtt import problems, tls
 from agent.tools.watch import view as watch_view
 from agent.tools.watch.fleet import Fleet
 
@@ -62,7 +62,7 @@ def add_watch_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _broker(args: argparse.Namespace) -> Tuple[str, int, Optional[ssl.SSLContext]]:
-    """Raises config.ConfigError (bad -c file or flags) or tls.TLSSetupError."""
+    """Raises config.ConfigError (bad -c file or flags) or problems.TLSSetupError."""
     mqtt_config = config_module.load_mqtt(args.config) if args.config else None
     host = args.host or (mqtt_config.host if mqtt_config else None)
     if not host:
@@ -157,7 +157,7 @@ def run_watch(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    except tls.TLSSetupError as exc:
+    except problems.TLSSetupError as exc:
         print("watch: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     if args.json and not args.once:
@@ -169,7 +169,7 @@ def run_watch(args: argparse.Namespace) -> int:
     try:
         watcher.start(host, port)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        print("watch: %s" % tls.describe_failure(exc, host, port), file=sys.stderr)
+        print("watch: %s" % problems.describe_failure(exc, host, port), file=sys.stderr)
         return EXIT_UNREACHABLE
     done = threading.Event()
 
