@@ -31,7 +31,7 @@ EXIT_PIPE = 141
 log = logging.getLogger("agent")
 
 
-def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+def parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edison-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version="edison-agent %s" % __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -66,7 +66,7 @@ def _parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     # argparse's own --help already ends quietly (exit 0) when its output has nowhere to go.
-    args = _parser(argv).parse_args(argv)
+    args = parser(argv).parse_args(argv)
     try:
         code = int(args.func(args))
         # Flushed here, where a closed pipe is caught below, not at interpreter exit ("Exception ignored").

@@ -435,7 +435,7 @@ def test_status_colours_only_on_a_terminal_and_never_with_NO_COLOR(tmp_path, mon
     health_report.write_atomically(path, _report(now, connection=Connection(
         state="disconnected", since=now - 30, problem="connection refused", reconnects=0, tls_version=None,
         cipher=None, resumed=None), certificate=Certificate(not_after="2026-12-01T00:00:00Z", days_left=3)).to_json())
-    args = cli._parser(["status"]).parse_args(["status", "--file", str(path)])
+    args = cli.parser(["status"]).parse_args(["status", "--file", str(path)])
     monkeypatch.delenv("NO_COLOR", raising=False)
     out = _Terminal()
     assert status.run_status(args, out=out) == 0

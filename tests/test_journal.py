@@ -182,7 +182,9 @@ def test_elsewhere_plain_stderr_with_timestamps(monkeypatch):
         assert logging_setup.destination() == "terminal"
         [handler] = root.handlers
         assert isinstance(handler, logging.StreamHandler)
-        assert handler.formatter is not None and handler.formatter._fmt == logging_setup.FORMAT_TERMINAL
+        record = logging.LogRecord("agent.x", logging.INFO, __file__, 1, "a line", None, None)
+        expected = logging.Formatter(logging_setup.FORMAT_TERMINAL).format(record)
+        assert handler.formatter is not None and handler.formatter.format(record) == expected
         assert root.level == logging.INFO
     finally:
         root.handlers[:] = saved_handlers

@@ -368,7 +368,7 @@ def test_a_reload_that_moves_the_telemetry_keeps_one_count_of_what_was_delivered
 def test_run_loads_only_what_the_daemon_needs():
     # Every module the daemon imports stays resident for months on a 1 GB board: the off-board
     # tools (agent/tools/: doctor, pki, install, status, watch) and cryptography must not come along with `run`.
-    code = ("import sys; from agent import cli; cli._parser(['run']); import agent.service.daemon; "
+    code = ("import sys; from agent import cli; cli.parser(['run']); import agent.service.daemon; "
             "print(' '.join(sorted(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "agent.service.daemon" in loaded
