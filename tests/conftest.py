@@ -83,6 +83,14 @@ class Certs:
     wrong_host_key: Path
 
 
+
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    """TMP/pki with a CA named "Test CA", for the certificate tool's tests (tests/pki_testing.py)."""
+    from pki_testing import new_ca
+
+    return new_ca(tmp_path)
+
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """Everything made with `agent.tools.pki.authority`, the way a user would with `edison-agent pki`."""

@@ -17,7 +17,7 @@ from agent.tools.pki.authority import Issued, init_ca
 
 
 def new_ca(tmp_path: Path) -> Path:
-    """TMP/pki with a CA named "Test CA" (each test module's ca_dir fixture)."""
+    """TMP/pki with a CA named "Test CA" (conftest's ca_dir fixture)."""
     directory = tmp_path / "pki"
     init_ca(directory, name="Test CA")
     return directory

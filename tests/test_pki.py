@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pki_testing import ext, handshake, load, mode, new_ca
+from pki_testing import ext, handshake, load, mode
 
 from agent.tools.pki.authority import (
     Issued,
@@ -29,9 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
 
 
-@pytest.fixture
-def ca_dir(tmp_path: Path) -> Path:
-    return new_ca(tmp_path)
 
 
 # --- the CA ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Optional
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pki_testing import ext, load, mode, new_ca
+from pki_testing import ext, load, mode
 
 from agent.tools.pki.authority import (
     init_ca,
@@ -28,9 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 UTC = timezone(timedelta(0))  # datetime.UTC arrived in 3.11; ruff flags timezone.utc
 
 
-@pytest.fixture
-def ca_dir(tmp_path: Path) -> Path:
-    return new_ca(tmp_path)
 
 
 # --- the command line ------------------------------------------------------------------
