@@ -60,12 +60,18 @@ class SocketIO:
         # Our select()'s wake-up: a byte from a thread that queued a packet, or from stop().
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
+        # Publishers set _wake_sent and the network thread clears it, so both under this lock, as is
+        # _last_handoff (any publishing thread). Re-entrant: stop() may wake from a signal handler
+        # on a thread that is inside wake() already (then the outer call sends the byte).
+        self._wake_lock = threading.RLock()
         self._wake_sent = False
+        self._last_handoff = 0.0
         self._network_thread: Optional[int] = None
-        # The thread whose publishes wait for its flush() (the sampler's), and whether one does.
+        # The thread whose publishes wait for its flush() (the sampler's), and whether one does:
+        # _flush_due is set by paho's hook on that very thread and cleared by its flush(), so it
+        # never crosses threads.
         self._deferring: Optional[int] = None
         self._flush_due = False
-        self._last_handoff = 0.0
         # With a write-registration hook set, paho's publish() only queues the packet and calls
         # the hook; without one it would write to the TLS socket from the publishing thread
         # even while the network thread reads it. The hook writes under the lock instead.
@@ -92,12 +98,16 @@ class SocketIO:
     def wake(self) -> None:
         """Make the network thread's select() return now."""
         sock = self._wake_w
-        if sock is not None and not self._wake_sent:
+        if sock is None:
+            return
+        with self._wake_lock:
+            if self._wake_sent:
+                return
             self._wake_sent = True
-            try:
-                sock.send(b"\0")
-            except OSError:
-                pass  # the buffer is full (a wake-up is pending anyway) or the thread has ended
+        try:
+            sock.send(b"\0")
+        except OSError:
+            pass  # the buffer is full (a wake-up is pending anyway) or the thread has ended
 
     def pass_once(self, until: float) -> MQTTErrorCode:
         """One select() over paho's socket and our wake-up socket, at most until `until`
@@ -122,7 +132,8 @@ class SocketIO:
             self._liveness.working()
         if wake in readable:
             # Cleared before reading, so a byte sent meanwhile is either read now or wakes the next select().
-            self._wake_sent = False
+            with self._wake_lock:
+                self._wake_sent = False
             try:
                 wake.recv(4096)
             except BlockingIOError:
@@ -189,7 +200,8 @@ class SocketIO:
         """
         client = self._client
         now = time.monotonic()
-        quiet, self._last_handoff = now - self._last_handoff >= QUIET, now
+        with self._wake_lock:
+            quiet, self._last_handoff = now - self._last_handoff >= QUIET, now
         if quiet and self._lock.acquire(blocking=False):
             try:
                 rc = self._loop_write()
