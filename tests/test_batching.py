@@ -21,6 +21,7 @@ from agent.config import schema as config
 from agent.delivery.spool import Spool
 from agent.delivery.uplink import Uplink
 from agent.mqtt import tls
+from agent.mqtt.messages import ConnectionInfo
 from agent.mqtt.session import Session
 from agent.sampling.reading import Sample
 from conftest import agent_config
@@ -95,6 +96,20 @@ def test_a_reload_that_changes_only_batch_leaves_one_uplink_counting_every_deliv
     assert seqs == list(range(seqs[0], seqs[0] + delivered))
 
 
+class _Pumps:
+    """The session's listener, as the daemon's: after every network event, each uplink may send more."""
+
+    def __init__(self) -> None:
+        self.uplinks: List[Uplink] = []
+
+    def connected(self, info: ConnectionInfo) -> None:
+        pass
+
+    def writable(self) -> None:
+        for uplink in self.uplinks:
+            uplink.pump()
+
+
 def _uplink_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "uplink-batch"]
 
@@ -105,13 +120,13 @@ def test_a_partial_batch_waits_on_one_thread_per_uplink_which_ends_when_the_upli
     cfg = config.load(path)
     assert cfg.mqtt.tls is not None and not _uplink_threads()
     spool = Spool()
-    pumps: List[Uplink] = []
-    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), on_io=lambda: [u.pump() for u in pumps])
+    pumps = _Pumps()
+    session = Session(cfg.mqtt, tls.build_context(cfg.mqtt.tls), pumps)
     session.start()
     try:
         assert session.wait_connected(15)
         uplink = Uplink(spool, session, cfg.device_id, cfg.mqtt.topic, 1, window=cfg.mqtt.inflight, batch=cfg.batch)
-        pumps.append(uplink)
+        pumps.uplinks.append(uplink)
         for i in range(5):  # partial batches, one after another: still the one thread
             spool.append(Sample("t", i, "C", time.time()))
             uplink.pump()
