@@ -42,8 +42,8 @@ test: system-deps venv
 # bare name (`import rig`, `from conftest import`), so bench/run.py and tests/system/run.py are
 # both the module `run` and one run cannot hold them; agent/ is checked in both (cached).
 check: venv
-	$(VENV)/bin/ruff check agent tests scripts bench
-	$(VENV)/bin/mypy agent bench scripts
+	$(VENV)/bin/ruff check agent tests scripts bench setup.py
+	$(VENV)/bin/mypy agent bench scripts setup.py
 	$(VENV)/bin/mypy tests
 
 # Issue 15: the service under a real systemd 252 as PID 1 (a Debian 12 container booted with
