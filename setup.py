@@ -5,8 +5,11 @@ from setuptools import find_packages, setup
 
 # One version, in agent/__init__.py: the running agent reports it without importlib.metadata,
 # which costs more memory than the health document it would go into.
-VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "agent" / "__init__.py").read_text(),
-                    re.M).group(1)
+_VERSION_LINE = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "agent" / "__init__.py").read_text(),
+                          re.M)
+if _VERSION_LINE is None:
+    raise SystemExit("setup.py: agent/__init__.py has no __version__ line")
+VERSION = _VERSION_LINE.group(1)
 
 setup(
     name="edison-agent",

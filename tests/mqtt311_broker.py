@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 from pathlib import Path
-from typing import List, Set, Tuple
+from typing import AbstractSet, List, Tuple
 
 from agent.mqtt.wire import read_packet
 
@@ -22,7 +22,7 @@ def _topic_of(packet: bytes) -> Tuple[str, int]:
 
 
 class MQTT311Broker:
-    def __init__(self, ca: Path, cert: Path, key: Path, refused_topics: Set[str] = frozenset(),
+    def __init__(self, ca: Path, cert: Path, key: Path, refused_topics: AbstractSet[str] = frozenset(),
                  connack: int = 0) -> None:
         self.refused_topics = set(refused_topics)
         # The CONNACK return code for a 3.1.1 CONNECT: 4 is RabbitMQ's answer for a CN with no user.

@@ -9,7 +9,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Type
+from typing import Optional, Type, TypeVar
 
 from cryptography import x509
 
@@ -31,7 +31,10 @@ def load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def ext(cert: x509.Certificate, kind: Type[x509.ExtensionType]) -> x509.Extension:
+E = TypeVar("E", bound=x509.ExtensionType)
+
+
+def ext(cert: x509.Certificate, kind: Type[E]) -> x509.Extension[E]:
     return cert.extensions.get_extension_for_class(kind)
 
 

@@ -96,6 +96,8 @@ def test_a_reload_that_changes_only_batch_leaves_one_uplink_counting_every_deliv
     assert seqs == list(range(seqs[0], seqs[0] + delivered))
 
 
+
+
 def _uplink_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "uplink-batch"]
 

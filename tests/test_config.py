@@ -238,6 +238,7 @@ def test_processing_keys_are_typed_and_reach_each_value(config_dir, capsys):
     door = config.load(config_dir / "config.yaml").sensors[1]
     assert (door.phase, door.oversample) == (0.5, 3)
     processing = door.channels[0].processing
+    assert processing.filter is not None and processing.deadband is not None
     assert processing.filter.kind == "median" and processing.filter.size == 5
     assert processing.range == (0.0, 1.0)
     assert processing.deadband.abs == 0.5 and processing.deadband.max_silence == 60

@@ -50,7 +50,7 @@ class Consumer:
                 self.lines.append(raw.decode(errors="replace").rstrip("\n"))
                 self._cond.notify_all()
 
-    def wait_for(self, pattern: str, timeout: float = 30.0, after: int = 0) -> re.Match:
+    def wait_for(self, pattern: str, timeout: float = 30.0, after: int = 0) -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -68,7 +68,7 @@ class Consumer:
         with self._cond:
             return len(self.lines)
 
-    def matching(self, pattern: str) -> List[re.Match]:
+    def matching(self, pattern: str) -> List[re.Match[str]]:
         with self._cond:
             return [m for m in (re.search(pattern, line) for line in self.lines) if m]
 

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 import yaml
@@ -152,7 +152,7 @@ def test_broker_killed_for_30_s_at_20_readings_per_s_loses_nothing(certs, tmp_pa
         broker.proc.kill()  # SIGKILL: no clean shutdown, no will to deliver
         broker.proc.wait()
         time.sleep(30)
-        counts: dict = {r["seq"]: 1 for r in first_readings}
+        counts: Dict[int, int] = {r["seq"]: 1 for r in first_readings}
         # mosquitto_sub exits when its broker dies; what it saw before stays counted.
         watcher.close()
         for topic, payload in list(watcher.messages.queue):

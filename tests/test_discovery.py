@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import jinja2
 import jinja2.sandbox
@@ -201,7 +201,7 @@ def test_a_sensor_removed_from_the_config_is_cleared_at_reload_and_at_the_next_s
         listener.collect(1.0)
         agent.proc.send_signal(signal.SIGHUP)
         gone = {PREFIX + "/sensor/thunder10/env_%s/config" % c for c in ("temperature", "humidity", "pressure")}
-        cleared = set()
+        cleared: Set[str] = set()
         deadline = time.monotonic() + 20
         while cleared != gone and time.monotonic() < deadline:
             cleared |= {t for t, p, _ in listener.collect(1.0) if p == b""}

@@ -64,7 +64,9 @@ def test_the_reference_gives_each_key_the_default_its_field_declares(key, cls, n
 @pytest.mark.parametrize("key, cls, name", [k for k in schema_keys() if choices_of(k[1], k[2])],
                          ids=[k for k, c, n in schema_keys() if choices_of(c, n)])
 def test_the_reference_names_every_choice_of_a_key(key, cls, name):
-    for choice in choices_of(cls, name):
+    choices = choices_of(cls, name)
+    assert choices is not None
+    for choice in choices:
         assert "`%s`" % choice in ROWS[key] or '`"%s"`' % choice in ROWS[key], (key, choice)
 
 

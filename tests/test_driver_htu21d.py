@@ -12,14 +12,14 @@ RH = -6 + 125 S/2^16 (examples: 0x683C -> 24.7 degC, 0x7C80 -> 54.8 %RH).
 from __future__ import annotations
 
 import errno
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 import agent.hardware.simulated
 from agent.hardware.board import BoardError, MraaBoard
 from agent.hardware.sensors import htu21d
-from agent.hardware.sensors.base import Channel, SensorError
+from agent.hardware.sensors.base import Channel, SensorError, Value
 from agent.hardware.sensors.crc8 import HTU21D_INIT, crc8
 from agent.hardware.sensors.htu21d import Htu21dOptions, Htu21dSensor
 from agent.hardware.simulated import SimulatedBoard
@@ -207,7 +207,7 @@ def fixed_clock() -> float:
     return NOON
 
 
-def plausible(values: Any) -> bool:
+def plausible(values: Dict[str, Value]) -> bool:
     return 15.0 < values["temperature"] < 27.0 and 25.0 < values["humidity"] < 65.0
 
 

@@ -119,7 +119,7 @@ def test_a_sensor_interval_loads_exactly_when_it_is_finite_and_within_its_bounds
     path = write(tmp_path_factory.mktemp("c"), with_key("sensors[].interval", value))
     bounds = bounds_of(config.SensorConfig, "interval")
     assert bounds is not None
-    good = math.isfinite(value) and bounds.minimum <= value <= bounds.maximum  # type: ignore[operator]
+    good = math.isfinite(value) and bounds.minimum <= value <= bounds.maximum
     if good:
         assert config.load(path).sensors[0].interval == float(value)
     else:
@@ -147,7 +147,7 @@ def test_the_overlay_ignores_an_interval_that_is_not_finite(tmp_path):
 # -- YAML: regular files, bounded size, depth and aliases ----------------------------------
 
 
-def run_check_config(path: Path, memory: int = 512 * 1024 * 1024) -> subprocess.CompletedProcess:
+def run_check_config(path: Path, memory: int = 512 * 1024 * 1024) -> subprocess.CompletedProcess[str]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 

@@ -9,6 +9,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Tuple
 
 import paho.mqtt.client as mqtt
 import yaml
@@ -22,7 +23,7 @@ from conftest import Broker, Certs, agent_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _version(text: str) -> tuple:
+def _version(text: str) -> Tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 

@@ -245,6 +245,7 @@ def test_refresh_bumps_next_update_and_number_and_keeps_the_entries(fleet: Path,
     assert run("pki", argv[0], str(fleet), *argv[1:], "--days", "60") == 0
     crl = load_crl(fleet)
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == first.crl.number + 1
+    assert crl.next_update_utc is not None
     assert crl.next_update_utc - first.crl.next_update > timedelta(days=58)
     assert [e.serial_number for e in crl] == [serial(fleet, "alpha")]
     out = capsys.readouterr().out

@@ -119,7 +119,9 @@ def test_oversampling_averages_several_reads_into_one_value():
     clock = FakeTime(until=1.0)
     samples = run(clock, [(config("a", 1.0, oversample=4), Scripted(clock, cost=0.1))])
     assert len(samples) == 1
-    assert abs(samples[0].value - (0.0 + 0.1 + 0.2 + 0.3) / 4) < 1e-9
+    value = samples[0].value
+    assert value is not None
+    assert abs(value - (0.0 + 0.1 + 0.2 + 0.3) / 4) < 1e-9
 
 
 def test_a_failing_sensor_backs_off_reports_one_error_reading_and_recovers(caplog):

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -105,7 +105,7 @@ def test_the_agent_on_mraa_publishes_what_the_pins_read_with_quality_when_not_go
     agent = run_agent(cfg, env={"PYTHONPATH": str(FAKE_MRAA), "FAKE_MRAA_ANALOG": "0=0.25,2=0.5",
                                 "FAKE_MRAA_GPIO": "4=1", "FAKE_MRAA_FAIL": "aio:1"})
     try:
-        readings = {}
+        readings: Dict[str, Dict[str, Any]] = {}
         while len(readings) < 7:
             # Sensors read in the same wake-up share a message.
             for reading in watcher.telemetry()["readings"]:
@@ -187,8 +187,8 @@ def test_a_hung_gil_holding_call_costs_only_its_own_sensor(certs, broker, run_ag
     listener = threading.Thread(target=listen)
     listener.start()
     try:
-        fast: list = []
-        bus: list = []
+        fast: List[Dict[str, Any]] = []
+        bus: List[Dict[str, Any]] = []
         # Until the bus sensor has read again after its hang (or far past when it should have).
         deadline = time.monotonic() + HANG + 30
         while not (bus and bus[-1].get("value") is not None) and time.monotonic() < deadline:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -30,7 +30,7 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
-        self.messages: List[tuple] = []
+        self.messages: List[Tuple[float, str]] = []
 
     def collect(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -41,7 +41,7 @@ class NotifySocket:
                 continue
             self.messages.append((time.monotonic(), data.decode()))
 
-    def with_key(self, key: str) -> List[tuple]:
+    def with_key(self, key: str) -> List[Tuple[float, str]]:
         return [(t, m) for t, m in self.messages if any(line.startswith(key) for line in m.splitlines())]
 
     def wait_for(self, text: str, timeout: float = 15.0) -> str:
@@ -148,7 +148,7 @@ def test_a_stuck_spool_writer_withholds_the_watchdog(caplog):
     assert "the spool writer is 45 s late with a commit" in caplog.text
 
 
-def _rewrite(path: Path, cfg: dict) -> None:
+def _rewrite(path: Path, cfg: Dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(cfg))
 
 

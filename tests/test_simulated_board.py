@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 import yaml
@@ -16,6 +16,7 @@ import yaml
 from agent.config import schema as config
 from agent.hardware import board, choose
 from agent.hardware.sensors import DRIVERS
+from agent.hardware.sensors.base import Value
 from agent.hardware.simulated import SimulatedBoard
 from conftest import ROOT, agent_config
 
@@ -64,7 +65,7 @@ def test_each_driver_reads_plausible_values_from_its_simulated_part(kind, tmp_pa
 
 
 def test_the_simulated_parts_repeat_for_the_same_seed():
-    def temperatures() -> list:
+    def temperatures() -> List[Value]:
         board = SimulatedBoard()
         driver = DRIVERS["tmp102"]("t", DRIVERS["tmp102"].Options(), board)
         driver.setup()

@@ -253,7 +253,9 @@ def test_kill_9_at_random_moments(db: Path) -> None:
         handed_out_before = max(taken + [handed_out_before])
         if run % 3 == 2:
             continue  # the next child opens the file exactly as this one left it
-        committed_hi, acked_by_then, acked = 0, set(), set()
+        committed_hi = 0
+        acked_by_then: Set[int] = set()
+        acked: Set[int] = set()
         for f in lines:
             if f[0] == "A":
                 acked.update(int(x) for x in f[1:])
@@ -830,7 +832,11 @@ def test_the_committer_wakes_only_to_commit(db: Path) -> None:
             before_due = _committer_wakeups(committer)
             if time.monotonic() < appended + interval:  # read before the deadline (a loaded machine may not)
                 assert before_due == wakeups, "woken before the commit was due"
-            assert _wait_for(lambda n=commits + 1: spool.stats().commits == n)
+
+            def committed(n: int = commits + 1) -> bool:
+                return spool.stats().commits == n
+
+            assert _wait_for(committed)
             after = _settled_wakeups(committer)  # the commit is over: the committer is asleep again
             time.sleep(interval + 0.3)  # nothing more is due: no more wake-ups, no more commits
             assert (_committer_wakeups(committer), spool.stats().commits) == (after, commits + 1)

@@ -206,7 +206,11 @@ def umask() -> Iterator[Callable[[int], None]]:
     """Set the process umask for a test; restored after."""
     old = os.umask(0o022)
     os.umask(old)
-    yield lambda mask: os.umask(mask) and None
+
+    def set_umask(mask: int) -> None:
+        os.umask(mask)
+
+    yield set_umask
     os.umask(old)
 
 

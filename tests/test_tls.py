@@ -15,7 +15,7 @@ from agent.config import schema as config
 from agent.mqtt import tls
 from agent.mqtt.session import Session
 from agent.tools.doctor import checkup as doctor
-from conftest import PASSPHRASE, Broker, Certs, agent_config
+from conftest import PASSPHRASE, AgentProcess, Broker, Certs, agent_config
 
 
 def test_encrypted_key_loads_with_its_passphrase_file(certs, broker, subscriber, run_agent, tmp_path):
@@ -53,7 +53,7 @@ def test_keys_made_with_the_posts_openssl_commands_work(certs, broker, subscribe
     assert agent.stop() == 0
 
 
-def _exits_with_one_line(agent, expected: str) -> str:
+def _exits_with_one_line(agent: AgentProcess, expected: str) -> str:
     assert agent.proc.wait(15) == 2
     lines = agent.output.splitlines()
     assert len(lines) == 1, agent.output

@@ -198,7 +198,8 @@ def test_the_hardened_unit_scores_ok_or_better(scratch_root):
     version = subprocess.run([_require("systemctl"), "--version"], capture_output=True, text=True).stdout.split()[1]
     if said.group(3) == version:
         assert (float(said.group(1)), said.group(2)) == (exposure, level), (
-            "hardening.conf says %s %s with systemd %s; measured %.1f %s" % (*said.groups(), exposure, level))
+            "hardening.conf says %s %s with systemd %s; measured %.1f %s"
+            % (said[1], said[2], said[3], exposure, level))
 
 
 def test_the_base_unit_alone_scores_badly_which_is_why_the_dropin_exists(scratch_root):

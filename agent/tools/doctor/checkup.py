@@ -41,6 +41,9 @@ from agent.tools.doctor.files import (  # noqa: F401 - Check, OK and the rest ar
 )
 from agent.tools.doctor.publish import publish_checks
 
+# The statuses and Check are how a caller reads run_checks' answer, so they are exported from here.
+__all__ = ["OK", "PROBLEM", "SKIPPED", "WARNING", "Check", "add_doctor_parser", "run_checks", "run_doctor"]
+
 TIMEOUT = 10.0
 
 
