@@ -7,7 +7,6 @@ A key's kind, default, bounds and choices come from its dataclass field (agent/c
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import stat
@@ -206,6 +205,9 @@ class Reader:
             return None if default is MISSING else default
         if choices is not None and value not in choices:
             names = [str(c) for c in choices]
+            # Imported on this error path only: difflib is ~140 KiB the agent would otherwise hold for good.
+            import difflib
+
             close = difflib.get_close_matches(str(raw)[:100], names, n=1)
             hint = "; did you mean %r?" % close[0] if close else ""
             self.problem(where, "%s is not one of: %s%s" % (brief(raw), ", ".join(names), hint))
