@@ -27,21 +27,6 @@ class Commit:
     final: bool
 
 
-@dataclass(frozen=True)
-class Counts:
-    durable: bool
-    depth: int
-    in_flight: int
-    bytes: int
-    max_bytes: int
-    dropped_full: int
-    dropped_age: int
-    dropped_corrupt: int
-    dropped_refused: int
-    commits: int
-    last_commit: Optional[float]
-
-
 class Entry:
     __slots__ = ("seq", "reading", "blob", "size", "born")
 

@@ -81,9 +81,6 @@ class Drops:
     def dropped(self, cause: str) -> int:
         return self._counts[cause]
 
-    def total(self) -> int:
-        return sum(self._counts.values())
-
     def say(self, level: int, message: str, *args: Any) -> None:
         self._lines.append((level, message, args))
 

@@ -16,10 +16,11 @@ import threading
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from agent.delivery.changes import Changes, Commit, Counts, Entry
+from agent.delivery.changes import Changes, Commit, Entry
 from agent.delivery.drops import AGE, CORRUPT, FULL, MEMORY, REFUSED, Drops, LogLine
 from agent.delivery.readback import ReadBack
 from agent.delivery.seqs import Seqs
+from agent.delivery.stats import SpoolStats
 from agent.delivery.store import ROW_OVERHEAD, Store, encode, is_corrupt
 from agent.sampling.reading import Reading, Sample
 
@@ -157,16 +158,14 @@ class Queue:
         with self._lock:
             return self._seqs.peek()
 
-    def dropped(self) -> int:
-        with self._lock:
-            return self._drops.total()
-
-    def counts(self) -> Counts:
+    def counts(self) -> SpoolStats:
+        """The spool at a glance; its file's size on disk is the spool's to add (it knows the path)."""
         with self._lock:
             d, c = self._drops, self._changes
-            return Counts(self._stored.durable(), self._depth, len(self._in_flight), self._bytes, d.max_bytes,
-                          d.dropped(FULL), d.dropped(AGE), d.dropped(CORRUPT), d.dropped(REFUSED), c.commits,
-                          c.last_commit)
+            age = None if c.last_commit is None else time.monotonic() - c.last_commit
+            return SpoolStats(self._stored.durable(), self._depth, len(self._in_flight), self._bytes, d.max_bytes,
+                              d.dropped(FULL), d.dropped(AGE), d.dropped(CORRUPT), c.commits, age, 0,
+                              d.dropped(REFUSED))
 
     def settle(self, now: float) -> None:
         """Apply the bounds now (at open: what is on disk ages too)."""

@@ -41,6 +41,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -165,19 +166,16 @@ class Spool:
 
     @property
     def dropped(self) -> int:
-        return self._queue.dropped()
+        return self._queue.counts().dropped
 
     def wait_empty(self, timeout: float) -> bool:
         return self._queue.wait_empty(timeout)
 
     def stats(self) -> SpoolStats:
-        c = self._queue.counts()
-        return SpoolStats(
-            durable=c.durable, depth=c.depth, in_flight=c.in_flight, bytes=c.bytes, max_bytes=c.max_bytes,
-            dropped_full=c.dropped_full, dropped_age=c.dropped_age, dropped_corrupt=c.dropped_corrupt,
-            dropped_refused=c.dropped_refused, commits=c.commits,
-            last_commit_age=time.monotonic() - c.last_commit if c.last_commit is not None else None,
-            file_bytes=file_bytes(self.path) if c.durable and self.path is not None else 0)
+        stats = self._queue.counts()
+        if stats.durable and self.path is not None:
+            return dataclasses.replace(stats, file_bytes=file_bytes(self.path))
+        return stats
 
     # -- durability ---------------------------------------------------------------------------
 
