@@ -188,3 +188,15 @@ def test_a_stored_backlog_is_read_back_in_seq_order_before_new_readings(store: S
     q.end_commit(commit, ok=True, reserved=False)
     assert seqs(q.take(10_000, NOW)) == [1000]
     assert q.depth() == 600
+
+
+def test_newer_readings_never_overtake_a_stored_backlog_that_cannot_be_read(store: Store) -> None:
+    rows = [(seq, encode(sample(seq))) for seq in range(1, 11)]
+    store.write(rows, [], 1000)
+    q = Queue(Seqs(1000, 10, reserved=False), Drops(ROOMY, 3600.0), Changes(3600.0, None, stored_hi=10), store,
+              (10, sum(len(b) + ROW_OVERHEAD for _, b in rows)))
+    assert store.conn is not None
+    store.conn.execute("DROP TABLE readings")  # every read of the backlog fails from now on
+    q.append(sample(1000), NOW)
+    assert q.take(10, NOW) == []  # not seq 1000 ahead of 1-10: seq order holds even then
+    assert q.depth() == 11

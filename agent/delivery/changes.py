@@ -61,12 +61,26 @@ class Changes:
 
     # -- appends and what leaves ------------------------------------------------------------------
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: Entry, reserve_low: Optional[bool]) -> None:
+        """An appended reading, to commit by its deadline; `reserve_low` None: no file, no commit."""
         self._unstored[entry.seq] = entry
         self._unstored_bytes += entry.size
+        # With the alarm set, an append cannot make a commit due sooner (the oldest change is
+        # older), unless the seq reservation runs low: the common append skips the schedule.
+        if reserve_low is not None and (self._armed is None or reserve_low):
+            self.schedule(reserve_low)
 
     def unstored(self, seq: int) -> Optional[Entry]:
         return self._unstored.get(seq)
+
+    def first_unstored(self, start: int, end: int) -> Optional[Entry]:
+        """The pending reading with the lowest seq in [start, end), of those not committed yet."""
+        unstored = self._unstored
+        for seq in range(start, end):
+            entry = unstored.get(seq)
+            if entry is not None:
+                return entry
+        return None
 
     def unstored_entries(self) -> Iterator[Entry]:
         """Oldest first."""

@@ -59,6 +59,10 @@ class Drops:
     def aged(self, now: float) -> None:
         self._last_age_drop = now
 
+    def in_episode(self) -> bool:
+        """Whether an episode of drops (full, age, memory) is going on: one may be over now."""
+        return bool(self._episodes)
+
     def end_age_episode(self, now: float, calm: bool) -> None:
         """Over when nothing unsent is close to the limit (`calm`) and none went for a minute."""
         if AGE in self._episodes and now - self._last_age_drop >= EPISODE_QUIET and calm:

@@ -63,15 +63,15 @@ class Queue:
             if self._closed:
                 raise RuntimeError("the spool is closed")
             reading = Reading.numbered(self._seqs.take(), sample)
-            entry = Entry(reading, blob if self._stored.durable() else None, len(blob) + ROW_OVERHEAD,
-                          time.monotonic())
-            self._changes.add(entry)
+            durable = self._stored.durable()
+            entry = Entry(reading, blob if durable else None, len(blob) + ROW_OVERHEAD, time.monotonic())
             self._depth += 1
             self._bytes += entry.size
-            self._schedule()
+            self._changes.add(entry, self._seqs.low() if durable else None)
             self._enforce(now)
             lines = self._drops.lines()
-        _log(lines)
+        if lines:
+            _log(lines)
         return reading
 
     def take(self, count: int, now: float) -> List[Reading]:
@@ -292,34 +292,32 @@ class Queue:
 
     def _stream_head(self) -> Optional[Entry]:
         """The oldest unsent reading after the cursor, loading stored ones as needed; None if none (or unreadable)."""
-        head = self._stored.head()
-        if head is not None:
-            return head
         stored_hi = self._changes.stored_hi
-        while self._stored.behind(self._cursor, stored_hi):
-            if not self._stored.readable():
-                return None
-            try:
-                bad = self._stored.load(self._cursor, stored_hi, self._changes.leaving)
-            except sqlite3.Error as exc:
-                self._read_failed(exc)
-                return None
-            for seq, length, why in bad:
-                self._drop_corrupt_row(seq, length, why)
+        if self._stored.pending(self._cursor, stored_hi):  # else (the common case) no call for each step
             head = self._stored.head()
             if head is not None:
                 return head
-        # Readings appended in this run start at first_new: the jump to it (the clock's floor, a
-        # reservation) is not walked one seq at a time.
-        seq = max(self._cursor, stored_hi, self._seqs.first_new() - 1) + 1
-        while seq < self._seqs.peek():
-            entry = self._changes.unstored(seq)
-            if entry is not None:
-                return entry
-            # Not pending (acked or dropped before its commit): nothing to wait for there.
-            self._cursor = seq
-            seq += 1
-        return None
+            while self._stored.behind(self._cursor, stored_hi):
+                if not self._stored.readable():
+                    return None
+                try:
+                    bad = self._stored.load(self._cursor, stored_hi, self._changes.leaving)
+                except sqlite3.Error as exc:
+                    self._read_failed(exc)
+                    return None
+                for seq, length, why in bad:
+                    self._drop_corrupt_row(seq, length, why)
+                head = self._stored.head()
+                if head is not None:
+                    return head
+        # Readings appended in this run: the jump to the first (the clock's floor, a reservation) is
+        # not walked; those before the first pending one (acked or dropped unsent) the cursor passes.
+        start, stop = self._seqs.new_after(max(self._cursor, stored_hi))
+        entry = self._changes.first_unstored(start, stop)
+        passed = stop if entry is None else entry.seq
+        if passed > start:
+            self._cursor = passed - 1
+        return entry
 
     def _read_failed(self, exc: sqlite3.Error) -> None:
         if self._stored.failed(exc):
@@ -359,7 +357,8 @@ class Queue:
                     break
                 self._drop(head, AGE)
                 drops.aged(now)
-            drops.end_age_episode(now, head is None or head.reading.ts >= cutoff + 0.1 * drops.max_age)
+            if drops.in_episode():  # the common case has none: no call for each kind
+                drops.end_age_episode(now, head is None or head.reading.ts >= cutoff + 0.1 * drops.max_age)
         while self._bytes > drops.max_bytes:
             oldest = self._oldest_unsent()
             if oldest is None:
@@ -367,9 +366,10 @@ class Queue:
             self._drop(oldest, FULL)
         if self._failing and self._stored.durable() and self._changes.unstored_bytes() > MEMORY_MAX_BYTES:
             self._shed()
-        if not self._failing or self._changes.unstored_bytes() <= 0.9 * MEMORY_MAX_BYTES:
-            drops.end_memory_episode()
-        drops.end_full_episode(self._bytes)
+        if drops.in_episode():
+            if not self._failing or self._changes.unstored_bytes() <= 0.9 * MEMORY_MAX_BYTES:
+                drops.end_memory_episode()
+            drops.end_full_episode(self._bytes)
 
     def _shed(self) -> None:
         """Commits fail and the readings only memory holds reached MEMORY_MAX_BYTES: the oldest of

@@ -53,6 +53,10 @@ class ReadBack:
                 return entry
         return None
 
+    def pending(self, cursor: int, stored_hi: int) -> bool:
+        """Whether any stored row after `cursor` is read ahead or still to be loaded."""
+        return bool(self._rows) or max(cursor, self._hi) < stored_hi
+
     def behind(self, cursor: int, stored_hi: int) -> bool:
         """Whether stored rows after `cursor` are still to be loaded."""
         return max(cursor, self._hi) < stored_hi

@@ -8,7 +8,7 @@ reservation, never inside it (docs/delivery.md).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 # Seqs reserved durably ahead of use; the reservation is extended when half of it is used.
 DEFAULT_SEQ_BLOCK = 10_000
@@ -49,8 +49,10 @@ class Seqs:
     def peek(self) -> int:
         return self._next
 
-    def first_new(self) -> int:
-        return self._first_new
+    def new_after(self, seq: int) -> Tuple[int, int]:
+        """The seqs handed out in this run after `seq`, as a range's (start, stop): the jump from
+        the last run's to this run's first (the clock's floor, a reservation) is not walked."""
+        return max(seq, self._first_new - 1) + 1, self._next
 
     def covers(self, seq: int) -> bool:
         return seq < self._safe

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from agent.config.sensor_config import SensorConfig
+from agent.config.sensor_config import ChannelConfig, SensorConfig
 from agent.hardware.board import BoardError
 from agent.hardware.sensors import Sensor, SensorError, Value
 from agent.sampling.processing import Pipeline
@@ -283,15 +283,29 @@ class Sampler:
             slot.log.debug("sensor %s raised", cfg.name, exc_info=True)
             problem = "%s: %s" % (type(exc).__name__, exc)
         now = self._monotonic()
+        # One hold of the slot's lock: the read is over, and if it gave values, the failure state
+        # is reset and they are processed. Under the lock, because a hung read's failure is recorded
+        # by the schedule's thread, and the read may return on the worker at that very moment.
+        results: List[Tuple[ChannelConfig, Optional[Tuple[Value, str]]]] = []
         with slot.lock:
             started, slot.busy_since = slot.busy_since, None
             was_hung, slot.hung = slot.hung, False
+            failing, failures = slot.failing, slot.failures
+            if values is not None:
+                slot.failing, slot.failures, slot.error_published, slot.retry_at = None, 0, False, 0.0
+                for channel in cfg.channels:
+                    results.append((channel, slot.pipelines[channel.key].process(values[channel.key], now)))
         if was_hung and started is not None:
             slot.log.warning("sensor %s: the hung read returned after %.1f s", cfg.name, now - started)
         if values is None:
             self._failed(slot, problem, now)
-        else:
-            self._publish(slot, values, ts, now)
+            return
+        if failing is not None:
+            slot.log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, failures, failing)
+        # The sink is called outside the lock.
+        for channel, result in results:
+            if result is not None:
+                self._sink(Sample(channel.name, result[0], channel.unit, ts, quality=result[1]))
 
     def _measure(self, slot: _Slot) -> Dict[str, Value]:
         cfg = slot.config
@@ -299,31 +313,19 @@ class Sampler:
         values: Dict[str, Value] = {}
         for channel in cfg.channels:
             samples = [r.get(channel.key) for r in rounds]
-            if any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in samples):
-                raise SensorError("the driver gave no number for %r" % (channel.key or cfg.name))
-            if not all(math.isfinite(v) for v in samples):  # type: ignore[arg-type]
-                raise SensorError("the driver gave a non-finite value for %r" % (channel.key or cfg.name))
+            # Loops, not any()/all() over generators: this runs for every reading.
+            for v in samples:
+                if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise SensorError("the driver gave no number for %r" % (channel.key or cfg.name))
+            for v in samples:
+                if not math.isfinite(v):  # type: ignore[arg-type]
+                    raise SensorError("the driver gave a non-finite value for %r" % (channel.key or cfg.name))
             values[channel.key] = samples[0] if len(samples) == 1 else statistics.fmean(samples)  # type: ignore
         return values
 
-    def _publish(self, slot: _Slot, values: Dict[str, Value], ts: float, now: float) -> None:
-        cfg = slot.config
-        # Under the slot's lock: a hung read's failure is recorded by the schedule's thread, and the
-        # read may return on the worker at that very moment. The sink is called outside it.
-        with slot.lock:
-            failing, failures = slot.failing, slot.failures
-            slot.failing, slot.failures, slot.error_published, slot.retry_at = None, 0, False, 0.0
-            results = [(channel, slot.pipelines[channel.key].process(values[channel.key], now))
-                       for channel in cfg.channels]
-        if failing is not None:
-            slot.log.info("sensor %s: reading again after %d failed attempts (%s)", cfg.name, failures, failing)
-        for channel, result in results:
-            if result is not None:
-                self._sink(Sample(channel.name, result[0], channel.unit, ts, quality=result[1]))
-
     def _failed(self, slot: _Slot, message: str, now: float, hung: bool = False) -> None:
         cfg = slot.config
-        with slot.lock:  # see _publish
+        with slot.lock:  # see _read
             # A read hung past its timeout is no passing glitch: it is reported as an error at once,
             # not after error_after more timeouts (which would take error_after times as long).
             slot.failures = max(slot.failures + 1, cfg.error_after if hung else 0)
