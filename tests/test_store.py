@@ -5,10 +5,12 @@ Real files; through the store's public interface only.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any, List
 
 import pytest
 
@@ -42,6 +44,34 @@ def test_a_record_is_short_and_comes_back_as_the_reading() -> None:
     for bad in (b'{"ts": 1}', b'[1, "t"]', b'["x", "t", 1, "C"]'):
         with pytest.raises(ValueError):
             decode(1, bad)
+
+
+class _Reprised(float):
+    """A float whose repr is not a float's (numpy's float64 is one): JSON writes it as a float."""
+
+    def __repr__(self) -> str:
+        return "Reprised(%s)" % float.__repr__(self)
+
+
+def test_a_record_is_the_json_encoders_byte_for_byte_whatever_the_reading_holds() -> None:
+    # The common record is put together without the encoder: it must be the very same bytes.
+    names = ["t", 'q"uote', "back\\slash", "pct%s", "caf\u00e9", "\u6e29\u5ea6", "tab\tline\n", ""]
+    units = ["C", "%RH", None, "\u00b0C", '"']
+    values: List[Any] = [21.5, -0.0, 0.1 + 0.2, 1e-7, 1e22, 5e-324, 1.7976931348623157e308, 0, -3, 10 ** 30,
+                         True, None, float("nan"), float("inf"), "text", _Reprised(2.5)]
+    stamps: List[Any] = [NOW, NOW + 0.123456789, 0.0, 1e-3, 1700000000, float("nan")]
+    for name in names:
+        for unit in units:
+            for value in values:
+                for ts in stamps:
+                    for quality, error in (("good", None), ("out_of_range", None), ("error", "no ack")):
+                        sample = Sample(name, value, unit, ts, quality=quality, error=error)
+                        record: List[Any] = [ts, name, value, unit, quality, error]
+                        if error is None:
+                            record.pop()
+                            if quality == "good":
+                                record.pop()
+                        assert encode(sample) == json.dumps(record, separators=(",", ":")).encode(), sample
 
 
 def test_writes_loads_and_deletes_in_seq_order(tmp_path: Path) -> None:

@@ -90,8 +90,9 @@ class Alarm:
         self._waker = Waker()
 
     def is_set(self) -> bool:
-        with self._lock:
-            return self._set
+        # One read of one attribute, as threading.Event.is_set does: no lock (the schedule asks
+        # before every reading); set() and clear() take it.
+        return self._set
 
     def set(self) -> None:
         with self._lock:
