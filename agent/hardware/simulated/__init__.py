@@ -3,26 +3,32 @@ running the agent (and `make demo`) anywhere."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from typing import Callable, Dict, Optional, Tuple
 
 from agent.hardware.board import AnalogIn, Board, BoardError, DigitalIn, I2CDevice, PulseCounter
-from agent.hardware.simulated.bh1750 import SimulatedBh1750
-from agent.hardware.simulated.bme280 import SimulatedBME280
-from agent.hardware.simulated.htu21d import SimulatedHtu21d
 from agent.hardware.simulated.i2c import MraaI2c, RegisterChip, SimulatedChip
-from agent.hardware.simulated.sht31 import SimulatedSht31
 from agent.hardware.simulated.signals import Rate, Signal, room_temperature
-from agent.hardware.simulated.tmp102 import SimulatedTmp102
+
+
+def _imported(module: str, name: str) -> Callable[[int], SimulatedChip]:
+    """A chip's simulation, its module imported when one is first made: a config uses a few parts
+    (W1's 200 analog sensors none), and each module is code held in memory for the whole run."""
+    def make(seed: int) -> SimulatedChip:
+        factory: Callable[[int], SimulatedChip] = getattr(importlib.import_module(module), name)
+        return factory(seed)
+    return make
+
 
 # The part a driver asks for (Board.i2c's `chip`) -> its simulation, made from a seed.
 CHIPS: Dict[str, Callable[[int], SimulatedChip]] = {
-    "bh1750": SimulatedBh1750,
-    "bme280": SimulatedBME280,
-    "htu21d": SimulatedHtu21d,
-    "sht31": SimulatedSht31,
-    "tmp102": SimulatedTmp102,
+    "bh1750": _imported("agent.hardware.simulated.bh1750", "SimulatedBh1750"),
+    "bme280": _imported("agent.hardware.simulated.bme280", "SimulatedBME280"),
+    "htu21d": _imported("agent.hardware.simulated.htu21d", "SimulatedHtu21d"),
+    "sht31": _imported("agent.hardware.simulated.sht31", "SimulatedSht31"),
+    "tmp102": _imported("agent.hardware.simulated.tmp102", "SimulatedTmp102"),
 }
 
 
