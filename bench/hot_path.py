@@ -40,6 +40,7 @@ from agent.sampling.sampler import Sampler  # noqa: E402
 
 EPOCH = time.time()
 MAX_READINGS = 100  # batch.max_readings' default
+WAIT_FOR_COMMIT = 30  # s: a commit is due within commit_interval (1 s)
 
 
 class FakeClock:
@@ -88,6 +89,7 @@ def one_round(seconds: float, sensors: int) -> float:
         delivered = [0]
 
         def end_of_wakeup() -> None:
+            deadline = time.monotonic() + WAIT_FOR_COMMIT
             while True:
                 batch: List[Reading] = spool.take(MAX_READINGS)
                 if not batch:
@@ -95,6 +97,10 @@ def one_round(seconds: float, sensors: int) -> float:
                         return
                     # Seqs are handed out under a durable reservation, which the committer extends
                     # on its own (real) clock: at W1's pace it is ahead; here it is waited for.
+                    if time.monotonic() > deadline:
+                        raise SystemExit("bench: the spool handed out nothing for %d s with %d readings in it "
+                                         "(its committer did not extend the seq reservation)"
+                                         % (WAIT_FOR_COMMIT, spool.depth))
                     time.sleep(0.005)
                     continue
                 encode_telemetry(config.device_id, batch)
